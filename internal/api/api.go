@@ -1,0 +1,165 @@
+// Package api defines the JSON documents the daemons serve over HTTP on
+// their unix sockets (usable with `curl --unix-socket`), and a small client
+// for them. Core serves /v1/info, /v1/partitions, /v1/vcores, /v1/dataspaces;
+// a vcore serves /v1/info, /v1/subsystems, /v1/pager. Both serve /metrics.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Info identifies the daemon behind a socket.
+type Info struct {
+	Role      string `json:"role"` // "core" or "vcore"
+	Pid       int    `json:"pid"`
+	PagerMode string `json:"pager_mode"` // "local" or "central"
+	Node      *int   `json:"node,omitempty"`
+	CPUs      string `json:"cpus,omitempty"`
+	// CoreConnected is set by a vcore: whether its core session is up.
+	CoreConnected *bool     `json:"core_connected,omitempty"`
+	Started       time.Time `json:"started"`
+}
+
+// Partition is one node's share of the machine as core sees it.
+type Partition struct {
+	Node        int    `json:"node"`
+	CPUs        string `json:"cpus"`
+	Mems        string `json:"mems"`
+	MemoryBytes uint64 `json:"memory_bytes"`
+	CPULess     bool   `json:"cpuless"`
+	// State: "free", "live" (a connected vcore holds it), "orphaned" (its
+	// vcore is gone, processes may still run), "unconfirmed" (from the
+	// ledger after a core restart, waiting for its vcore to re-register).
+	State      string     `json:"state"`
+	Holder     *Holder    `json:"holder,omitempty"`
+	Cgroup     string     `json:"cgroup,omitempty"`
+	GrantedAt  *time.Time `json:"granted_at,omitempty"`
+	OrphanedAt *time.Time `json:"orphaned_at,omitempty"`
+	// GraceLeft is how long an orphaned/unconfirmed lease has before core
+	// reclaims it.
+	GraceLeft string `json:"grace_left,omitempty"`
+}
+
+// Holder is the vcore holding a lease.
+type Holder struct {
+	ID     string `json:"id"`
+	Pid    int    `json:"pid"`
+	Socket string `json:"socket"`
+}
+
+// VCore is a vcore session as core sees it.
+type VCore struct {
+	ID           string    `json:"id"`
+	Node         int       `json:"node"`
+	Pid          int       `json:"pid"`
+	Socket       string    `json:"socket"`
+	CPUs         string    `json:"cpus"`
+	Connected    bool      `json:"connected"`
+	Since        time.Time `json:"since"`
+	Uffds        int       `json:"uffds"`
+	Forwarded    uint64    `json:"forwarded_faults"`
+	ServedByCore bool      `json:"served_by_core"` // failover or central mode
+}
+
+// Subsystem is one subsystem of a vcore.
+type Subsystem struct {
+	Name             string   `json:"name"`
+	State            string   `json:"state"`
+	Pids             []int    `json:"pids"`
+	Restarts         int      `json:"restarts"`
+	LastExit         string   `json:"last_exit,omitempty"`
+	CPUs             string   `json:"cpus"`
+	Mems             string   `json:"mems"`
+	Cgroup           string   `json:"cgroup"`
+	MemoryUsageBytes uint64   `json:"memory_usage_bytes"`
+	MemoryLimitBytes uint64   `json:"memory_limit_bytes"`
+	QuotaUsedBytes   uint64   `json:"quota_used_bytes"`
+	QuotaLimitBytes  uint64   `json:"quota_limit_bytes"`
+	Dataspaces       []string `json:"dataspaces,omitempty"`
+	Adopted          bool     `json:"adopted"`
+}
+
+// DataspaceStats are a pager's counters for one dataspace.
+type DataspaceStats struct {
+	Dataspace string  `json:"dataspace"`
+	Faults    uint64  `json:"faults"`
+	Pages     uint64  `json:"pages"`
+	Forwarded uint64  `json:"forwarded"`
+	Errors    uint64  `json:"errors"`
+	MedianNs  int64   `json:"median_ns"`
+	P99Ns     int64   `json:"p99_ns"`
+	MeanNs    float64 `json:"mean_ns"`
+	// ForwardMedianNs/ForwardP99Ns: round trip of forwarded faults as the
+	// vcore saw it (send to core → core's reply).
+	ForwardMedianNs int64 `json:"forward_median_ns,omitempty"`
+	ForwardP99Ns    int64 `json:"forward_p99_ns,omitempty"`
+}
+
+// Pager is the pager section of a daemon.
+type Pager struct {
+	Mode          string           `json:"mode"`
+	CPUs          string           `json:"cpus"`
+	Threads       int              `json:"threads"`
+	Uffds         int              `json:"uffds"`
+	TrackingBytes uint64           `json:"tracking_bytes"`
+	TrackedPages  uint64           `json:"tracked_pages"`
+	Dataspaces    []DataspaceStats `json:"dataspaces"`
+}
+
+// Client talks to a daemon's socket.
+type Client struct {
+	Socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the daemon listening on socket.
+func NewClient(socket string) *Client {
+	return &Client{Socket: socket, hc: &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socket)
+			},
+			DisableKeepAlives: true,
+		},
+	}}
+}
+
+// Get fetches path (e.g. "/v1/partitions") and decodes the JSON into v.
+func (c *Client) Get(ctx context.Context, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://vcored"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", c.Socket, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", c.Socket, path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %s: %s", c.Socket, path, resp.Status, body)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("%s %s: decode: %w", c.Socket, path, err)
+	}
+	return nil
+}
+
+// WriteJSON serves v as JSON (for the daemons' handlers).
+func WriteJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
