@@ -83,3 +83,18 @@ func (b *Bytes) UnmarshalText(t []byte) error {
 	*b = v
 	return nil
 }
+
+// Human gives a rounded form for people ("5.3GiB", "512MiB", "900B"); use
+// String where the value must round-trip exactly.
+func (b Bytes) Human() string {
+	for _, u := range units[:4] {
+		if b >= u.mult {
+			v := float64(b) / float64(u.mult)
+			if b%u.mult == 0 || v >= 100 {
+				return strconv.FormatFloat(v, 'f', 0, 64) + u.suffix
+			}
+			return strconv.FormatFloat(v, 'f', 1, 64) + u.suffix
+		}
+	}
+	return strconv.FormatUint(uint64(b), 10) + "B"
+}

@@ -36,3 +36,11 @@ func TestParseBytes(t *testing.T) {
 		}
 	}
 }
+
+func TestHuman(t *testing.T) {
+	for b, want := range map[Bytes]string{0: "0B", 900: "900B", 512 * MiB: "512MiB", 5597396 * KiB: "5.3GiB", 1536 * MiB: "1.5GiB", 150 * GiB: "150GiB", 2047: "2.0KiB"} {
+		if got := b.Human(); got != want {
+			t.Errorf("Bytes(%d).Human() = %q, want %q", uint64(b), got, want)
+		}
+	}
+}

@@ -1,0 +1,516 @@
+package bench
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/vcored/vcored/internal/hist"
+	"github.com/vcored/vcored/internal/hw"
+	"github.com/vcored/vcored/internal/irqstat"
+)
+
+// Mode names: the keys of Report.Modes. The first four are the issue's.
+const (
+	ModeLocal   = "local"     // per-vcore pagers on the partition's CPUs
+	ModeCentral = "central"   // the single pager in core, on core's CPU
+	ModeRaw     = "raw_floor" // minimal in-process handler on the faulting CPU
+	ModeKernel  = "kernel"    // kernel first touch, no userfaultfd
+)
+
+// FaultAroundMode names the fault-around variant of a mode ("local_fa16").
+func FaultAroundMode(mode string, pages int) string { return fmt.Sprintf("%s_fa%d", mode, pages) }
+
+// SeqMode names the sequential-access variant of a mode, run for the
+// fault-around comparison when the main pattern is not sequential.
+func SeqMode(mode string) string { return mode + "_seq" }
+
+// RunSample is what one measured run produced: the result of each of its
+// workers and what the bench read from the daemons (local/central runs).
+type RunSample struct {
+	Mode    string
+	Rep     int
+	Results []*WorkerResult
+	// PagerFaults is how many faults the serving pagers counted for the
+	// workers' own dataspaces (0: unknown).
+	PagerFaults int64
+	// TrackingBytes and TrackedPages are the pagers' bookkeeping (0: unknown).
+	TrackingBytes, TrackedPages uint64
+	// ForwardMedianNS/ForwardP99NS are the vcore's view of forwarded faults.
+	ForwardMedianNS, ForwardP99NS int64
+	// VmHWM is the peak RSS of each daemon ("core", "vcore0", …), in bytes.
+	VmHWM map[string]uint64
+	// Err is why the run failed (its other fields may be partial).
+	Err error
+}
+
+// Report is the bench's result; its JSON is the --json file.
+type Report struct {
+	Machine Machine                `json:"machine"`
+	Params  Params                 `json:"params"`
+	Modes   map[string]*ModeReport `json:"modes"`
+	// FaultAround compares per-page cost on sequential access.
+	FaultAround *FaultAroundReport `json:"fault_around,omitempty"`
+	// Forwarded is the first-touch latency of the core-owned dataspace in
+	// local runs: faults the vcore forwards to core.
+	Forwarded *ForwardedReport `json:"forwarded,omitempty"`
+	// Memory is the daemons' peak RSS and the pagers' tracking cost.
+	Memory  *MemoryReport `json:"memory,omitempty"`
+	Ratios  Ratios        `json:"ratios"`
+	Targets []Target      `json:"targets"`
+	// Order is the order the runs were made in (interleaved).
+	Order     []string `json:"order"`
+	DurationS float64  `json:"duration_s"`
+	Errors    []string `json:"errors,omitempty"`
+}
+
+// Params are the bench's parameters as run.
+type Params struct {
+	Workers     int    `json:"workers_per_vcore"`
+	Pages       int    `json:"pages"`
+	PageSize    int    `json:"page_size"`
+	Pattern     string `json:"pattern"`
+	Stride      int    `json:"stride,omitempty"`
+	FaultAround int    `json:"fault_around"`
+	Reps        int    `json:"reps"`
+	Quick       bool   `json:"quick"`
+	CoreCPU     int    `json:"core_cpu"`
+	Partitions  []struct {
+		Node int    `json:"node"`
+		CPUs string `json:"cpus"`
+	} `json:"partitions"`
+}
+
+// ModeReport is everything measured for one mode, all runs and workers merged.
+type ModeReport struct {
+	Runs int `json:"runs"`
+	// Faults is the number of timed first touches (one per page). With
+	// fault-around 1 every one is a fault.
+	Faults int64 `json:"faults"`
+	// ServedFaults is what the handler or pager counted (0: unknown).
+	ServedFaults int64   `json:"served_faults,omitempty"`
+	MedianNS     int64   `json:"median_ns"`
+	P90NS        int64   `json:"p90_ns"`
+	P99NS        int64   `json:"p99_ns"`
+	P999NS       int64   `json:"p999_ns"`
+	MeanNS       float64 `json:"mean_ns"`
+	MaxNS        int64   `json:"max_ns"`
+	// PerPageNS is the summed touch time divided by the pages touched.
+	PerPageNS    float64 `json:"per_page_ns"`
+	FaultsPerSec float64 `json:"faults_per_sec"`
+	// IPIsPerFault is (CAL+RES+TLB, all CPUs) ÷ faults (served faults when
+	// known, else touches), counted over the workers' touch loops.
+	IPIsPerFault float64 `json:"ipis_per_fault"`
+	IPIs         *IPIs   `json:"ipis,omitempty"`
+	// LocalNodeShare is the fraction of pages on the worker's node (0..1),
+	// -1 when unknown.
+	LocalNodeShare float64 `json:"local_node_share"`
+	// Placement counts pages per node (negative: -errno, e.g. -2 not present).
+	Placement map[int]int `json:"placement,omitempty"`
+	// VerifiedPages passed the content check.
+	VerifiedPages int64 `json:"verified_pages"`
+	// RepMediansNS is the median of each run, in run order (spread).
+	RepMediansNS    []int64  `json:"rep_medians_ns"`
+	TimerOverheadNS int64    `json:"timer_overhead_ns"`
+	Errors          []string `json:"errors,omitempty"`
+
+	hist *hist.Histogram
+}
+
+// Hist is the merged latency histogram (nil if nothing was measured).
+func (m *ModeReport) Hist() *hist.Histogram { return m.hist }
+
+// IPIs are interrupt counts per fault, over all CPUs and per CPU.
+type IPIs struct {
+	CALPerFault   float64                `json:"cal_per_fault"`
+	RESPerFault   float64                `json:"res_per_fault"`
+	TLBPerFault   float64                `json:"tlb_per_fault"`
+	TotalPerFault float64                `json:"total_per_fault"` // every interrupt row, timer included
+	PerCPU        map[string]CPUPerFault `json:"per_cpu"`
+}
+
+// CPUPerFault is one CPU's interrupt counts per fault.
+type CPUPerFault struct {
+	CAL   float64 `json:"cal"`
+	RES   float64 `json:"res"`
+	TLB   float64 `json:"tlb"`
+	Total float64 `json:"total"`
+}
+
+// FaultAroundReport compares per-page costs on sequential access.
+type FaultAroundReport struct {
+	Pages int `json:"pages"`
+	// Per-page cost (ns): summed touch time ÷ pages.
+	KernelPerPageNS   float64 `json:"kernel_per_page_ns"`
+	LocalFA1PerPageNS float64 `json:"local_fa1_per_page_ns"`
+	LocalPerPageNS    float64 `json:"local_per_page_ns"`
+	RawFA1PerPageNS   float64 `json:"raw_fa1_per_page_ns"`
+	RawPerPageNS      float64 `json:"raw_per_page_ns"`
+}
+
+// ForwardedReport is the latency of faults forwarded to core.
+type ForwardedReport struct {
+	Faults   int64   `json:"faults"`
+	MedianNS int64   `json:"median_ns"`
+	P90NS    int64   `json:"p90_ns"`
+	P99NS    int64   `json:"p99_ns"`
+	P999NS   int64   `json:"p999_ns"`
+	MeanNS   float64 `json:"mean_ns"`
+	// Vcore-side round trip as the daemons report it (0: not reported).
+	VCoreMedianNS int64 `json:"vcore_median_ns,omitempty"`
+	VCoreP99NS    int64 `json:"vcore_p99_ns,omitempty"`
+
+	hist *hist.Histogram
+}
+
+// MemoryReport holds the daemons' peak RSS (max over runs, per mode) and
+// the pagers' tracking bytes per registered page.
+type MemoryReport struct {
+	VmHWM                map[string]map[string]uint64 `json:"vmhwm_bytes"` // mode → daemon → bytes
+	TrackingBytesPerPage float64                      `json:"tracking_bytes_per_page,omitempty"`
+}
+
+// Ratios answer the bench's question. 0 means "not measured".
+type Ratios struct {
+	CentralOverLocalMedian       float64 `json:"central_over_local_median"`
+	CentralOverLocalP99          float64 `json:"central_over_local_p99"`
+	LocalOverRawMedian           float64 `json:"local_over_raw_median"`
+	FaultAroundPerPageOverKernel float64 `json:"fault_around_per_page_over_kernel"`
+	RawFaultAroundOverKernel     float64 `json:"raw_fault_around_per_page_over_kernel"`
+	RawOverKernelMedian          float64 `json:"raw_over_kernel_median"`
+	LocalIPIsPerFault            float64 `json:"local_ipis_per_fault"`
+	CentralIPIsPerFault          float64 `json:"central_ipis_per_fault"`
+}
+
+// Target is one of the issue's goals with the measured value.
+type Target struct {
+	Name  string  `json:"name"`
+	Goal  string  `json:"goal"`
+	Value float64 `json:"value"`
+	// Status is "PASS", "MISS" or "n/a" (not measured).
+	Status string `json:"status"`
+}
+
+// buildMode merges the samples of one mode.
+func buildMode(samples []RunSample) *ModeReport {
+	m := &ModeReport{hist: hist.New(), LocalNodeShare: -1}
+	var irq irqstat.Delta
+	var irqOK = true
+	var wallNS, touchNS int64
+	var placedLocal, placed int
+	var pagerFaults int64
+	pagerKnown := true
+	for _, s := range samples {
+		if s.Err != nil {
+			m.Errors = append(m.Errors, fmt.Sprintf("rep %d: %v", s.Rep, s.Err))
+		}
+		if len(s.Results) == 0 {
+			continue
+		}
+		m.Runs++
+		rep := hist.New()
+		var handler int64
+		for _, r := range s.Results {
+			m.TimerOverheadNS = max(m.TimerOverheadNS, r.TimerOverheadNS)
+			m.Errors = append(m.Errors, r.Errors...)
+			for _, ds := range r.Dataspaces {
+				if ds.Name == SharedDataspace {
+					continue
+				}
+				h, err := ds.Hist()
+				if err != nil {
+					m.Errors = append(m.Errors, err.Error())
+					continue
+				}
+				rep.Merge(h)
+				m.Faults += int64(ds.Pages)
+				m.VerifiedPages += int64(ds.VerifiedPages)
+				wallNS += ds.WallNS
+				touchNS += ds.TouchNS
+				handler += ds.HandlerFaults
+				if m.Placement == nil {
+					m.Placement = map[int]int{}
+				}
+				for n, c := range ds.Placement {
+					m.Placement[n] += c
+					if n >= 0 {
+						placed += c
+						if n == r.Node {
+							placedLocal += c
+						}
+					}
+				}
+				if ds.IRQ == nil {
+					irqOK = false
+				} else if irqOK {
+					var err error
+					if irq, err = irq.Add(*ds.IRQ); err != nil {
+						irqOK = false
+					}
+				}
+			}
+		}
+		m.RepMediansNS = append(m.RepMediansNS, rep.Quantile(0.5))
+		m.hist.Merge(rep)
+		switch {
+		case handler > 0:
+			pagerFaults += handler
+		case s.PagerFaults > 0:
+			pagerFaults += s.PagerFaults
+		default:
+			pagerKnown = false
+		}
+	}
+	if m.Faults == 0 {
+		return m
+	}
+	if pagerKnown && pagerFaults > 0 {
+		m.ServedFaults = pagerFaults
+	}
+	h := m.hist
+	m.MedianNS, m.P90NS, m.P99NS, m.P999NS = h.Quantile(0.5), h.Quantile(0.9), h.Quantile(0.99), h.Quantile(0.999)
+	m.MeanNS, m.MaxNS = h.Mean(), h.Max()
+	m.PerPageNS = float64(touchNS) / float64(m.Faults)
+	if wallNS > 0 {
+		m.FaultsPerSec = float64(m.Faults) / (float64(wallNS) / 1e9)
+	}
+	if placed > 0 {
+		m.LocalNodeShare = float64(placedLocal) / float64(placed)
+	}
+	if irqOK && irq.CPUs != nil {
+		den := float64(m.Faults)
+		if m.ServedFaults > 0 {
+			den = float64(m.ServedFaults)
+		}
+		sum := irq.Sum()
+		m.IPIsPerFault = float64(sum.IPIs()) / den
+		m.IPIs = &IPIs{
+			CALPerFault: float64(sum.CAL) / den, RESPerFault: float64(sum.RES) / den,
+			TLBPerFault: float64(sum.TLB) / den, TotalPerFault: float64(sum.Total) / den,
+			PerCPU: map[string]CPUPerFault{},
+		}
+		for i, c := range irq.CPUs {
+			pc := irq.PerCPU[i]
+			m.IPIs.PerCPU[fmt.Sprint(c)] = CPUPerFault{
+				CAL: float64(pc.CAL) / den, RES: float64(pc.RES) / den, TLB: float64(pc.TLB) / den, Total: float64(pc.Total) / den,
+			}
+		}
+	} else {
+		m.IPIsPerFault = -1
+	}
+	return m
+}
+
+// buildForwarded merges the shared-dataspace latencies of local runs.
+func buildForwarded(samples []RunSample) *ForwardedReport {
+	f := &ForwardedReport{hist: hist.New()}
+	var vm, vp []int64
+	for _, s := range samples {
+		for _, r := range s.Results {
+			for _, ds := range r.Dataspaces {
+				if ds.Name != SharedDataspace {
+					continue
+				}
+				if h, err := ds.Hist(); err == nil {
+					f.hist.Merge(h)
+				}
+			}
+		}
+		if s.ForwardMedianNS > 0 {
+			vm = append(vm, s.ForwardMedianNS)
+			vp = append(vp, s.ForwardP99NS)
+		}
+	}
+	if f.hist.Count() == 0 {
+		return nil
+	}
+	h := f.hist
+	f.Faults = h.Count()
+	f.MedianNS, f.P90NS, f.P99NS, f.P999NS, f.MeanNS = h.Quantile(0.5), h.Quantile(0.9), h.Quantile(0.99), h.Quantile(0.999), h.Mean()
+	if len(vm) > 0 {
+		slices.Sort(vm)
+		slices.Sort(vp)
+		f.VCoreMedianNS, f.VCoreP99NS = vm[len(vm)/2], vp[len(vp)/2]
+	}
+	return f
+}
+
+// ratio is a/b, or 0 when either is unknown.
+func ratio(a, b float64) float64 {
+	if a <= 0 || b <= 0 {
+		return 0
+	}
+	return a / b
+}
+
+// measured returns the report of mode if it has data.
+func (r *Report) measured(mode string) (*ModeReport, bool) {
+	m, ok := r.Modes[mode]
+	return m, ok && m != nil && m.Faults > 0
+}
+
+// Build assembles the report from every run's sample. faPages is the
+// fault-around of the comparison (e.g. 16); seqMain says whether the main
+// modes ran sequential access (then they double as the fault-around
+// baselines).
+func Build(machine Machine, params Params, samples []RunSample) *Report {
+	r := &Report{Machine: machine, Params: params, Modes: map[string]*ModeReport{}}
+	byMode := map[string][]RunSample{}
+	for _, s := range samples {
+		byMode[s.Mode] = append(byMode[s.Mode], s)
+		r.Order = append(r.Order, s.Mode)
+	}
+	for _, mode := range slices.Sorted(maps.Keys(byMode)) {
+		r.Modes[mode] = buildMode(byMode[mode])
+	}
+	r.Forwarded = buildForwarded(byMode[ModeLocal])
+
+	mem := &MemoryReport{VmHWM: map[string]map[string]uint64{}}
+	var track, pages uint64
+	for _, s := range samples {
+		for d, b := range s.VmHWM {
+			if mem.VmHWM[s.Mode] == nil {
+				mem.VmHWM[s.Mode] = map[string]uint64{}
+			}
+			mem.VmHWM[s.Mode][d] = max(mem.VmHWM[s.Mode][d], b)
+		}
+		if s.TrackedPages > 0 {
+			track += s.TrackingBytes
+			pages += s.TrackedPages
+		}
+	}
+	if pages > 0 {
+		mem.TrackingBytesPerPage = float64(track) / float64(pages)
+	}
+	if len(mem.VmHWM) > 0 || pages > 0 {
+		r.Memory = mem
+	}
+
+	fa := params.FaultAround
+	if fa > 1 {
+		seq := func(mode string) *ModeReport {
+			name := mode
+			if params.Pattern != string(PatternSeq) {
+				name = SeqMode(mode)
+			}
+			if m, ok := r.measured(name); ok {
+				return m
+			}
+			return nil
+		}
+		far := &FaultAroundReport{Pages: fa}
+		if m := seq(ModeKernel); m != nil {
+			far.KernelPerPageNS = m.PerPageNS
+		}
+		if m := seq(ModeLocal); m != nil {
+			far.LocalFA1PerPageNS = m.PerPageNS
+		}
+		if m := seq(ModeRaw); m != nil {
+			far.RawFA1PerPageNS = m.PerPageNS
+		}
+		if m, ok := r.measured(FaultAroundMode(ModeLocal, fa)); ok {
+			far.LocalPerPageNS = m.PerPageNS
+		}
+		if m, ok := r.measured(FaultAroundMode(ModeRaw, fa)); ok {
+			far.RawPerPageNS = m.PerPageNS
+		}
+		r.FaultAround = far
+		r.Ratios.FaultAroundPerPageOverKernel = ratio(far.LocalPerPageNS, far.KernelPerPageNS)
+		r.Ratios.RawFaultAroundOverKernel = ratio(far.RawPerPageNS, far.KernelPerPageNS)
+	}
+
+	local, okL := r.measured(ModeLocal)
+	central, okC := r.measured(ModeCentral)
+	raw, okR := r.measured(ModeRaw)
+	kernel, okK := r.measured(ModeKernel)
+	if okL && okC {
+		r.Ratios.CentralOverLocalMedian = ratio(float64(central.MedianNS), float64(local.MedianNS))
+		r.Ratios.CentralOverLocalP99 = ratio(float64(central.P99NS), float64(local.P99NS))
+	}
+	if okL && okR {
+		r.Ratios.LocalOverRawMedian = ratio(float64(local.MedianNS), float64(raw.MedianNS))
+	}
+	if okR && okK {
+		r.Ratios.RawOverKernelMedian = ratio(float64(raw.MedianNS), float64(kernel.MedianNS))
+	}
+	if okL {
+		r.Ratios.LocalIPIsPerFault = local.IPIsPerFault
+	}
+	if okC {
+		r.Ratios.CentralIPIsPerFault = central.IPIsPerFault
+	}
+	r.Targets = targets(r)
+	for _, mode := range slices.Sorted(maps.Keys(r.Modes)) {
+		for _, e := range r.Modes[mode].Errors {
+			r.Errors = append(r.Errors, mode+": "+e)
+		}
+	}
+	return r
+}
+
+// Target thresholds from the issue (for this machine class).
+const (
+	TargetLocalOverRaw      = 1.2
+	TargetCentralOverLocal  = 8.0
+	TargetLocalIPIsPerFault = 0.05
+	TargetFAOverKernel      = 1.0
+	TargetDaemonHWM         = 40 * hw.MiB
+)
+
+func targets(r *Report) []Target {
+	status := func(measured, pass bool) string {
+		switch {
+		case !measured:
+			return "n/a"
+		case pass:
+			return "PASS"
+		}
+		return "MISS"
+	}
+	t := []Target{
+		{Name: "local median ÷ raw floor median", Goal: fmt.Sprintf("≤ %.1f", TargetLocalOverRaw), Value: r.Ratios.LocalOverRawMedian,
+			Status: status(r.Ratios.LocalOverRawMedian > 0, r.Ratios.LocalOverRawMedian <= TargetLocalOverRaw)},
+		{Name: "central median ÷ local median", Goal: fmt.Sprintf("≥ %.0f", TargetCentralOverLocal), Value: r.Ratios.CentralOverLocalMedian,
+			Status: status(r.Ratios.CentralOverLocalMedian > 0, r.Ratios.CentralOverLocalMedian >= TargetCentralOverLocal)},
+	}
+	local, okL := r.measured(ModeLocal)
+	t = append(t, Target{Name: "local IPIs per fault", Goal: fmt.Sprintf("≤ %.2f", TargetLocalIPIsPerFault), Value: r.Ratios.LocalIPIsPerFault,
+		Status: status(okL && local.IPIsPerFault >= 0, okL && local.IPIsPerFault >= 0 && local.IPIsPerFault <= TargetLocalIPIsPerFault)})
+	if r.FaultAround != nil {
+		v := r.Ratios.FaultAroundPerPageOverKernel
+		t = append(t, Target{Name: fmt.Sprintf("local fault-around %d per page ÷ kernel first touch (seq)", r.FaultAround.Pages),
+			Goal: fmt.Sprintf("≤ %.1f", TargetFAOverKernel), Value: v, Status: status(v > 0, v <= TargetFAOverKernel)})
+	}
+	var peak uint64
+	if r.Memory != nil {
+		for _, mode := range []string{ModeLocal, ModeCentral} {
+			for _, b := range r.Memory.VmHWM[mode] {
+				peak = max(peak, b)
+			}
+		}
+	}
+	t = append(t, Target{Name: "peak RSS of core and each vcore (MiB)", Goal: fmt.Sprintf("< %d", TargetDaemonHWM/hw.MiB),
+		Value: float64(peak) / float64(hw.MiB), Status: status(peak > 0, peak < uint64(TargetDaemonHWM))})
+	return t
+}
+
+// ModeOrder lists the report's modes in display order: the four main ones,
+// then the others by name.
+func (r *Report) ModeOrder() []string {
+	main := []string{ModeLocal, ModeCentral, ModeRaw, ModeKernel}
+	var out []string
+	for _, m := range main {
+		if _, ok := r.Modes[m]; ok {
+			out = append(out, m)
+		}
+	}
+	rest := slices.Collect(maps.Keys(r.Modes))
+	slices.SortFunc(rest, cmp.Compare)
+	for _, m := range rest {
+		if !slices.Contains(main, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}

@@ -1,0 +1,301 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vcored/vcored/internal/hist"
+	"github.com/vcored/vcored/internal/hw"
+	"github.com/vcored/vcored/internal/irqstat"
+)
+
+// result builds a worker result with one dataspace whose every touch took
+// ns, and irq interrupts counted on CPUs 0 and 1.
+func result(name string, pages int, ns int64, node int, placement map[int]int, cal0, cal1 uint64) *WorkerResult {
+	h := hist.New()
+	for range pages {
+		h.Record(ns)
+	}
+	return &WorkerResult{Node: node, TimerOverheadNS: 30, Dataspaces: []DataspaceResult{{
+		Name: name, Pages: pages, Latency: h.Snapshot(), TouchNS: int64(pages) * ns, WallNS: int64(pages) * ns * 2,
+		VerifiedPages: pages, Placement: placement,
+		IRQ: &irqstat.Delta{CPUs: []hw.CPU{0, 1}, PerCPU: []irqstat.Counts{{CAL: cal0, Total: cal0 + 5}, {CAL: cal1, RES: 1, Total: cal1 + 6}}},
+	}}}
+}
+
+// approx allows for the histograms' 3 significant digits on both sides.
+func approx(a, b float64) bool { return math.Abs(a-b) <= 2e-3*math.Max(1e-3, math.Abs(b)) }
+
+func syntheticSamples() []RunSample {
+	var s []RunSample
+	for rep := 1; rep <= 3; rep++ {
+		local := result(LocalDataspace, 1000, 15000, 0, map[int]int{0: 1000}, 0, 10)
+		shared := result(SharedDataspace, 1000, 60000, 0, nil, 0, 0).Dataspaces[0]
+		local.Dataspaces = append(local.Dataspaces, shared)
+		s = append(s,
+			RunSample{Mode: ModeLocal, Rep: rep, Results: []*WorkerResult{local}, PagerFaults: 1000,
+				TrackingBytes: 8000, TrackedPages: 2000, VmHWM: map[string]uint64{"core": 20 << 20, "vcore0": 30 << 20}},
+			RunSample{Mode: ModeCentral, Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 150000, 0, map[int]int{0: 900, 1: 100}, 1000, 990)},
+				VmHWM: map[string]uint64{"core": 45 << 20}},
+			RunSample{Mode: ModeRaw, Rep: rep, Results: []*WorkerResult{result("anon", 1000, 13000, 0, map[int]int{0: 1000}, 0, 0)}},
+			RunSample{Mode: ModeKernel, Rep: rep, Results: []*WorkerResult{result("anon", 1000, 2500, 0, map[int]int{0: 1000}, 0, 0)}},
+			RunSample{Mode: FaultAroundMode(ModeLocal, 16), Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 2000, 0, map[int]int{0: 1000}, 0, 0)}},
+			RunSample{Mode: FaultAroundMode(ModeRaw, 16), Rep: rep, Results: []*WorkerResult{result("anon", 1000, 1800, 0, map[int]int{0: 1000}, 0, 0)}},
+		)
+	}
+	return s
+}
+
+func TestBuildReportMath(t *testing.T) {
+	r := Build(Machine{Kernel: "6.18", CPUs: 2, Nodes: 1, CgroupMode: "hybrid"},
+		Params{Pages: 1000, Pattern: "seq", FaultAround: 16, Reps: 3}, syntheticSamples())
+
+	local := r.Modes[ModeLocal]
+	if local.Runs != 3 || local.Faults != 3000 || local.ServedFaults != 3000 || local.VerifiedPages != 3000 {
+		t.Fatalf("local runs/faults/served/verified = %d/%d/%d/%d", local.Runs, local.Faults, local.ServedFaults, local.VerifiedPages)
+	}
+	// 15 µs at 3 significant digits.
+	if local.MedianNS < 14990 || local.MedianNS > 15010 || local.P99NS != local.MedianNS {
+		t.Errorf("local median %d p99 %d", local.MedianNS, local.P99NS)
+	}
+	if !approx(local.PerPageNS, 15000) || !approx(local.FaultsPerSec, 1e9/30000) {
+		t.Errorf("local per page %v, faults/s %v", local.PerPageNS, local.FaultsPerSec)
+	}
+	// 10 CAL + 1 RES per run on 1000 faults.
+	if !approx(local.IPIsPerFault, 0.011) || !approx(local.IPIs.CALPerFault, 0.01) || !approx(local.IPIs.PerCPU["1"].CAL, 0.01) ||
+		!approx(local.IPIs.TotalPerFault, 0.021) {
+		t.Errorf("local IPIs %v %+v", local.IPIsPerFault, local.IPIs)
+	}
+	if local.LocalNodeShare != 1 || len(local.RepMediansNS) != 3 {
+		t.Errorf("local share %v, rep medians %v", local.LocalNodeShare, local.RepMediansNS)
+	}
+	central := r.Modes[ModeCentral]
+	if !approx(central.LocalNodeShare, 0.9) || !approx(central.IPIsPerFault, 1.991) || central.ServedFaults != 0 {
+		t.Errorf("central share %v IPIs %v served %d", central.LocalNodeShare, central.IPIsPerFault, central.ServedFaults)
+	}
+
+	rt := r.Ratios
+	if !approx(rt.CentralOverLocalMedian, 10) || !approx(rt.CentralOverLocalP99, 10) {
+		t.Errorf("central/local %v %v", rt.CentralOverLocalMedian, rt.CentralOverLocalP99)
+	}
+	if !approx(rt.LocalOverRawMedian, 15.0/13) || !approx(rt.RawOverKernelMedian, 5.2) {
+		t.Errorf("local/raw %v raw/kernel %v", rt.LocalOverRawMedian, rt.RawOverKernelMedian)
+	}
+	if !approx(rt.FaultAroundPerPageOverKernel, 0.8) || !approx(rt.RawFaultAroundOverKernel, 0.72) {
+		t.Errorf("fault-around ratios %v %v", rt.FaultAroundPerPageOverKernel, rt.RawFaultAroundOverKernel)
+	}
+	if fa := r.FaultAround; fa == nil || fa.Pages != 16 || !approx(fa.KernelPerPageNS, 2500) || !approx(fa.LocalFA1PerPageNS, 15000) {
+		t.Errorf("fault-around report %+v", r.FaultAround)
+	}
+	if f := r.Forwarded; f == nil || f.Faults != 3000 || f.MedianNS < 59900 || f.MedianNS > 60100 {
+		t.Errorf("forwarded %+v", r.Forwarded)
+	}
+	if r.Memory == nil || r.Memory.VmHWM[ModeCentral]["core"] != 45<<20 || !approx(r.Memory.TrackingBytesPerPage, 4) {
+		t.Errorf("memory %+v", r.Memory)
+	}
+
+	status := map[string]string{}
+	for _, tg := range r.Targets {
+		status[tg.Name] = tg.Status
+	}
+	want := map[string]string{
+		"local median ÷ raw floor median":                           "PASS", // 1.15 ≤ 1.2
+		"central median ÷ local median":                             "PASS",
+		"local IPIs per fault":                                      "PASS",
+		"local fault-around 16 per page ÷ kernel first touch (seq)": "PASS",
+		"peak RSS of core and each vcore (MiB)":                     "MISS", // core 45 MiB in central runs
+	}
+	for k, v := range want {
+		if status[k] != v {
+			t.Errorf("target %q: %q, want %q (all: %v)", k, status[k], v, status)
+		}
+	}
+	if got := r.ModeOrder(); !slices.Equal(got[:4], []string{ModeLocal, ModeCentral, ModeRaw, ModeKernel}) || len(got) != 6 {
+		t.Errorf("mode order %v", got)
+	}
+}
+
+func TestBuildMissingModes(t *testing.T) {
+	var s []RunSample
+	for _, smp := range syntheticSamples() {
+		if smp.Mode == ModeRaw || smp.Mode == ModeKernel {
+			s = append(s, smp)
+		}
+	}
+	s = append(s, RunSample{Mode: ModeLocal, Rep: 1, Err: os.ErrNotExist})
+	r := Build(Machine{}, Params{Pattern: "seq", FaultAround: 16}, s)
+	if r.Ratios.CentralOverLocalMedian != 0 || r.Ratios.LocalOverRawMedian != 0 || r.Ratios.FaultAroundPerPageOverKernel != 0 {
+		t.Errorf("ratios of unmeasured modes: %+v", r.Ratios)
+	}
+	if !approx(r.Ratios.RawOverKernelMedian, 5.2) {
+		t.Errorf("raw/kernel %v", r.Ratios.RawOverKernelMedian)
+	}
+	for _, tg := range r.Targets {
+		if tg.Status != "n/a" {
+			t.Errorf("target %q is %s without data", tg.Name, tg.Status)
+		}
+	}
+	if len(r.Errors) != 1 || !strings.Contains(r.Errors[0], "local: rep 1") {
+		t.Errorf("errors %v", r.Errors)
+	}
+	var buf bytes.Buffer
+	if err := r.WriteText(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "n/a") {
+		t.Errorf("text without n/a:\n%s", buf.String())
+	}
+}
+
+// TestJSONShape checks the keys the issue requires.
+func TestJSONShape(t *testing.T) {
+	r := Build(Machine{Kernel: "6.18", CPUs: 2, Nodes: 1, CgroupMode: "hybrid"},
+		Params{Pages: 1000, Pattern: "seq", FaultAround: 16, Reps: 3}, syntheticSamples())
+	path := filepath.Join(t.TempDir(), "r.json")
+	if err := r.WriteJSON(path); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	obj := func(v any, path string) map[string]any {
+		m, ok := v.(map[string]any)
+		if !ok {
+			t.Fatalf("%s is %T, want an object", path, v)
+		}
+		return m
+	}
+	machine := obj(doc["machine"], "machine")
+	for _, k := range []string{"kernel", "cpus", "nodes", "cgroup_mode"} {
+		if _, ok := machine[k]; !ok {
+			t.Errorf("machine lacks %q", k)
+		}
+	}
+	modes := obj(doc["modes"], "modes")
+	for _, m := range []string{"local", "central", "raw_floor", "kernel"} {
+		mm := obj(modes[m], "modes."+m)
+		for _, k := range []string{"faults", "median_ns", "p90_ns", "p99_ns", "p999_ns", "faults_per_sec", "ipis_per_fault", "local_node_share"} {
+			if _, ok := mm[k]; !ok {
+				t.Errorf("modes.%s lacks %q", m, k)
+			}
+		}
+		if s := mm["local_node_share"].(float64); s < 0 || s > 1 {
+			t.Errorf("modes.%s.local_node_share = %v", m, s)
+		}
+	}
+	ratios := obj(doc["ratios"], "ratios")
+	for _, k := range []string{"central_over_local_median", "central_over_local_p99", "local_over_raw_median", "fault_around_per_page_over_kernel"} {
+		if _, ok := ratios[k]; !ok {
+			t.Errorf("ratios lacks %q", k)
+		}
+	}
+
+	svg := filepath.Join(t.TempDir(), "r.svg")
+	if err := r.WriteSVG(svg); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(svg)
+	for _, name := range []string{"local (n=3000)", "central (n=3000)", "raw_floor (n=3000)", "kernel (n=3000)", "forwarded"} {
+		if !bytes.Contains(b, []byte(name)) {
+			t.Errorf("svg lacks series %q", name)
+		}
+	}
+}
+
+func TestParseVmHWM(t *testing.T) {
+	got, err := parseVmHWM(strings.NewReader("Name:\tvcored\nVmPeak:\t  100 kB\nVmHWM:\t   20480 kB\n"))
+	if err != nil || got != 20480*1024 {
+		t.Fatalf("parseVmHWM = %d, %v", got, err)
+	}
+	if _, err := parseVmHWM(strings.NewReader("Name: x\n")); err == nil {
+		t.Error("no error without a VmHWM line")
+	}
+	if _, err := parseVmHWM(strings.NewReader("VmHWM: lots\n")); err == nil {
+		t.Error("no error on a bad VmHWM line")
+	}
+	if b, err := vmHWM(os.Getpid()); err != nil || b == 0 {
+		t.Errorf("own VmHWM = %d, %v", b, err)
+	}
+}
+
+func TestOrder(t *testing.T) {
+	for _, tc := range []struct {
+		p      Pattern
+		n, k   int
+		prefix []int
+	}{
+		{PatternSeq, 10, 0, []int{0, 1, 2, 3}},
+		{PatternStride, 10, 4, []int{0, 4, 8, 1, 5, 9, 2, 6, 3, 7}},
+		{PatternStride, 3, 8, []int{0, 1, 2}},
+		{PatternRandom, 1000, 0, nil},
+	} {
+		o := Order(tc.p, tc.n, tc.k, 7)
+		sorted := slices.Sorted(slices.Values(o))
+		for i := range tc.n {
+			if sorted[i] != i {
+				t.Fatalf("%s: not a permutation of 0..%d: %v", tc.p, tc.n-1, o)
+			}
+		}
+		if !slices.Equal(o[:len(tc.prefix)], tc.prefix) {
+			t.Errorf("%s: order starts %v, want %v", tc.p, o[:len(tc.prefix)], tc.prefix)
+		}
+	}
+	a, b := Order(PatternRandom, 100, 0, 7), Order(PatternRandom, 100, 0, 7)
+	if !slices.Equal(a, b) || slices.IsSorted(a) {
+		t.Error("random order not reproducible or not shuffled")
+	}
+}
+
+func TestParseVerifyAndModes(t *testing.T) {
+	for in, want := range map[string]Verify{"zero": {Kind: "zero"}, "zero:0": {Kind: "zero"}, "pattern:42": {Kind: "pattern", Seed: 42}, "pattern:0x10": {Kind: "pattern", Seed: 16}} {
+		got, err := ParseVerify(in)
+		if err != nil || got != want {
+			t.Errorf("ParseVerify(%q) = %+v, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "pattern", "pattern:x", "zero:3", "ones:1"} {
+		if _, err := ParseVerify(bad); err == nil {
+			t.Errorf("ParseVerify(%q) accepted", bad)
+		}
+	}
+	if _, err := ParseWorkerMode("tcg"); err == nil {
+		t.Error("bad mode accepted")
+	}
+	if _, err := ParsePattern("zigzag"); err == nil {
+		t.Error("bad pattern accepted")
+	}
+}
+
+func TestPlanInterleavesAndFilters(t *testing.T) {
+	names := func(rs []run) []string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.mode)
+		}
+		return out
+	}
+	got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 16}))
+	want := []string{"local", "central", "raw_floor", "kernel", "local_fa16", "raw_floor_fa16"}
+	if !slices.Equal(got, want) {
+		t.Errorf("plan %v, want %v", got, want)
+	}
+	got = names(Plan(Config{Pattern: PatternRandom, FaultAround: 16, Modes: []string{ModeRaw, ModeKernel}}))
+	want = []string{"raw_floor", "kernel", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"}
+	if !slices.Equal(got, want) {
+		t.Errorf("filtered plan %v, want %v", got, want)
+	}
+	if got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 1})); len(got) != 4 {
+		t.Errorf("plan without fault-around %v", got)
+	}
+}

@@ -1,0 +1,339 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vcored/vcored/internal/config"
+	"github.com/vcored/vcored/internal/progress"
+	"github.com/vcored/vcored/topology"
+)
+
+// Config is one bench run.
+type Config struct {
+	// Exe is the vcored binary run as worker and daemons (os.Executable()).
+	Exe     string
+	Machine *topology.Machine
+	// Description is the Machine part of the report.
+	Description Machine
+	// Workers per vcore (and per partition for the raw/kernel modes).
+	Workers int
+	// Pages each worker touches per dataspace.
+	Pages   int
+	Pattern Pattern
+	Stride  int
+	// FaultAround is the comparison's pages per fault (1 = no comparison).
+	FaultAround int
+	Reps        int
+	Quick       bool
+	// Modes restricts the run to these modes (nil = all).
+	Modes []string
+	// Seed is the content seed of every dataspace.
+	Seed uint64
+	// KeepTemp keeps the temp dir (configs, logs, results) for inspection.
+	KeepTemp bool
+	// Progress is where progress goes (nil: nowhere) and how.
+	Progress     io.Writer
+	ProgressMode progress.Mode
+	Log          *slog.Logger
+}
+
+// Quick-mode sizes: the whole --quick run stays well under 20 s here.
+const (
+	QuickPages   = 2048
+	DefaultPages = 16384
+	DefaultReps  = 3
+	QuickReps    = 3
+)
+
+// run is one measured run in the plan.
+type run struct {
+	mode        string
+	base        string           // the main mode it belongs to (--modes selects by it)
+	daemon      config.PagerMode // "" for the direct raw/kernel workers
+	worker      WorkerMode
+	pattern     Pattern
+	faultAround int
+	shared      bool
+	// zero gives the run zero-filled content instead of the pattern: the
+	// fault-around runs compare a page copy with the kernel's zero fill.
+	zero bool
+}
+
+// Plan returns the runs of one repetition, in order. The main four modes
+// come first; with fault-around > 1, the local and raw fault-around runs on
+// sequential access follow; if the main pattern is not sequential, the
+// sequential baselines too.
+func Plan(c Config) []run {
+	all := []run{
+		{mode: ModeLocal, base: ModeLocal, daemon: config.PagerLocal, worker: WorkerUffd, pattern: c.Pattern, faultAround: 1, shared: true},
+		{mode: ModeCentral, base: ModeCentral, daemon: config.PagerCentral, worker: WorkerUffd, pattern: c.Pattern, faultAround: 1},
+		{mode: ModeRaw, base: ModeRaw, worker: WorkerRaw, pattern: c.Pattern, faultAround: 1},
+		{mode: ModeKernel, base: ModeKernel, worker: WorkerKernel, pattern: c.Pattern, faultAround: 1},
+	}
+	if c.FaultAround > 1 {
+		all = append(all,
+			run{mode: FaultAroundMode(ModeLocal, c.FaultAround), base: ModeLocal, daemon: config.PagerLocal, worker: WorkerUffd, pattern: PatternSeq, faultAround: c.FaultAround, zero: true},
+			run{mode: FaultAroundMode(ModeRaw, c.FaultAround), base: ModeRaw, worker: WorkerRaw, pattern: PatternSeq, faultAround: c.FaultAround, zero: true},
+		)
+		if c.Pattern != PatternSeq {
+			all = append(all,
+				run{mode: SeqMode(ModeLocal), base: ModeLocal, daemon: config.PagerLocal, worker: WorkerUffd, pattern: PatternSeq, faultAround: 1},
+				run{mode: SeqMode(ModeRaw), base: ModeRaw, worker: WorkerRaw, pattern: PatternSeq, faultAround: 1},
+				run{mode: SeqMode(ModeKernel), base: ModeKernel, worker: WorkerKernel, pattern: PatternSeq, faultAround: 1},
+			)
+		}
+	}
+	if c.Modes == nil {
+		return all
+	}
+	var out []run
+	for _, r := range all {
+		if slices.Contains(c.Modes, r.base) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// ValidModes are the names --modes accepts.
+var ValidModes = []string{ModeLocal, ModeCentral, ModeRaw, ModeKernel}
+
+func (c *Config) defaults() error {
+	if c.Workers < 1 {
+		c.Workers = 1
+	}
+	if c.Pages < 1 {
+		c.Pages = DefaultPages
+		if c.Quick {
+			c.Pages = QuickPages
+		}
+	}
+	if c.Reps < 1 {
+		c.Reps = DefaultReps
+	}
+	if c.Pattern == "" {
+		c.Pattern = PatternSeq
+	}
+	if c.Stride < 1 {
+		c.Stride = 16
+	}
+	if c.FaultAround < 1 {
+		c.FaultAround = 16
+	}
+	if c.FaultAround > config.MaxFaultAround {
+		return fmt.Errorf("%w: fault-around %d (at most %d)", ErrUsage, c.FaultAround, config.MaxFaultAround)
+	}
+	if c.Seed == 0 {
+		c.Seed = 0x5eed
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	for _, m := range c.Modes {
+		if !slices.Contains(ValidModes, m) {
+			return fmt.Errorf("%w: mode %q (want %s)", ErrUsage, m, strings.Join(ValidModes, ", "))
+		}
+	}
+	if c.Exe == "" || c.Machine == nil {
+		return fmt.Errorf("%w: no executable or machine", ErrUsage)
+	}
+	return nil
+}
+
+// Run measures every planned mode, interleaved (A B C D A B C D …), and
+// builds the report. Ctrl-C (ctx cancelled) stops the children, lets the
+// daemons remove their cgroups, removes the temp dir, and returns the
+// partial report with ctx's error. Runs that fail are recorded in the
+// report; Run then returns an error naming them as well as the report.
+func Run(ctx context.Context, c Config) (*Report, error) {
+	if err := c.defaults(); err != nil {
+		return nil, err
+	}
+	layout, err := PlanLayout(c.Machine)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "vcored-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	cgParent := fmt.Sprintf("vcored-bench-%d", os.Getpid())
+	defer func() {
+		leftovers := removeCgroupTrees(cgParent)
+		for _, l := range leftovers {
+			c.Log.Warn("cgroup left behind", "path", l)
+		}
+		if c.KeepTemp {
+			c.Log.Info("kept temp dir", "dir", tmp)
+			return
+		}
+		if err := os.RemoveAll(tmp); err != nil {
+			c.Log.Warn("remove temp dir", "dir", tmp, "err", err)
+		}
+	}()
+
+	plan := Plan(c)
+	if len(plan) == 0 {
+		return nil, fmt.Errorf("%w: no mode selected", ErrUsage)
+	}
+	params := Params{Workers: c.Workers, Pages: c.Pages, PageSize: os.Getpagesize(), Pattern: string(c.Pattern),
+		FaultAround: c.FaultAround, Reps: c.Reps, Quick: c.Quick, CoreCPU: int(layout.CoreCPU)}
+	if c.Pattern == PatternStride {
+		params.Stride = c.Stride
+	}
+	for _, p := range layout.Partitions {
+		params.Partitions = append(params.Partitions, struct {
+			Node int    `json:"node"`
+			CPUs string `json:"cpus"`
+		}{int(p.Node), p.CPUs.String()})
+	}
+
+	bar := progress.New(progressWriter(c.Progress), len(plan)*c.Reps, c.ProgressMode, "vcored bench")
+	defer bar.Finish()
+	start := time.Now()
+	var samples []RunSample
+	k := 0
+	var failed []string
+loop:
+	for rep := 1; rep <= c.Reps; rep++ {
+		for _, r := range plan {
+			if ctx.Err() != nil {
+				break loop
+			}
+			k++
+			bar.Start(fmt.Sprintf("rep %d/%d %s", rep, c.Reps, r.mode))
+			dir := filepath.Join(tmp, fmt.Sprintf("r%d", k))
+			var s RunSample
+			if r.daemon != "" {
+				dr := &DaemonRun{Dir: dir, Exe: c.Exe, CgroupParent: fmt.Sprintf("%s/r%d", cgParent, k), Pager: r.daemon,
+					FaultAround: r.faultAround, Layout: layout, Workers: c.Workers, Pages: c.Pages,
+					Pattern: r.pattern, Stride: c.Stride, Seed: c.Seed, Shared: r.shared, Zero: r.zero}
+				s = runDaemons(ctx, dr, c.Log)
+			} else {
+				s = runDirect(ctx, c, layout, r, dir)
+			}
+			s.Mode, s.Rep = r.mode, rep
+			if s.Err != nil {
+				failed = append(failed, fmt.Sprintf("%s rep %d: %v", r.mode, rep, s.Err))
+				c.Log.Warn("run failed", "mode", r.mode, "rep", rep, "err", s.Err)
+			}
+			samples = append(samples, s)
+			bar.Done()
+		}
+	}
+	bar.Finish()
+	rep := Build(c.Description, params, samples)
+	rep.DurationS = time.Since(start).Seconds()
+	if err := ctx.Err(); err != nil {
+		return rep, fmt.Errorf("bench: interrupted: %w", err)
+	}
+	if len(failed) > 0 {
+		return rep, fmt.Errorf("bench: %d of %d runs failed: %s", len(failed), len(samples), strings.Join(failed, "; "))
+	}
+	return rep, nil
+}
+
+func progressWriter(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
+
+// runDirect runs the raw or kernel workers as children of the bench: Workers
+// per partition at once, each pinned like a vcore's worker would be.
+func runDirect(ctx context.Context, c Config, layout Layout, r run, dir string) RunSample {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return RunSample{Err: err}
+	}
+	verify := Verify{Kind: "pattern", Seed: c.Seed}
+	if r.worker == WorkerKernel || r.zero {
+		verify = Verify{Kind: "zero"}
+	}
+	type job struct {
+		path string
+		args []string
+	}
+	var jobs []job
+	for _, p := range layout.Partitions {
+		cpus := p.CPUs.Slice()
+		for w := range c.Workers {
+			path := filepath.Join(dir, fmt.Sprintf("worker-n%d-%d.json", p.Node, w))
+			args := []string{"worker", "--mode", string(r.worker), "--dataspace", "anon",
+				"--pages", strconv.Itoa(c.Pages), "--pattern", string(r.pattern), "--stride", strconv.Itoa(c.Stride),
+				"--verify", verify.String(), "--cpu", strconv.Itoa(int(cpus[w%len(cpus)])), "--result", path}
+			if r.worker == WorkerRaw {
+				args = append(args, "--fault-around", strconv.Itoa(r.faultAround))
+			}
+			jobs = append(jobs, job{path: path, args: args})
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(jobs))
+	for j, jb := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[j] = runChild(ctx, c.Exe, jb.args)
+		}()
+	}
+	wg.Wait()
+	s := RunSample{}
+	for j, jb := range jobs {
+		if errs[j] != nil {
+			s.Err = errors.Join(s.Err, errs[j])
+		}
+		res, err := ReadWorkerResult(jb.path)
+		if err != nil {
+			if errs[j] == nil {
+				s.Err = errors.Join(s.Err, err)
+			}
+			continue
+		}
+		s.Results = append(s.Results, res)
+	}
+	return s
+}
+
+// runChild runs exe args to completion; SIGTERM on cancellation.
+func runChild(ctx context.Context, exe string, args []string) error {
+	cmd := exec.CommandContext(ctx, exe, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = childAttr()
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w: %s", filepath.Base(exe), strings.Join(args[:3], " "), err, tail(stderr.String(), 400))
+	}
+	return nil
+}
+
+// childAttr puts a child in its own process group (a terminal's Ctrl-C
+// reaches only the bench, which then stops children in order) and sends it
+// SIGTERM if the bench dies.
+func childAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+}
+
+func tail(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if len(s) > n {
+		s = "…" + s[len(s)-n:]
+	}
+	return s
+}

@@ -1,0 +1,134 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/vcored/vcored/internal/bench"
+	"github.com/vcored/vcored/internal/hw"
+	"github.com/vcored/vcored/internal/linux"
+)
+
+// Synopsis is the one-line usage of `vcored worker`.
+const Synopsis = "--mode uffd|raw|kernel --dataspace NAME[,NAME] (--pages N | --size BYTES) [--pattern seq|random|stride] [--verify KIND:SEED] [--cpu N] [--fault-around N] [--result FILE]"
+
+// listFlag collects a repeatable, comma-separated string flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error {
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*l = append(*l, part)
+		}
+	}
+	return nil
+}
+
+// Flags are the command-line flags of `vcored worker`.
+type Flags struct {
+	mode, size, pattern, verify, result *string
+	names                               listFlag
+	pages, stride, cpu, faultAround     *int
+	seed                                *uint64
+	read                                *bool
+}
+
+// BindFlags defines the worker's flags on fs.
+func BindFlags(fs *flag.FlagSet) *Flags {
+	f := &Flags{}
+	f.mode = fs.String("mode", "uffd", "uffd: dataspaces served by vcored (needs $VCORE_SOCKET); raw: minimal in-process userfaultfd handler; kernel: plain anonymous memory")
+	fs.Var(&f.names, "dataspace", "dataspace `NAME` to attach (repeatable or comma-separated); in raw/kernel mode a label per region")
+	f.pages = fs.Int("pages", 0, "pages per dataspace")
+	f.size = fs.String("size", "", "bytes per dataspace, e.g. 64MiB (instead of --pages)")
+	f.pattern = fs.String("pattern", "seq", "touch order: seq, random or stride")
+	f.stride = fs.Int("stride", 16, "page stride for --pattern stride")
+	f.seed = fs.Uint64("seed", 1, "seed of the random order")
+	f.verify = fs.String("verify", "", "check content after touching: zero:0 or pattern:SEED (write touches store the expected word)")
+	f.read = fs.Bool("read", false, "touch by reading instead of writing")
+	f.result = fs.String("result", "", "write the measurements as JSON to `FILE` (stdout when empty)")
+	f.cpu = fs.Int("cpu", -1, "pin the touching thread (and the raw handler) to this CPU; -1: no pinning")
+	f.faultAround = fs.Int("fault-around", 1, "raw mode: pages resolved per fault")
+	return f
+}
+
+// Config turns the parsed flags into a Config; errors wrap bench.ErrUsage.
+func (f *Flags) Config(attach AttachFunc) (Config, error) {
+	mode, err := bench.ParseWorkerMode(*f.mode)
+	if err != nil {
+		return Config{}, err
+	}
+	pattern, err := bench.ParsePattern(*f.pattern)
+	if err != nil {
+		return Config{}, err
+	}
+	var verify bench.Verify
+	if *f.verify != "" {
+		if verify, err = bench.ParseVerify(*f.verify); err != nil {
+			return Config{}, err
+		}
+	}
+	n, err := pageCount(*f.pages, *f.size)
+	if err != nil {
+		return Config{}, fmt.Errorf("%w: %w", bench.ErrUsage, err)
+	}
+	names := []string(f.names)
+	if len(names) == 0 {
+		if mode == bench.WorkerUffd {
+			return Config{}, fmt.Errorf("%w: --dataspace is required in uffd mode", bench.ErrUsage)
+		}
+		names = []string{"anon"}
+	}
+	switch {
+	case *f.faultAround < 1:
+		return Config{}, fmt.Errorf("%w: --fault-around %d: want at least 1", bench.ErrUsage, *f.faultAround)
+	case *f.faultAround > 1 && mode != bench.WorkerRaw:
+		return Config{}, fmt.Errorf("%w: --fault-around applies to raw mode only (vcored's pagers take it from their config)", bench.ErrUsage)
+	}
+	return Config{
+		Mode: mode, Dataspaces: names, Pages: n, Pattern: pattern, Stride: *f.stride, Seed: *f.seed,
+		Verify: verify, Read: *f.read, CPU: *f.cpu, FaultAround: *f.faultAround, Attach: attach,
+	}, nil
+}
+
+// pageCount turns --pages or --size into a page count.
+func pageCount(pages int, size string) (int, error) {
+	switch {
+	case pages > 0 && size != "":
+		return 0, errors.New("give --pages or --size, not both")
+	case pages > 0:
+		return pages, nil
+	case size != "":
+		b, err := hw.ParseBytes(size)
+		if err != nil {
+			return 0, fmt.Errorf("--size: %w", err)
+		}
+		ps := uint64(linux.PageSize())
+		if uint64(b) < ps || uint64(b)%ps != 0 {
+			return 0, fmt.Errorf("--size %s: want a positive multiple of the page size (%d bytes)", size, ps)
+		}
+		return int(uint64(b) / ps), nil
+	}
+	return 0, errors.New("give --pages N or --size BYTES")
+}
+
+// Main runs cfg and writes the result to the --result file, or to stdout
+// as JSON when none was given. A result is written even when the run
+// failed (content mismatch), and the run's error is returned.
+func (f *Flags) Main(ctx context.Context, cfg Config, stdout io.Writer) error {
+	res, runErr := Run(ctx, cfg)
+	if res == nil {
+		return runErr
+	}
+	if *f.result != "" {
+		return errors.Join(runErr, res.WriteFile(*f.result))
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return errors.Join(runErr, enc.Encode(res))
+}
