@@ -25,6 +25,8 @@ type Machine struct {
 	AllowedNodes hw.NodeSet
 	// Model is the CPU model name, when known ("" otherwise).
 	Model string
+	// MHz is the CPU's nominal frequency in MHz, when known (0 otherwise).
+	MHz float64
 }
 
 // Node is one NUMA node.
@@ -52,7 +54,8 @@ type HugePages struct {
 type CPU struct {
 	ID     hw.CPU
 	Online bool
-	// The fields below are meaningful only for online CPUs.
+	// The fields below are meaningful only for online CPUs; Discover sets
+	// Node, Package and Core to -1 for offline ones.
 	Node     hw.Node
 	Package  int       // physical_package_id
 	Core     int       // core_id (unique only within a package)

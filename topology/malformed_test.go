@@ -1,0 +1,185 @@
+package topology
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+	"testing"
+	"testing/fstest"
+)
+
+// loadFixture copies a fixture tree into memory so tests can break it.
+func loadFixture(t testing.TB, name string) fstest.MapFS {
+	t.Helper()
+	src := os.DirFS(path.Join("testdata", name))
+	out := fstest.MapFS{}
+	err := fs.WalkDir(src, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(src, p)
+		out[p] = &fstest.MapFile{Data: b}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+const (
+	n0 = "devices/system/node/node0/"
+	c0 = "devices/system/cpu/cpu0/"
+)
+
+// TestDiscoverMalformed breaks one file of the two-socket fixture at a time.
+// Every case must give an error that names the broken file and wraps
+// ErrMalformed (bad content) or fs.ErrNotExist (a required file missing).
+func TestDiscoverMalformed(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		file    string // the file the error must name
+		content string // new content; "" with remove deletes the file
+		remove  bool
+		want    error
+	}{
+		{"truncated cpulist", n0 + "cpulist", "0-3,8-", false, ErrMalformed},
+		{"cpulist range backwards", n0 + "cpulist", "3-0", false, ErrMalformed},
+		{"non-numeric distance", n0 + "distance", "10 x\n", false, ErrMalformed},
+		{"negative distance", n0 + "distance", "10 -21\n", false, ErrMalformed},
+		{"too few distances", n0 + "distance", "10\n", false, ErrMalformed},
+		{"too many distances", n0 + "distance", "10 21 30\n", false, ErrMalformed},
+		{"empty distance", n0 + "distance", "", false, ErrMalformed},
+		{"meminfo without MemFree", n0 + "meminfo", "Node 0 MemTotal:  100 kB\n", false, ErrMalformed},
+		{"meminfo of another node", n0 + "meminfo", "Node 1 MemTotal:  100 kB\nNode 1 MemFree:  10 kB\n", false, ErrMalformed},
+		{"meminfo bad number", n0 + "meminfo", "Node 0 MemTotal:  1x0 kB\nNode 0 MemFree:  10 kB\n", false, ErrMalformed},
+		{"meminfo wrong unit", n0 + "meminfo", "Node 0 MemTotal:  100 MB\nNode 0 MemFree:  10 kB\n", false, ErrMalformed},
+		{"meminfo overflow", n0 + "meminfo", "Node 0 MemTotal:  99999999999999999999 kB\nNode 0 MemFree:  10 kB\n", false, ErrMalformed},
+		{"node online garbage", "devices/system/node/online", "0-1x\n", false, ErrMalformed},
+		{"cpu possible garbage", "devices/system/cpu/possible", "zero\n", false, ErrMalformed},
+		{"online not possible", "devices/system/cpu/online", "0-16\n", false, ErrMalformed},
+		{"online cpu in no node", "devices/system/cpu/online", "0-15\n", false, nil}, // control: unchanged content is fine
+		{"package id empty", c0 + "topology/physical_package_id", "\n", false, ErrMalformed},
+		{"core id text", c0 + "topology/core_id", "zero\n", false, ErrMalformed},
+		{"siblings without self", c0 + "topology/thread_siblings_list", "8\n", false, ErrMalformed},
+		{"siblings truncated", c0 + "topology/thread_siblings_list", "0,\n", false, ErrMalformed},
+		{"cache level text", c0 + "cache/index3/level", "L3\n", false, ErrMalformed},
+		{"llc without self", c0 + "cache/index3/shared_cpu_list", "2-3\n", false, ErrMalformed},
+		{"llc overlaps another group", c0 + "cache/index3/shared_cpu_list", "0-2,8-9\n", false, ErrMalformed},
+		{"hugepages count text", n0 + "hugepages/hugepages-2048kB/nr_hugepages", "many\n", false, ErrMalformed},
+		{"hugepages count negative", n0 + "hugepages/hugepages-2048kB/free_hugepages", "-1\n", false, ErrMalformed},
+		{"missing node online", "devices/system/node/online", "", true, fs.ErrNotExist},
+		{"missing cpu online", "devices/system/cpu/online", "", true, fs.ErrNotExist},
+		{"missing cpulist", n0 + "cpulist", "", true, fs.ErrNotExist},
+		{"missing meminfo", n0 + "meminfo", "", true, fs.ErrNotExist},
+		{"missing distance", n0 + "distance", "", true, fs.ErrNotExist},
+		{"missing core id", c0 + "topology/core_id", "", true, fs.ErrNotExist},
+		{"missing llc list", c0 + "cache/index3/shared_cpu_list", "", true, fs.ErrNotExist},
+		{"missing hugepages count", n0 + "hugepages/hugepages-2048kB/nr_hugepages", "", true, fs.ErrNotExist},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fsys := loadFixture(t, "two-socket-smt2")
+			if tc.remove {
+				delete(fsys, tc.file)
+			} else {
+				fsys[tc.file] = &fstest.MapFile{Data: []byte(tc.content)}
+			}
+			_, err := Discover(fsys)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("Discover: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Discover error = %v, want one wrapping %v", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.file) {
+				t.Errorf("error %q does not name the file %s", err, tc.file)
+			}
+		})
+	}
+}
+
+// TestDiscoverMalformedMessage pins the shape of an error: package, file,
+// quoted content, reason.
+func TestDiscoverMalformedMessage(t *testing.T) {
+	fsys := loadFixture(t, "two-socket-smt2")
+	fsys[n0+"distance"] = &fstest.MapFile{Data: []byte("10 x\n")}
+	_, err := Discover(fsys)
+	const prefix = `topology: devices/system/node/node0/distance: "10 x": `
+	if err == nil || !strings.HasPrefix(err.Error(), prefix) {
+		t.Errorf("error = %v, want it to start with %s", err, prefix)
+	}
+}
+
+// TestDiscoverOptionalFiles removes what sysfs may legitimately lack.
+func TestDiscoverOptionalFiles(t *testing.T) {
+	fsys := loadFixture(t, "two-socket-smt2")
+	for name := range fsys {
+		if strings.Contains(name, "/cache/") || strings.Contains(name, "/hugepages/") {
+			delete(fsys, name)
+		}
+	}
+	m, err := Discover(fsys)
+	if err != nil {
+		t.Fatalf("Discover without cache and hugepages files: %v", err)
+	}
+	for _, n := range m.Nodes {
+		if n.HugePages != nil {
+			t.Errorf("node %d HugePages = %v, want nil without the directory", n.ID, n.HugePages)
+		}
+	}
+	// Without cache information a CPU's LLC group is its SMT siblings.
+	c, _ := m.CPUByID(9)
+	if c.LLC.String() != "1,9" {
+		t.Errorf("cpu 9 LLC = %s, want its siblings 1,9", c.LLC)
+	}
+	if len(m.LLCGroups) != 8 || m.LLCGroups[0].String() != "0,8" || m.LLCGroups[7].String() != "7,15" {
+		t.Errorf("LLCGroups = %v, want the 8 sibling pairs 0,8 ... 7,15", m.LLCGroups)
+	}
+}
+
+// fuzzTargets are the files FuzzDiscover overwrites, one per input.
+var fuzzTargets = []string{
+	"devices/system/node/online",
+	"devices/system/cpu/possible",
+	"devices/system/cpu/online",
+	n0 + "cpulist",
+	n0 + "meminfo",
+	n0 + "distance",
+	n0 + "hugepages/hugepages-2048kB/nr_hugepages",
+	c0 + "topology/physical_package_id",
+	c0 + "topology/thread_siblings_list",
+	c0 + "cache/index3/level",
+	c0 + "cache/index3/shared_cpu_list",
+}
+
+// FuzzDiscover writes arbitrary bytes into one sysfs file: Discover must
+// never panic, and any error must name a file.
+func FuzzDiscover(f *testing.F) {
+	for i, seed := range []string{"0-1", "0-", "10 x", "Node 0 MemTotal: 1 kB\nNode 0 MemFree: 1 kB", "-1", "0,8", "9", "0-2,8-9", "\x00", "4294967296", "0-65535"} {
+		f.Add(uint8(i), []byte(seed))
+	}
+	base := loadFixture(f, "two-socket-smt2")
+	f.Fuzz(func(t *testing.T, which uint8, content []byte) {
+		fsys := fstest.MapFS{}
+		for k, v := range base {
+			fsys[k] = v
+		}
+		file := fuzzTargets[int(which)%len(fuzzTargets)]
+		fsys[file] = &fstest.MapFile{Data: content}
+		m, err := Discover(fsys)
+		if err != nil {
+			if !strings.Contains(err.Error(), "devices/system/") {
+				t.Fatalf("error names no file: %v", err)
+			}
+			return
+		}
+		if len(m.Nodes) == 0 && len(m.CPUs) > 0 && !m.OnlineCPUs().IsEmpty() {
+			t.Fatalf("online CPUs %s without a node", m.OnlineCPUs())
+		}
+	})
+}
