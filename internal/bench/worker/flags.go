@@ -32,11 +32,12 @@ func (l *listFlag) Set(s string) error {
 
 // Flags are the command-line flags of `vcored worker`.
 type Flags struct {
-	mode, size, pattern, verify, result *string
-	names                               listFlag
-	pages, stride, cpu, faultAround     *int
-	seed                                *uint64
-	read                                *bool
+	mode, size, pattern, verify, result     *string
+	names                                   listFlag
+	pages, stride, cpu, faultAround, rounds *int
+	waitFile                                *string
+	seed                                    *uint64
+	read                                    *bool
 }
 
 // BindFlags defines the worker's flags on fs.
@@ -54,6 +55,8 @@ func BindFlags(fs *flag.FlagSet) *Flags {
 	f.result = fs.String("result", "", "write the measurements as JSON to `FILE` (stdout when empty)")
 	f.cpu = fs.Int("cpu", -1, "pin the touching thread (and the raw handler) to this CPU; -1: no pinning")
 	f.faultAround = fs.Int("fault-around", 1, "raw mode: pages resolved per fault")
+	f.rounds = fs.Int("rounds", 1, "touch every page this many times, dropping the pages (MADV_DONTNEED) between rounds so each round faults again")
+	f.waitFile = fs.String("wait-file", "", "after attaching, wait until `FILE` exists before touching")
 	return f
 }
 
@@ -93,6 +96,7 @@ func (f *Flags) Config(attach AttachFunc) (Config, error) {
 	return Config{
 		Mode: mode, Dataspaces: names, Pages: n, Pattern: pattern, Stride: *f.stride, Seed: *f.seed,
 		Verify: verify, Read: *f.read, CPU: *f.cpu, FaultAround: *f.faultAround, Attach: attach,
+		Rounds: *f.rounds, WaitFile: *f.waitFile,
 	}, nil
 }
 

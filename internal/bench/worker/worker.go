@@ -59,6 +59,15 @@ type Config struct {
 	CPU int
 	// FaultAround is the pages resolved per fault by the raw handler (>=1).
 	FaultAround int
+	// Rounds repeats the touch loop: after each round but the last the
+	// pages are verified and dropped (MADV_DONTNEED), so the next round
+	// faults again. 0 means 1. Soak tests use it to reach millions of
+	// faults in little memory.
+	Rounds int
+	// WaitFile, when set, makes the worker wait after attaching until the
+	// file exists before it touches anything (tests use it to kill a pager
+	// between attach and the first fault).
+	WaitFile string
 	// Attach is required in uffd mode.
 	Attach AttachFunc
 	Log    *slog.Logger
@@ -135,6 +144,9 @@ func check(cfg *Config) error {
 	if cfg.FaultAround < 1 {
 		cfg.FaultAround = 1
 	}
+	if cfg.Rounds < 1 {
+		cfg.Rounds = 1
+	}
 	if cfg.Pattern == "" {
 		cfg.Pattern = bench.PatternSeq
 	}
@@ -181,11 +193,32 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 		return nil, fmt.Errorf("%w: mode %q", bench.ErrUsage, cfg.Mode)
 	}
 
+	if cfg.WaitFile != "" {
+		if err := waitFile(ctx, cfg.WaitFile); err != nil {
+			return nil, fmt.Errorf("worker: %s: %w", name, err)
+		}
+	}
+
 	h := hist.New()
 	proc := os.DirFS("/proc")
 	before, irqErr := irqstat.Read(proc)
 	start := time.Now()
-	ds.TouchNS = touch(mem, order, ps, cfg.Read, wordFor(cfg.Verify), h)
+	for r := 1; r < cfg.Rounds; r++ {
+		ds.TouchNS += touch(mem, order, ps, cfg.Read, wordFor(cfg.Verify), h)
+		if cfg.Verify.Kind != "" {
+			n, verr := verify(mem[:size], ps, cfg.Verify)
+			ds.VerifiedPages += n
+			if verr != nil {
+				verr = fmt.Errorf("dataspace %q round %d: %w", name, r, verr)
+				ds.Errors = append(ds.Errors, verr.Error())
+				return ds, verr
+			}
+		}
+		if err := linux.Madvise(mem[:size], linux.MADV_DONTNEED); err != nil {
+			return ds, fmt.Errorf("worker: %s: drop pages after round %d: %w", name, r, err)
+		}
+	}
+	ds.TouchNS += touch(mem, order, ps, cfg.Read, wordFor(cfg.Verify), h)
 	ds.WallNS = int64(time.Since(start))
 	if irqErr == nil {
 		var after irqstat.Snapshot
@@ -199,7 +232,7 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 	if irqErr != nil {
 		cfg.Log.Warn("no IPI counts", "dataspace", name, "err", irqErr)
 	}
-	ds.Pages = len(order)
+	ds.Pages = len(order) * cfg.Rounds
 	ds.Latency = h.Snapshot()
 
 	if handler != nil {
@@ -219,7 +252,7 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 
 	if cfg.Verify.Kind != "" {
 		n, verr := verify(mem[:size], ps, cfg.Verify)
-		ds.VerifiedPages = n
+		ds.VerifiedPages += n
 		if verr != nil {
 			verr = fmt.Errorf("dataspace %q: %w", name, verr)
 			ds.Errors = append(ds.Errors, verr.Error())
@@ -227,6 +260,20 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 		}
 	}
 	return ds, nil
+}
+
+// waitFile polls until path exists or ctx ends.
+func waitFile(ctx context.Context, path string) error {
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", path, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 func closeErr(what string, err error) error {
