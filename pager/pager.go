@@ -1,0 +1,875 @@
+// Package pager serves page faults of worker processes through their
+// userfaultfds: the mechanism under a vcore (local pager on the partition's
+// CPUs) and under core (the fallback pager, the forwarded-fault resolver and
+// the single-pager baseline).
+//
+// # Who does what with a userfaultfd
+//
+// The worker maps a region, creates the userfaultfd (linux.OpenUffd) and
+// hands the fd over (SCM_RIGHTS). It does not call UFFDIO_API: the first
+// daemon that adds the fd to a Pager does (AddUffd calls InitUffd when the
+// fd is not initialized yet), requesting the features a pager needs
+// (Features: the faulting thread id and the UNMAP/REMOVE/REMAP events) as
+// far as the kernel has them. Every dup of the fd (core keeps one) shares
+// that state, so a second holder never negotiates again. AddRegion does
+// UFFDIO_REGISTER (MISSING) on the worker's range; registrations also belong
+// to the shared context, so a second holder registering the same range is a
+// no-op for the kernel.
+//
+// # Threads
+//
+// New starts the pager threads: goroutines locked to their OS thread and
+// pinned to Options.CPUs (one thread per CPU by default, each pinned to its
+// CPU). They all wait in epoll_wait on one epoll set holding the served
+// uffds (edge-triggered: a thread reads a uffd until it is empty), the pidfd
+// of each worker (one-shot: its exit removes the uffd) and an eventfd that
+// stops them. No thread blocks anywhere else.
+//
+// # A fault
+//
+// A thread reads the fault, finds the region (a per-uffd sorted table read
+// without locks), fills its page buffer from the region's content and does
+// one UFFDIO_COPY of the fault-around window (Options.FaultAround pages,
+// aligned within the region and clipped to it), or one UFFDIO_ZEROPAGE for
+// zero content. A window copy that hits a page already present (EEXIST)
+// stops there; if the faulting page was not among the copied ones it is
+// copied alone, and EEXIST on it means someone else resolved it: wake and
+// move on. EAGAIN (the worker's mm is changing) is retried once the pending
+// events are read; if it persists the page is woken so the fault is raised
+// again. ESRCH (the worker is gone) drops the uffd. Faults in Forward
+// regions are queued to Options.Forward, called from one forwarding
+// goroutine, so pager threads never block on it.
+//
+// A fault at an address outside every region the Pager knows is counted as
+// an error and left pending: another holder of the fd may know the region,
+// and Serve(id, true) re-raises pending faults. Nothing is ever zero-filled
+// without a region saying so.
+package pager
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/hw"
+	"github.com/vcored/vcored/internal/linux"
+)
+
+// Sentinel errors; the returned errors wrap them with the uffd id, address
+// or region.
+var (
+	ErrClosed        = errors.New("pager: closed")
+	ErrUnknownUffd   = errors.New("pager: unknown uffd id")
+	ErrDuplicateUffd = errors.New("pager: uffd id already added")
+	ErrBadRegion     = errors.New("pager: invalid region")
+	ErrOverlap       = errors.New("pager: region overlaps another")
+	ErrNoRegion      = errors.New("pager: address in no region")
+)
+
+// Features are the userfaultfd features InitUffd requests when the kernel
+// has them: the faulting thread's id, and the events that keep the region
+// table right when the worker unmaps, discards or moves registered memory.
+const Features = linux.UFFD_FEATURE_THREAD_ID | linux.UFFD_FEATURE_EVENT_UNMAP |
+	linux.UFFD_FEATURE_EVENT_REMOVE | linux.UFFD_FEATURE_EVENT_REMAP
+
+// InitUffd negotiates the API of a fresh userfaultfd (UFFDIO_API) with
+// Features, minus those the kernel lacks. It must run once per userfaultfd
+// context, by its first holder; AddUffd calls it when needed.
+func InitUffd(u *linux.Uffd) (features uint64, err error) {
+	have, err := linux.UffdFeatures()
+	if err != nil {
+		return 0, fmt.Errorf("pager: probe userfaultfd features: %w", err)
+	}
+	if _, err := u.API(Features & have); err != nil {
+		return 0, fmt.Errorf("pager: negotiate userfaultfd fd %d: %w", u.FD(), err)
+	}
+	return Features & have, nil
+}
+
+// Options configure a Pager.
+type Options struct {
+	// CPUs the pager threads are pinned to. Empty: not pinned.
+	CPUs hw.CPUSet
+	// Threads is the number of pager threads. 0: one per CPU of CPUs, each
+	// pinned to its own CPU (1 when CPUs is empty). Otherwise every thread
+	// is pinned to all of CPUs.
+	Threads int
+	// FaultAround is the number of pages resolved per fault (the aligned
+	// window around the faulting page, clipped to the region); 0 means 1.
+	FaultAround int
+	// Forward receives the faults of Forward regions. It is called from a
+	// single goroutine of the Pager, in fault order, and should not block
+	// for long: while it runs, further forwarded faults queue (up to 4096,
+	// then they are woken to be raised again later).
+	Forward func(Fault)
+	// Log receives warnings (unknown faults, dropped uffds). Nil: discard.
+	Log *slog.Logger
+}
+
+// Region is a registered range of a worker's address space and what it
+// holds.
+type Region struct {
+	// Start and Length are page-aligned, in the worker's address space.
+	Start, Length uintptr
+	// Dataspace names the dataspace (stats are kept per dataspace).
+	Dataspace string
+	// Offset is the dataspace offset of Start (page-aligned).
+	Offset uint64
+	// Content fills the pages; nil only for Forward regions.
+	Content content.Source
+	// Forward: faults go to Options.Forward instead of being resolved here.
+	Forward bool
+}
+
+// End is the first address after the region.
+func (r Region) End() uintptr { return r.Start + r.Length }
+
+// Fault is a forwarded fault.
+type Fault struct {
+	// Uffd is the id the worker's uffd was added with.
+	Uffd uint64
+	// Addr is the faulting address (page-aligned).
+	Addr uintptr
+	// Dataspace and Offset locate the page in its dataspace.
+	Dataspace string
+	Offset    uint64
+	// TID is the faulting thread (0 without UFFD_FEATURE_THREAD_ID).
+	TID uint32
+	// Start is when the pager read the fault.
+	Start time.Time
+}
+
+// UffdInfo describes a uffd the Pager holds, e.g. to hand it over.
+type UffdInfo struct {
+	ID      uint64
+	Pid     int
+	Serving bool
+	Regions []Region
+}
+
+// Token kinds in the epoll data: kind in the low 2 bits, sequence above.
+const (
+	kindStop = 0
+	kindUffd = 1
+	kindPid  = 2
+)
+
+// Pager serves the faults of the uffds added to it. Its methods are safe for
+// concurrent use.
+type Pager struct {
+	opts   Options
+	log    *slog.Logger
+	ps     uintptr // page size
+	around int     // pages per fault
+
+	ep   *linux.Epoll
+	stop *linux.EventFD
+
+	mu      sync.Mutex                            // serializes changes of the tables below
+	byID    map[uint64]*uffdEntry                 // under mu
+	byToken atomic.Pointer[map[uint64]*uffdEntry] // copy-on-write, read by pager threads
+	nextSeq uint64                                // under mu
+	closed  bool                                  // under mu
+
+	threads []*thread
+	wg      sync.WaitGroup
+
+	fwd   chan fwdItem
+	fwdWG sync.WaitGroup
+
+	stats statsTable
+
+	bufPool sync.Pool // page buffers for Resolve
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type fwdItem struct {
+	f Fault
+	e *uffdEntry
+}
+
+// uffdEntry is one held uffd.
+type uffdEntry struct {
+	id    uint64
+	seq   uint64
+	u     *linux.Uffd
+	pid   int
+	watch *linux.PidWatch
+
+	// regions is the sorted, immutable region table; replaced under
+	// Pager.mu, read lock-free.
+	regions atomic.Pointer[[]*region]
+
+	// use guards the fd against being closed while a thread uses it: users
+	// RLock, the closer Locks.
+	use    sync.RWMutex
+	closed bool // under use
+
+	serving bool // under Pager.mu
+}
+
+// region is a Region with its stats slot.
+type region struct {
+	Region
+	end uintptr
+	ds  int // dataspace index in the stats table
+}
+
+func (e *uffdEntry) table() []*region {
+	if p := e.regions.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// find returns the region holding addr, or nil.
+func (e *uffdEntry) find(addr uintptr) *region {
+	rs := e.table()
+	lo, hi := 0, len(rs)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if rs[m].end <= addr {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	if lo < len(rs) && rs[lo].Start <= addr {
+		return rs[lo]
+	}
+	return nil
+}
+
+// New starts a Pager and its threads. It fails if a thread cannot be pinned.
+func New(opts Options) (*Pager, error) {
+	if opts.FaultAround <= 0 {
+		opts.FaultAround = 1
+	}
+	if opts.Threads < 0 {
+		return nil, fmt.Errorf("pager: %d threads", opts.Threads)
+	}
+	cpus := opts.CPUs.Slice()
+	perCPU := opts.Threads == 0 && len(cpus) > 0
+	n := opts.Threads
+	if n == 0 {
+		n = max(len(cpus), 1)
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Pager{
+		opts:   opts,
+		log:    log,
+		ps:     uintptr(linux.PageSize()),
+		around: opts.FaultAround,
+		byID:   map[uint64]*uffdEntry{},
+		fwd:    make(chan fwdItem, 4096),
+	}
+	p.stats.init()
+	empty := map[uint64]*uffdEntry{}
+	p.byToken.Store(&empty)
+	bufSize := p.around * int(p.ps)
+	p.bufPool.New = func() any { b := make([]byte, bufSize); return &b }
+
+	var err error
+	if p.ep, err = linux.NewEpoll(); err != nil {
+		return nil, fmt.Errorf("pager: %w", err)
+	}
+	if p.stop, err = linux.NewEventFD(); err != nil {
+		p.ep.Close()
+		return nil, fmt.Errorf("pager: %w", err)
+	}
+	if err := p.ep.Add(p.stop.FD(), linux.EPOLLIN, kindStop); err != nil {
+		p.stop.Close()
+		p.ep.Close()
+		return nil, fmt.Errorf("pager: %w", err)
+	}
+
+	started := make(chan error, n)
+	for i := range n {
+		var pin hw.CPUSet
+		switch {
+		case perCPU:
+			pin = hw.NewSet(cpus[i])
+		case len(cpus) > 0:
+			pin = opts.CPUs
+		}
+		t := &thread{p: p, idx: i, pin: pin}
+		p.threads = append(p.threads, t)
+		p.wg.Add(1)
+		go t.run(started)
+	}
+	var errs []error
+	for range n {
+		if err := <-started; err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.fwdWG.Add(1)
+	go p.forwarder()
+	if len(errs) > 0 {
+		return nil, errors.Join(append(errs, p.Close())...)
+	}
+	return p, nil
+}
+
+// forwarder calls Options.Forward for queued faults.
+func (p *Pager) forwarder() {
+	defer p.fwdWG.Done()
+	for it := range p.fwd {
+		if p.opts.Forward != nil {
+			p.opts.Forward(it.f)
+		}
+	}
+}
+
+// Close stops the threads, closes every held uffd and releases the epoll
+// set. Faults being resolved complete first. Closing the last holder of a
+// uffd lets its pending faults fall back to the kernel (zero pages): keep
+// another holder (core) when that matters. Close is idempotent.
+func (p *Pager) Close() error {
+	p.closeOnce.Do(func() {
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		var errs []error
+		if err := p.stop.Signal(); err != nil {
+			errs = append(errs, err)
+		}
+		p.wg.Wait()
+		close(p.fwd)
+		p.fwdWG.Wait()
+		p.mu.Lock()
+		entries := make([]*uffdEntry, 0, len(p.byID))
+		for _, e := range p.byID {
+			entries = append(entries, e)
+		}
+		p.mu.Unlock()
+		for _, e := range entries {
+			if err := p.remove(e); err != nil && !errors.Is(err, ErrUnknownUffd) {
+				errs = append(errs, err)
+			}
+		}
+		errs = append(errs, p.stop.Close(), p.ep.Close())
+		p.closeErr = errors.Join(errs...)
+	})
+	return p.closeErr
+}
+
+func uffdToken(seq uint64) uint64 { return seq<<2 | kindUffd }
+func pidToken(seq uint64) uint64  { return seq<<2 | kindPid }
+
+// publish rebuilds the token map for the pager threads. Called under mu.
+func (p *Pager) publish() {
+	m := make(map[uint64]*uffdEntry, len(p.byID))
+	for _, e := range p.byID {
+		m[e.seq] = e
+	}
+	p.byToken.Store(&m)
+}
+
+func (p *Pager) bySeq(seq uint64) *uffdEntry { return (*p.byToken.Load())[seq] }
+
+// AddUffd takes ownership of u, a worker's userfaultfd, under id. pid is the
+// worker (0: not watched); its exit removes the uffd. With serve, the pager
+// threads start resolving its faults; without, the Pager only holds it (for
+// Resolve, or a later Serve). An fd not negotiated yet is (InitUffd). On
+// error u is closed.
+func (p *Pager) AddUffd(id uint64, u *linux.Uffd, pid int, serve bool) error {
+	fail := func(err error) error {
+		u.Close()
+		return err
+	}
+	ok, err := u.Initialized()
+	if err != nil {
+		return fail(fmt.Errorf("pager: uffd %d: %w", id, err))
+	}
+	if !ok {
+		if _, err := InitUffd(u); err != nil {
+			return fail(fmt.Errorf("uffd %d: %w", id, err))
+		}
+	}
+	e := &uffdEntry{id: id, u: u, pid: pid}
+	if pid > 0 {
+		if e.watch, err = linux.WatchPid(pid); err != nil {
+			return fail(fmt.Errorf("pager: uffd %d: watch worker %d: %w", id, pid, err))
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		e.closeFDs()
+		return fmt.Errorf("%w (adding uffd %d)", ErrClosed, id)
+	}
+	if _, dup := p.byID[id]; dup {
+		e.closeFDs()
+		return fmt.Errorf("%w: %d", ErrDuplicateUffd, id)
+	}
+	p.nextSeq++
+	e.seq = p.nextSeq
+	if e.watch != nil {
+		if err := p.ep.Add(e.watch.FD(), linux.EPOLLIN|linux.EPOLLONESHOT, pidToken(e.seq)); err != nil {
+			e.closeFDs()
+			return fmt.Errorf("pager: uffd %d: %w", id, err)
+		}
+	}
+	p.byID[id] = e
+	p.publish()
+	if serve {
+		if err := p.serveLocked(e, true); err != nil {
+			delete(p.byID, id)
+			p.publish()
+			p.unwatchLocked(e)
+			e.closeFDs()
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *uffdEntry) closeFDs() error {
+	var errs []error
+	if e.watch != nil {
+		errs = append(errs, e.watch.Close())
+	}
+	errs = append(errs, e.u.Close())
+	return errors.Join(errs...)
+}
+
+func (p *Pager) unwatchLocked(e *uffdEntry) {
+	if e.watch != nil {
+		_ = p.ep.Delete(e.watch.FD())
+	}
+}
+
+// AddRegion registers r on uffd id (UFFDIO_REGISTER, MISSING mode) and
+// serves it from then on.
+func (p *Pager) AddRegion(id uint64, r Region) error {
+	if r.Length == 0 || r.Start%p.ps != 0 || r.Length%p.ps != 0 || r.Offset%uint64(p.ps) != 0 || r.Start+r.Length < r.Start {
+		return fmt.Errorf("%w: %#x+%#x offset %#x (must be page-aligned and non-empty)", ErrBadRegion, r.Start, r.Length, r.Offset)
+	}
+	if r.Content == nil && !r.Forward {
+		return fmt.Errorf("%w: %#x+%#x of dataspace %q has no content", ErrBadRegion, r.Start, r.Length, r.Dataspace)
+	}
+	if r.Forward && p.opts.Forward == nil {
+		return fmt.Errorf("%w: %#x+%#x of dataspace %q is forwarded but Options.Forward is nil", ErrBadRegion, r.Start, r.Length, r.Dataspace)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, err := p.entryLocked(id)
+	if err != nil {
+		return err
+	}
+	old := e.table()
+	i, _ := slices.BinarySearchFunc(old, r.Start, func(x *region, s uintptr) int {
+		switch {
+		case x.Start < s:
+			return -1
+		case x.Start > s:
+			return 1
+		}
+		return 0
+	})
+	if (i > 0 && old[i-1].end > r.Start) || (i < len(old) && old[i].Start < r.End()) {
+		return fmt.Errorf("%w: %#x+%#x (%q) on uffd %d", ErrOverlap, r.Start, r.Length, r.Dataspace, id)
+	}
+	if _, err := e.u.Register(r.Start, r.Length, linux.UFFDIO_REGISTER_MODE_MISSING); err != nil {
+		return fmt.Errorf("pager: uffd %d region %q: %w", id, r.Dataspace, err)
+	}
+	nr := &region{Region: r, end: r.End(), ds: p.stats.indexOf(r.Dataspace)}
+	table := make([]*region, 0, len(old)+1)
+	table = append(append(append(table, old[:i]...), nr), old[i:]...)
+	e.regions.Store(&table)
+	return nil
+}
+
+// RemoveRegion forgets the region starting at start on uffd id and
+// unregisters it (UFFDIO_UNREGISTER; an error there is ignored when the
+// worker already unmapped it).
+func (p *Pager) RemoveRegion(id uint64, start uintptr) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, err := p.entryLocked(id)
+	if err != nil {
+		return err
+	}
+	old := e.table()
+	i := slices.IndexFunc(old, func(r *region) bool { return r.Start == start })
+	if i < 0 {
+		return fmt.Errorf("%w: no region starts at %#x on uffd %d", ErrNoRegion, start, id)
+	}
+	r := old[i]
+	table := slices.Delete(slices.Clone(old), i, i+1)
+	e.regions.Store(&table)
+	if err := e.u.Unregister(r.Start, r.Length); err != nil && !errors.Is(err, linux.EINVAL) &&
+		!errors.Is(err, linux.ENOMEM) && !errors.Is(err, linux.ESRCH) {
+		return fmt.Errorf("pager: uffd %d region %q: %w", id, r.Dataspace, err)
+	}
+	return nil
+}
+
+func (p *Pager) entryLocked(id uint64) (*uffdEntry, error) {
+	if p.closed {
+		return nil, fmt.Errorf("%w (uffd %d)", ErrClosed, id)
+	}
+	e := p.byID[id]
+	if e == nil {
+		return nil, fmt.Errorf("%w: %d", ErrUnknownUffd, id)
+	}
+	return e, nil
+}
+
+// Serve starts (on) or stops polling uffd id. Starting wakes every region
+// (UFFDIO_WAKE): faults read by a pager that died before resolving them are
+// raised again and served here.
+func (p *Pager) Serve(id uint64, on bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, err := p.entryLocked(id)
+	if err != nil {
+		return err
+	}
+	return p.serveLocked(e, on)
+}
+
+func (p *Pager) serveLocked(e *uffdEntry, on bool) error {
+	if on == e.serving {
+		return nil
+	}
+	if !on {
+		e.serving = false
+		if err := p.ep.Delete(e.u.FD()); err != nil {
+			return fmt.Errorf("pager: stop serving uffd %d: %w", e.id, err)
+		}
+		return nil
+	}
+	if err := p.ep.Add(e.u.FD(), linux.EPOLLIN|linux.EPOLLET, uffdToken(e.seq)); err != nil {
+		return fmt.Errorf("pager: serve uffd %d: %w", e.id, err)
+	}
+	e.serving = true
+	var errs []error
+	for _, r := range e.table() {
+		if err := e.u.Wake(r.Start, r.Length); err != nil && !errors.Is(err, linux.ESRCH) {
+			errs = append(errs, fmt.Errorf("pager: uffd %d: wake region %q at %#x: %w", e.id, r.Dataspace, r.Start, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Resolve resolves the fault at addr of uffd id from its region's content
+// (with fault-around), whether or not the Pager serves that uffd: the
+// resolver of forwarded faults calls it. A page already present counts as
+// success.
+func (p *Pager) Resolve(id uint64, addr uintptr) error {
+	p.mu.Lock()
+	e, err := p.entryLocked(id)
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	addr &^= p.ps - 1
+	e.use.RLock()
+	defer e.use.RUnlock()
+	if e.closed {
+		return fmt.Errorf("%w: %d (removed)", ErrUnknownUffd, id)
+	}
+	r := e.find(addr)
+	if r == nil {
+		p.stats.shared(func(s *dsCounters) { s.errors++ }, 0)
+		return fmt.Errorf("%w: %#x on uffd %d", ErrNoRegion, addr, id)
+	}
+	if r.Content == nil {
+		return fmt.Errorf("%w: %#x on uffd %d: dataspace %q has no content here", ErrNoRegion, addr, id, r.Dataspace)
+	}
+	bp := p.bufPool.Get().(*[]byte)
+	pages, err := p.resolve(e, r, addr, *bp)
+	p.bufPool.Put(bp)
+	if errors.Is(err, linux.EAGAIN) {
+		// The worker's mm is changing: let the fault be raised again.
+		err = e.u.Wake(addr, p.ps)
+	}
+	ns := time.Since(start).Nanoseconds()
+	p.stats.shared(func(s *dsCounters) {
+		s.faults++
+		s.pages += uint64(pages)
+		if err != nil {
+			s.errors++
+		} else {
+			s.lat.record(ns)
+		}
+	}, r.ds)
+	if err != nil {
+		return fmt.Errorf("pager: resolve %#x on uffd %d (%q): %w", addr, id, r.Dataspace, err)
+	}
+	return nil
+}
+
+// resolve maps the fault-around window of addr (a page address in r) from
+// r's content into the worker and wakes the faulting thread. It returns the
+// number of pages it mapped. EEXIST is success. The caller holds e.use.
+func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte) (int, error) {
+	ps := p.ps
+	lo, hi := addr, addr+ps
+	if p.around > 1 {
+		idx := (addr - r.Start) / ps
+		lo = r.Start + (idx-idx%uintptr(p.around))*ps
+		hi = min(lo+uintptr(p.around)*ps, r.end)
+	}
+	if r.Content.IsZero() {
+		n, err := e.u.ZeroPage(lo, hi-lo, 0)
+		if err == nil || !errors.Is(err, linux.EEXIST) {
+			return int(uintptr(n) / ps), err
+		}
+		if lo+uintptr(n) > addr {
+			return int(uintptr(n) / ps), nil // the faulting page was mapped (and woken)
+		}
+		m, err := e.u.ZeroPage(addr, ps, 0)
+		if errors.Is(err, linux.EEXIST) {
+			return int(uintptr(n) / ps), e.u.Wake(addr, ps)
+		}
+		return int(uintptr(n+m) / ps), err
+	}
+	src := buf[:hi-lo]
+	if err := r.Content.Fill(src, r.Offset+uint64(lo-r.Start)); err != nil {
+		return 0, err
+	}
+	n, err := e.u.Copy(lo, src, 0)
+	if err == nil || !errors.Is(err, linux.EEXIST) {
+		return int(uintptr(n) / ps), err
+	}
+	if lo+uintptr(n) > addr {
+		return int(uintptr(n) / ps), nil
+	}
+	off := addr - lo
+	m, err := e.u.Copy(addr, src[off:off+ps], 0)
+	if errors.Is(err, linux.EEXIST) {
+		return int(uintptr(n) / ps), e.u.Wake(addr, ps)
+	}
+	return int(uintptr(n+m) / ps), err
+}
+
+// RemoveUffd stops serving uffd id and closes it (after the threads using it
+// are done). Its registrations stay: they belong to the worker's mm and
+// other holders of the fd.
+func (p *Pager) RemoveUffd(id uint64) error {
+	p.mu.Lock()
+	e := p.byID[id]
+	p.mu.Unlock()
+	if e == nil {
+		return fmt.Errorf("%w: %d", ErrUnknownUffd, id)
+	}
+	return p.remove(e)
+}
+
+// remove drops e from the tables (if it is still there) and closes it.
+func (p *Pager) remove(e *uffdEntry) error {
+	p.mu.Lock()
+	if p.byID[e.id] != e {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: %d (already removed)", ErrUnknownUffd, e.id)
+	}
+	delete(p.byID, e.id)
+	p.publish()
+	if e.serving {
+		e.serving = false
+		_ = p.ep.Delete(e.u.FD())
+	}
+	p.unwatchLocked(e)
+	p.mu.Unlock()
+
+	e.use.Lock()
+	e.closed = true
+	err := e.closeFDs()
+	e.use.Unlock()
+	if err != nil {
+		return fmt.Errorf("pager: close uffd %d: %w", e.id, err)
+	}
+	return nil
+}
+
+// Uffds lists the held uffds, sorted by id.
+func (p *Pager) Uffds() []UffdInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]UffdInfo, 0, len(p.byID))
+	for _, e := range p.byID {
+		info := UffdInfo{ID: e.id, Pid: e.pid, Serving: e.serving}
+		for _, r := range e.table() {
+			info.Regions = append(info.Regions, r.Region)
+		}
+		out = append(out, info)
+	}
+	slices.SortFunc(out, func(a, b UffdInfo) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Uffd returns a dup of held uffd id, e.g. for core to keep while a vcore
+// serves it. The caller owns the returned fd.
+func (p *Pager) Uffd(id uint64) (*linux.Uffd, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, err := p.entryLocked(id)
+	if err != nil {
+		return nil, err
+	}
+	d, err := e.u.Dup()
+	if err != nil {
+		return nil, fmt.Errorf("pager: uffd %d: %w", id, err)
+	}
+	return d, nil
+}
+
+// TrackingBytes approximates the memory the Pager uses to track its uffds
+// and regions (not the per-thread page buffers and statistics): the
+// bench divides it by RegisteredPages.
+func (p *Pager) TrackingBytes() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	const (
+		mapSlot    = 16 // key and pointer in byID / byToken
+		entrySize  = int64(unsafe.Sizeof(uffdEntry{})+unsafe.Sizeof(linux.PidWatch{})+unsafe.Sizeof(linux.Uffd{})) + 2*mapSlot
+		regionSize = int64(unsafe.Sizeof(region{})) + 8 // + its slot in the table
+	)
+	var n int64
+	for _, e := range p.byID {
+		n += entrySize + int64(len(e.table()))*regionSize
+	}
+	return n
+}
+
+// RegisteredPages is the number of pages in all held regions.
+func (p *Pager) RegisteredPages() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var n int64
+	for _, e := range p.byID {
+		for _, r := range e.table() {
+			n += int64(r.Length / p.ps)
+		}
+	}
+	return n
+}
+
+// applyEvent updates e's region table after a non-fault event.
+func (p *Pager) applyEvent(e *uffdEntry, m *linux.UffdMsg) {
+	switch m.Event {
+	case linux.UFFD_EVENT_UNMAP:
+		start, end := m.Range()
+		p.mu.Lock()
+		p.cutLocked(e, start, end, 0, false)
+		p.mu.Unlock()
+	case linux.UFFD_EVENT_REMAP:
+		from, to, n := m.Remap()
+		p.mu.Lock()
+		p.cutLocked(e, from, from+n, to, true)
+		p.mu.Unlock()
+	case linux.UFFD_EVENT_REMOVE:
+		// MADV_DONTNEED/REMOVE: the pages are gone but the range stays
+		// mapped and registered; the next touch faults and is refilled
+		// from the content. Nothing to change in the table.
+	case linux.UFFD_EVENT_FORK:
+		// Not requested; should one arrive, do not leak the child's fd.
+		linux.NewUffd(m.ForkUfd()).Close()
+	}
+}
+
+// cutLocked removes [start, end) from e's regions; with move, the removed
+// parts reappear at to+(their address-start) with the same dataspace
+// offsets (mremap).
+func (p *Pager) cutLocked(e *uffdEntry, start, end, to uintptr, move bool) {
+	old := e.table()
+	var table, moved []*region
+	changed := false
+	for _, r := range old {
+		if r.end <= start || r.Start >= end {
+			table = append(table, r)
+			continue
+		}
+		changed = true
+		if r.Start < start { // part before the cut
+			table = append(table, p.subRegion(r, r.Start, start))
+		}
+		if r.end > end { // part after the cut
+			table = append(table, p.subRegion(r, end, r.end))
+		}
+		if move {
+			s, t := max(r.Start, start), min(r.end, end)
+			m := p.subRegion(r, s, t)
+			m.Start = to + (s - start)
+			m.end = m.Start + m.Length
+			moved = append(moved, m)
+		}
+	}
+	if !changed {
+		return
+	}
+	table = append(table, moved...)
+	slices.SortFunc(table, func(a, b *region) int {
+		switch {
+		case a.Start < b.Start:
+			return -1
+		case a.Start > b.Start:
+			return 1
+		}
+		return 0
+	})
+	e.regions.Store(&table)
+}
+
+func (p *Pager) subRegion(r *region, s, t uintptr) *region {
+	n := *r
+	n.Offset = r.Offset + uint64(s-r.Start)
+	n.Start, n.Length, n.end = s, t-s, t
+	return &n
+}
+
+// pidExited handles the exit of the worker behind pid token seq.
+func (p *Pager) pidExited(seq uint64) {
+	e := p.bySeq(seq)
+	if e == nil {
+		return
+	}
+	p.log.Debug("worker exited: dropping its uffd", "uffd", e.id, "pid", e.pid)
+	_ = p.remove(e)
+}
+
+// forward queues a fault for Options.Forward; a full queue wakes the fault
+// so that it is raised again later.
+func (p *Pager) forward(e *uffdEntry, r *region, addr uintptr, tid uint32, start time.Time) bool {
+	f := Fault{Uffd: e.id, Addr: addr, Dataspace: r.Dataspace, Offset: r.Offset + uint64(addr-r.Start), TID: tid, Start: start}
+	select {
+	case p.fwd <- fwdItem{f: f, e: e}:
+		return true
+	default:
+		_ = e.u.Wake(addr, p.ps)
+		return false
+	}
+}
+
+// lockThread pins the calling goroutine's OS thread to cpus for good.
+func lockThread(cpus hw.CPUSet) error {
+	runtime.LockOSThread()
+	if cpus.IsEmpty() {
+		return nil
+	}
+	return linux.SetThreadAffinity(cpus)
+}

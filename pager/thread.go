@@ -1,0 +1,183 @@
+package pager
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vcored/vcored/internal/hw"
+	"github.com/vcored/vcored/internal/linux"
+)
+
+// errDrop tells drain that the worker behind a uffd is gone.
+var errDrop = errors.New("pager: worker gone")
+
+// thread is one pager thread: its OS thread, buffers and statistics.
+type thread struct {
+	p   *Pager
+	idx int
+	pin hw.CPUSet
+
+	evs   [16]linux.EpollEvent
+	msgs  [16]linux.UffdMsg
+	buf   []byte // FaultAround pages, mmap'd (page-aligned)
+	again []againFault
+
+	stats threadStats
+}
+
+// againFault is a fault that got EAGAIN (the mm was changing), retried once
+// the pending events are read.
+type againFault struct {
+	r     *region
+	addr  uintptr
+	start time.Time
+}
+
+// run is the pager thread: it never unlocks its OS thread, so the pinned
+// thread ends with it.
+func (t *thread) run(started chan<- error) {
+	defer t.p.wg.Done()
+	if err := lockThread(t.pin); err != nil {
+		started <- fmt.Errorf("pager: thread %d: pin to cpus %s: %w", t.idx, t.pin, err)
+		return
+	}
+	buf, err := linux.Mmap(t.p.around*int(t.p.ps), linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		started <- fmt.Errorf("pager: thread %d: page buffer: %w", t.idx, err)
+		return
+	}
+	defer linux.Munmap(buf)
+	t.buf = buf
+	started <- nil
+	for {
+		n, err := t.p.ep.Wait(t.evs[:], -1)
+		if err != nil {
+			t.p.log.Error("pager thread stops: epoll_wait failed", "thread", t.idx, "err", err)
+			return
+		}
+		for i := range n {
+			tok := t.evs[i].Token()
+			switch tok & 3 {
+			case kindStop:
+				return
+			case kindPid:
+				t.p.pidExited(tok >> 2)
+			case kindUffd:
+				if e := t.p.bySeq(tok >> 2); e != nil {
+					t.drain(e)
+				}
+			}
+		}
+	}
+}
+
+// drain reads and handles every pending message of e (the uffd is
+// edge-triggered in the epoll set: read until it is empty).
+func (t *thread) drain(e *uffdEntry) {
+	e.use.RLock()
+	if e.closed {
+		e.use.RUnlock()
+		return
+	}
+	drop := false
+	t.stats.mu.Lock()
+	for {
+		k, err := e.u.ReadMsgs(t.msgs[:])
+		if err != nil {
+			if !errors.Is(err, linux.EAGAIN) {
+				t.p.log.Warn("pager: read uffd", "uffd", e.id, "err", err)
+			}
+			break
+		}
+		now := time.Now()
+		for i := range k {
+			m := &t.msgs[i]
+			if m.Event != linux.UFFD_EVENT_PAGEFAULT {
+				t.p.applyEvent(e, m)
+				continue
+			}
+			if t.fault(e, m, now) == errDrop {
+				drop = true
+			}
+		}
+		if k < len(t.msgs) {
+			break
+		}
+	}
+	if len(t.again) > 0 {
+		t.retry(e)
+	}
+	t.stats.mu.Unlock()
+	e.use.RUnlock()
+	if drop {
+		t.p.log.Debug("pager: worker gone, dropping its uffd", "uffd", e.id, "pid", e.pid)
+		_ = t.p.remove(e)
+	}
+}
+
+// fault handles one page fault. Called with e.use and t.stats.mu held.
+func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
+	p := t.p
+	addr := m.PagefaultAddr() &^ (p.ps - 1)
+	r := e.find(addr)
+	if r == nil {
+		st := t.stats.get(0)
+		st.faults++
+		st.errors++
+		if st.errors <= 10 || st.errors%1000 == 0 {
+			p.log.Warn("pager: fault outside every known region, left pending", "uffd", e.id,
+				"addr", fmt.Sprintf("%#x", addr), "count", st.errors)
+		}
+		return nil
+	}
+	st := t.stats.get(r.ds)
+	st.faults++
+	if r.Forward {
+		if p.forward(e, r, addr, m.PagefaultTID(), start) {
+			st.forwarded++
+		}
+		return nil
+	}
+	pages, err := p.resolve(e, r, addr, t.buf)
+	st.pages += uint64(pages)
+	return t.settle(e, r, addr, start, err, st)
+}
+
+// settle accounts for the outcome of resolving the fault at addr.
+func (t *thread) settle(e *uffdEntry, r *region, addr uintptr, start time.Time, err error, st *dsCounters) error {
+	switch {
+	case err == nil:
+		st.lat.record(time.Since(start).Nanoseconds())
+		return nil
+	case errors.Is(err, linux.EAGAIN):
+		t.again = append(t.again, againFault{r: r, addr: addr, start: start})
+		return nil
+	case errors.Is(err, linux.ESRCH):
+		st.errors++
+		return errDrop
+	}
+	st.errors++
+	t.p.log.Warn("pager: resolve failed", "uffd", e.id, "dataspace", r.Dataspace,
+		"addr", fmt.Sprintf("%#x", addr), "err", err)
+	// Let the thread fault again rather than wait forever.
+	_ = e.u.Wake(addr, t.p.ps)
+	return nil
+}
+
+// retry resolves the faults that got EAGAIN again, now that the events in
+// the queue are read; if the mm is still changing, they are woken so that
+// they are raised again later.
+func (t *thread) retry(e *uffdEntry) {
+	for _, a := range t.again {
+		st := t.stats.get(a.r.ds)
+		pages, err := t.p.resolve(e, a.r, a.addr, t.buf)
+		st.pages += uint64(pages)
+		if errors.Is(err, linux.EAGAIN) {
+			_ = e.u.Wake(a.addr, t.p.ps)
+			continue
+		}
+		_ = t.settle(e, a.r, a.addr, a.start, err, st) // err is not EAGAIN: nothing is appended
+	}
+	t.again = t.again[:0]
+}

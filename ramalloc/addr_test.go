@@ -1,0 +1,5 @@
+package ramalloc
+
+import "unsafe"
+
+func unsafeAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
