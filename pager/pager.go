@@ -168,6 +168,7 @@ type Pager struct {
 	log    *slog.Logger
 	ps     uintptr // page size
 	around int     // pages per fault
+	zero   []byte  // around pages of zeros, never written: the source for zero-content write faults
 
 	ep   *linux.Epoll
 	stop *linux.EventFD
@@ -280,6 +281,7 @@ func New(opts Options) (*Pager, error) {
 	p.byToken.Store(&empty)
 	bufSize := p.around * int(p.ps)
 	p.bufPool.New = func() any { b := make([]byte, bufSize); return &b }
+	p.zero = make([]byte, bufSize)
 
 	var err error
 	if p.ep, err = linux.NewEpoll(); err != nil {
@@ -593,7 +595,9 @@ func (p *Pager) Resolve(id uint64, addr uintptr) error {
 		return fmt.Errorf("%w: %#x on uffd %d: dataspace %q has no content here", ErrNoRegion, addr, id, r.Dataspace)
 	}
 	bp := p.bufPool.Get().(*[]byte)
-	pages, err := p.resolve(e, r, addr, *bp)
+	// A forwarded fault's access kind is not known here: map real pages
+	// (a write to a zero page mapping would fault again).
+	pages, err := p.resolve(e, r, addr, *bp, true)
 	p.bufPool.Put(bp)
 	if errors.Is(err, linux.EAGAIN) {
 		// The worker's mm is changing: let the fault be raised again.
@@ -618,7 +622,12 @@ func (p *Pager) Resolve(id uint64, addr uintptr) error {
 // resolve maps the fault-around window of addr (a page address in r) from
 // r's content into the worker and wakes the faulting thread. It returns the
 // number of pages it mapped. EEXIST is success. The caller holds e.use.
-func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte) (int, error) {
+//
+// Zero content on a read fault maps the shared zero page (UFFDIO_ZEROPAGE:
+// no allocation). On a write fault that would only trade this fault for a
+// copy-on-write fault in the kernel, so the pages are copied from a zero
+// buffer instead (UFFDIO_COPY allocates them at once).
+func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write bool) (int, error) {
 	ps := p.ps
 	lo, hi := addr, addr+ps
 	if p.around > 1 {
@@ -626,7 +635,7 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte) (int,
 		lo = r.Start + (idx-idx%uintptr(p.around))*ps
 		hi = min(lo+uintptr(p.around)*ps, r.end)
 	}
-	if r.Content.IsZero() {
+	if r.Content.IsZero() && !write {
 		n, err := e.u.ZeroPage(lo, hi-lo, 0)
 		if err == nil || !errors.Is(err, linux.EEXIST) {
 			return int(uintptr(n) / ps), err
@@ -640,9 +649,14 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte) (int,
 		}
 		return int(uintptr(n+m) / ps), err
 	}
-	src := buf[:hi-lo]
-	if err := r.Content.Fill(src, r.Offset+uint64(lo-r.Start)); err != nil {
-		return 0, err
+	var src []byte
+	if r.Content.IsZero() {
+		src = p.zero[:hi-lo]
+	} else {
+		src = buf[:hi-lo]
+		if err := r.Content.Fill(src, r.Offset+uint64(lo-r.Start)); err != nil {
+			return 0, err
+		}
 	}
 	n, err := e.u.Copy(lo, src, 0)
 	if err == nil || !errors.Is(err, linux.EEXIST) {

@@ -31,6 +31,7 @@ type thread struct {
 type againFault struct {
 	r     *region
 	addr  uintptr
+	write bool
 	start time.Time
 }
 
@@ -139,19 +140,20 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 		}
 		return nil
 	}
-	pages, err := p.resolve(e, r, addr, t.buf)
+	write := m.PagefaultFlags()&linux.UFFD_PAGEFAULT_FLAG_WRITE != 0
+	pages, err := p.resolve(e, r, addr, t.buf, write)
 	st.pages += uint64(pages)
-	return t.settle(e, r, addr, start, err, st)
+	return t.settle(e, r, addr, write, start, err, st)
 }
 
 // settle accounts for the outcome of resolving the fault at addr.
-func (t *thread) settle(e *uffdEntry, r *region, addr uintptr, start time.Time, err error, st *dsCounters) error {
+func (t *thread) settle(e *uffdEntry, r *region, addr uintptr, write bool, start time.Time, err error, st *dsCounters) error {
 	switch {
 	case err == nil:
 		st.lat.record(time.Since(start).Nanoseconds())
 		return nil
 	case errors.Is(err, linux.EAGAIN):
-		t.again = append(t.again, againFault{r: r, addr: addr, start: start})
+		t.again = append(t.again, againFault{r: r, addr: addr, write: write, start: start})
 		return nil
 	case errors.Is(err, linux.ESRCH):
 		st.errors++
@@ -171,13 +173,13 @@ func (t *thread) settle(e *uffdEntry, r *region, addr uintptr, start time.Time, 
 func (t *thread) retry(e *uffdEntry) {
 	for _, a := range t.again {
 		st := t.stats.get(a.r.ds)
-		pages, err := t.p.resolve(e, a.r, a.addr, t.buf)
+		pages, err := t.p.resolve(e, a.r, a.addr, t.buf, a.write)
 		st.pages += uint64(pages)
 		if errors.Is(err, linux.EAGAIN) {
 			_ = e.u.Wake(a.addr, t.p.ps)
 			continue
 		}
-		_ = t.settle(e, a.r, a.addr, a.start, err, st) // err is not EAGAIN: nothing is appended
+		_ = t.settle(e, a.r, a.addr, a.write, a.start, err, st) // err is not EAGAIN: nothing is appended
 	}
 	t.again = t.again[:0]
 }
