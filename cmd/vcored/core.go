@@ -3,9 +3,39 @@ package main
 import (
 	"context"
 	"errors"
+
+	"github.com/vcored/vcored/core"
+	"github.com/vcored/vcored/internal/config"
+	"github.com/vcored/vcored/topology"
 )
 
-// runCore is not built yet; see the issue that introduces it.
 func runCore(ctx context.Context, e *env, args []string) error {
-	return errors.New("not implemented yet")
+	fs := newFlagSet(e, "core", "--config FILE [--pager local|central]")
+	path := fs.String("config", "/etc/vcored/core.toml", "core configuration file")
+	mode := fs.String("pager", "", `override the config's pager mode for this run: "local" or "central"`)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("unexpected arguments: %v", fs.Args())
+	}
+	if *mode != "" && *mode != "local" && *mode != "central" {
+		return usagef("--pager %q: want local or central", *mode)
+	}
+	cfg, err := config.LoadCore(*path)
+	if err != nil {
+		return asUsage(err)
+	}
+	m, err := topology.Host()
+	if err != nil {
+		return err
+	}
+	c, err := core.New(core.Options{Config: cfg, Machine: m, PagerMode: *mode, Log: e.log.With("daemon", "core")})
+	if errors.Is(err, core.ErrConfig) {
+		return asUsage(err)
+	}
+	if err != nil {
+		return err
+	}
+	return c.Run(ctx)
 }

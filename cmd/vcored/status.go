@@ -96,7 +96,7 @@ func printStatus(e *env, rep *statusReport) {
 				state += " (reclaim in " + p.GraceLeft + ")"
 			}
 			fmt.Fprintf(w, "node%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Node, dash(p.CPUs), dash(p.Mems),
-				hw.Bytes(p.MemoryBytes), state, holder, dash(p.Cgroup))
+				hw.Bytes(p.MemoryBytes).Human(), state, holder, dash(p.Cgroup))
 		}
 		fmt.Fprintln(w)
 	}
@@ -120,8 +120,8 @@ func printStatus(e *env, rep *statusReport) {
 				state += " (adopted)"
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s/%s\t%s/%s\n", s.Name, state, dash(strings.Join(pids, ",")), s.Restarts,
-				s.CPUs, s.Mems, hw.Bytes(s.MemoryUsageBytes), limit(s.MemoryLimitBytes),
-				hw.Bytes(s.QuotaUsedBytes), limit(s.QuotaLimitBytes))
+				s.CPUs, s.Mems, hw.Bytes(s.MemoryUsageBytes).Human(), limit(s.MemoryLimitBytes),
+				hw.Bytes(s.QuotaUsedBytes).Human(), limit(s.QuotaLimitBytes))
 		}
 		fmt.Fprintln(w)
 	}
@@ -142,5 +142,5 @@ func limit(b uint64) string {
 	if b == 0 || b >= 1<<62 {
 		return "none"
 	}
-	return hw.Bytes(b).String()
+	return hw.Bytes(b).Human()
 }

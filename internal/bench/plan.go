@@ -179,6 +179,11 @@ func (r *DaemonRun) WorkerCommand(i, w int) []string {
 		"--verify", r.verify().String(),
 		"--cpu", strconv.Itoa(int(r.WorkerCPU(i, w))),
 		"--result", r.ResultPath(i, w),
+		// No mbind: where a page lands is then decided by the CPU that
+		// resolves its fault, which is what the placement share compares
+		// (local pagers keep pages on the worker's node; the single pager
+		// puts them on core's node).
+		"--unbound",
 	}
 }
 

@@ -292,6 +292,7 @@ func TestNonRootPeerRefused(t *testing.T) {
 	if err == nil {
 		t.Fatalf("nobody got a status answer:\n%s", out)
 	}
+	t.Logf("as nobody: %v: %s", err, bytes.TrimSpace(out))
 	eventually(t, 5*time.Second, "refusal logged", func() (bool, string) {
 		return bytes.Contains(core.log.Bytes(), []byte("refused")), core.log.String()
 	})

@@ -44,6 +44,7 @@ func testMain(m *testing.M) int {
 			return 1
 		}
 		defer os.RemoveAll(dir)
+		os.Chmod(dir, 0o755) // a test runs the binary as nobody
 		vcoredBin = filepath.Join(dir, "vcored")
 		out, err := exec.Command("go", "build", "-o", vcoredBin, "github.com/vcored/vcored/cmd/vcored").CombinedOutput()
 		if err != nil {

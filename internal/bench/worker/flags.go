@@ -37,7 +37,7 @@ type Flags struct {
 	pages, stride, cpu, faultAround, rounds *int
 	waitFile                                *string
 	seed                                    *uint64
-	read                                    *bool
+	read, unbound                           *bool
 }
 
 // BindFlags defines the worker's flags on fs.
@@ -55,10 +55,15 @@ func BindFlags(fs *flag.FlagSet) *Flags {
 	f.result = fs.String("result", "", "write the measurements as JSON to `FILE` (stdout when empty)")
 	f.cpu = fs.Int("cpu", -1, "pin the touching thread (and the raw handler) to this CPU; -1: no pinning")
 	f.faultAround = fs.Int("fault-around", 1, "raw mode: pages resolved per fault")
+	f.unbound = fs.Bool("unbound", false, "uffd mode: attach without binding the memory to the vcore's node (pages land where the pager runs)")
 	f.rounds = fs.Int("rounds", 1, "touch every page this many times, dropping the pages (MADV_DONTNEED) between rounds so each round faults again")
 	f.waitFile = fs.String("wait-file", "", "after attaching, wait until `FILE` exists before touching")
 	return f
 }
+
+// Unbound reports --unbound: the attach function should not bind the
+// memory to the vcore's node.
+func (f *Flags) Unbound() bool { return *f.unbound }
 
 // Config turns the parsed flags into a Config; errors wrap bench.ErrUsage.
 func (f *Flags) Config(attach AttachFunc) (Config, error) {

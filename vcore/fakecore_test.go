@@ -1,0 +1,166 @@
+package vcore
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/linux"
+	"github.com/vcored/vcored/internal/wire"
+	"github.com/vcored/vcored/pager"
+)
+
+// fakeCore is the core end of the session, as small as the tests need: it
+// grants one partition (or refuses), records what the vcore tells it, keeps
+// the uffd dups in its own pager and resolves forwarded faults with them.
+type fakeCore struct {
+	t      *testing.T
+	socket string
+	grant  wire.ClaimOK
+	refuse *wire.Error
+	// coreContent is what core-owned dataspaces hold, by name.
+	coreContent map[string]content.Source
+
+	ln     *wire.Listener
+	pgr    *pager.Pager
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu         sync.Mutex
+	claims     []wire.Claim
+	uffdAdds   []wire.UffdAdd
+	regionAdds []wire.RegionAdd
+	removes    []uint64
+	forwards   int
+	releases   int
+}
+
+func newFakeCore(t *testing.T, grant wire.ClaimOK) *fakeCore {
+	t.Helper()
+	dir := t.TempDir()
+	fc := &fakeCore{t: t, socket: filepath.Join(dir, "core.sock"), grant: grant, coreContent: map[string]content.Source{}, done: make(chan struct{})}
+	var err error
+	if fc.pgr, err = pager.New(pager.Options{Threads: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if fc.ln, err = wire.Listen(fc.socket, 0o600, -1, slog.New(slog.DiscardHandler)); err != nil {
+		fc.pgr.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fc.cancel = cancel
+	go func() {
+		defer close(fc.done)
+		fc.ln.Serve(ctx, fc.handle, nil)
+	}()
+	t.Cleanup(fc.stop)
+	return fc
+}
+
+// stop closes the socket and the pager (kill -9 of core, as far as the vcore
+// can tell).
+func (fc *fakeCore) stop() {
+	fc.cancel()
+	<-fc.done
+	fc.pgr.Close()
+}
+
+func (fc *fakeCore) handle(ctx context.Context, c *wire.Conn) {
+	for {
+		f, err := c.Recv()
+		if err != nil {
+			return
+		}
+		m, err := wire.Decode(f)
+		if err != nil {
+			f.CloseFDs()
+			fc.t.Errorf("fake core: bad message from the vcore: %v", err)
+			return
+		}
+		switch x := m.(type) {
+		case *wire.Hello:
+			c.SendMsg(&wire.HelloOK{Server: "core", Pid: os.Getpid(), Node: -1, Version: wire.Version})
+		case *wire.Claim:
+			fc.mu.Lock()
+			fc.claims = append(fc.claims, *x)
+			fc.mu.Unlock()
+			if fc.refuse != nil {
+				c.SendMsg(fc.refuse)
+				return
+			}
+			c.SendMsg(&fc.grant)
+		case *wire.UffdAdd:
+			fc.mu.Lock()
+			fc.uffdAdds = append(fc.uffdAdds, *x)
+			fc.mu.Unlock()
+			if err := fc.pgr.AddUffd(x.UffdID, linux.NewUffd(f.FDs[0]), x.WorkerPid, x.Serve); err != nil {
+				fc.t.Errorf("fake core: hold uffd %d: %v", x.UffdID, err)
+				continue
+			}
+			for _, r := range x.Regions {
+				fc.addRegion(x.UffdID, r)
+			}
+		case *wire.RegionAdd:
+			fc.mu.Lock()
+			fc.regionAdds = append(fc.regionAdds, *x)
+			fc.mu.Unlock()
+			fc.addRegion(x.UffdID, x.Region)
+		case *wire.UffdRemove:
+			fc.mu.Lock()
+			fc.removes = append(fc.removes, x.UffdID)
+			fc.mu.Unlock()
+			fc.pgr.RemoveUffd(x.UffdID)
+		case *wire.Forward:
+			fc.mu.Lock()
+			fc.forwards++
+			fc.mu.Unlock()
+			start := time.Now()
+			var errno int32
+			if err := fc.pgr.Resolve(x.UffdID, uintptr(x.Addr)); err != nil && !errors.Is(err, linux.EEXIST) {
+				fc.t.Logf("fake core: resolve %#x: %v", x.Addr, err)
+				errno = 1
+			}
+			c.SendMsg(&wire.ForwardDone{SeqNo: x.SeqNo, Errno: errno, ServeNanos: int64(time.Since(start))})
+		case *wire.Release:
+			fc.mu.Lock()
+			fc.releases++
+			fc.mu.Unlock()
+			c.SendMsg(&wire.Ack{Of: wire.TypeRelease})
+		default:
+			f.CloseFDs()
+			fc.t.Errorf("fake core: unexpected %s", f.Type)
+		}
+	}
+}
+
+// addRegion registers a region on the fake core's dup, with the content core
+// would use (its own for core-owned dataspaces).
+func (fc *fakeCore) addRegion(id uint64, r wire.Region) {
+	src := fc.coreContent[r.Dataspace]
+	if src == nil {
+		switch r.Content {
+		case wire.ContentPattern:
+			src = content.Pattern(r.Seed)
+		default:
+			src = content.Zero()
+		}
+	}
+	err := fc.pgr.AddRegion(id, pager.Region{Start: uintptr(r.Start), Length: uintptr(r.Length), Dataspace: r.Dataspace, Offset: r.Offset, Content: src})
+	if err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
+		fc.t.Errorf("fake core: region %+v: %v", r, err)
+	}
+}
+
+// snapshot returns copies of what the fake core recorded.
+func (fc *fakeCore) snapshot() (claims []wire.Claim, adds []wire.UffdAdd, regions []wire.RegionAdd, removes []uint64, forwards, releases int) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	return append(claims, fc.claims...), append(adds, fc.uffdAdds...), append(regions, fc.regionAdds...),
+		append(removes, fc.removes...), fc.forwards, fc.releases
+}

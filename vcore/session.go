@@ -1,0 +1,424 @@
+package vcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/vcored/vcored/internal/hist"
+	"github.com/vcored/vcored/internal/hw"
+	"github.com/vcored/vcored/internal/linux"
+	"github.com/vcored/vcored/internal/wire"
+	"github.com/vcored/vcored/pager"
+)
+
+// maxRegionsInAdd bounds the regions carried in one UffdAdd; the rest follow
+// as RegionAdd messages (a frame's payload is at most wire.MaxPayload).
+const maxRegionsInAdd = 64
+
+// pendingForward is a fault forwarded to core and not answered yet.
+type pendingForward struct {
+	msg  wire.Forward
+	sent time.Time
+}
+
+// connect dials core, retrying until Options.DialTimeout, and claims the
+// partition.
+func (v *VCore) connect(ctx context.Context) (*wire.Conn, wire.ClaimOK, error) {
+	deadline := time.Now().Add(v.opts.DialTimeout)
+	delay := redialMin
+	for {
+		conn, err := wire.Dial(ctx, v.cfg.CoreSocket)
+		if err == nil {
+			grant, err := v.claim(ctx, conn, nil)
+			if err != nil {
+				conn.Close()
+				return nil, wire.ClaimOK{}, err
+			}
+			return conn, grant, nil
+		}
+		if ctx.Err() != nil {
+			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: connect to core: %w", ctx.Err())
+		}
+		if time.Now().Add(delay).After(deadline) {
+			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: core is not reachable at %s (tried for %v): %w", v.cfg.CoreSocket, v.opts.DialTimeout, err)
+		}
+		v.log.Debug("core not reachable yet; retrying", "socket", v.cfg.CoreSocket, "err", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: connect to core: %w", ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, time.Second)
+	}
+}
+
+// claim says Hello and claims the partition on a fresh connection. subs is
+// the state of the running subsystems when re-registering.
+func (v *VCore) claim(ctx context.Context, conn *wire.Conn, subs []wire.SubsystemState) (wire.ClaimOK, error) {
+	fail := func(err error) (wire.ClaimOK, error) {
+		var we *wire.Error
+		if errors.As(err, &we) {
+			return wire.ClaimOK{}, fmt.Errorf("%w: %s", ErrClaimRefused, we.Msg)
+		}
+		return wire.ClaimOK{}, err
+	}
+	hello := &wire.Hello{Role: wire.RoleVCore, Pid: os.Getpid(), Node: int(v.cfg.Node), Version: wire.Version}
+	if err := conn.SendMsg(hello); err != nil {
+		return fail(fmt.Errorf("vcore: hello to core: %w", err))
+	}
+	if _, err := expect[*wire.HelloOK](ctx, conn); err != nil {
+		return fail(fmt.Errorf("vcore: hello to core: %w", err))
+	}
+	c := &wire.Claim{
+		Node:       int(v.cfg.Node),
+		CPUs:       v.cfg.CPUs,
+		Memory:     uint64(v.cfg.Memory),
+		VCoreID:    v.cfg.Socket,
+		Socket:     v.cfg.Socket,
+		Subsystems: subs,
+	}
+	if err := conn.SendMsg(c); err != nil {
+		return fail(fmt.Errorf("vcore: claim: %w", err))
+	}
+	ok, err := expect[*wire.ClaimOK](ctx, conn)
+	if err != nil {
+		return fail(fmt.Errorf("vcore: claim node %d: %w", v.cfg.Node, err))
+	}
+	if ok.CPUs.IsEmpty() || ok.Cgroup == "" {
+		return wire.ClaimOK{}, fmt.Errorf("vcore: core granted an unusable partition (cpus %q, cgroup %q)", ok.CPUs, ok.Cgroup)
+	}
+	if ok.Mems.IsEmpty() {
+		ok.Mems = hw.NewSet(v.cfg.Node)
+	}
+	return *ok, nil
+}
+
+// expect reads the next message, which must be a T or an Error (returned as
+// the error).
+func expect[T wire.Message](ctx context.Context, conn *wire.Conn) (T, error) {
+	var zero T
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	f, err := conn.RecvContext(ctx)
+	if err != nil {
+		return zero, err
+	}
+	f.CloseFDs()
+	m, err := wire.Decode(f)
+	if err != nil {
+		return zero, err
+	}
+	switch x := m.(type) {
+	case T:
+		return x, nil
+	case *wire.Error:
+		return zero, x
+	}
+	return zero, fmt.Errorf("%w: got %s", wire.ErrProtocol, f.Type)
+}
+
+// coreLoop reads core's messages; when the connection is lost it redials
+// and re-registers until ctx ends.
+func (v *VCore) coreLoop(ctx context.Context, conn *wire.Conn) {
+	for {
+		err := v.readCore(conn)
+		v.mu.Lock()
+		stopping := v.stopping
+		if v.conn == conn {
+			v.conn = nil
+		}
+		v.mu.Unlock()
+		conn.Close()
+		if stopping || ctx.Err() != nil {
+			return
+		}
+		v.log.Warn("lost the connection to core; serving every uffd here and redialing", "err", err)
+		v.serveAll(true)
+		if conn = v.redial(ctx); conn == nil {
+			return
+		}
+	}
+}
+
+// readCore handles core's messages on conn until it fails.
+func (v *VCore) readCore(conn *wire.Conn) error {
+	for {
+		f, err := conn.Recv()
+		if err != nil {
+			return err
+		}
+		switch f.Type {
+		case wire.TypeForwardDone:
+			var d wire.ForwardDone
+			if err := d.Unmarshal(f.Payload); err != nil {
+				v.log.Warn("bad ForwardDone from core", "err", err)
+				continue
+			}
+			v.forwardDone(d)
+			continue
+		}
+		m, err := wire.Decode(f)
+		if err != nil {
+			f.CloseFDs()
+			v.log.Warn("bad message from core", "type", f.Type, "err", err)
+			continue
+		}
+		switch x := m.(type) {
+		case *wire.TakeBack:
+			v.takeBack(x, f.FDs[0])
+		case *wire.RegionAdd:
+			v.takeBackRegion(x.UffdID, x.Region)
+		case *wire.Ack:
+			if x.Of == wire.TypeRelease {
+				v.mu.Lock()
+				if v.releaseOK != nil {
+					close(v.releaseOK)
+					v.releaseOK = nil
+				}
+				v.mu.Unlock()
+			}
+		case *wire.Error:
+			v.log.Warn("core reports an error", "code", x.Code, "msg", x.Msg)
+		default:
+			f.CloseFDs()
+			v.log.Warn("unexpected message from core", "type", f.Type)
+		}
+	}
+}
+
+// redial reconnects to core with backoff and re-registers: Hello, Claim with
+// the subsystems' state, UffdAdd and RegionAdds for every held uffd, then the
+// forwards still pending. It returns nil when ctx ends first.
+func (v *VCore) redial(ctx context.Context) *wire.Conn {
+	delay := redialMin
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, redialMax)
+		conn, err := wire.Dial(ctx, v.cfg.CoreSocket)
+		if err != nil {
+			v.log.Debug("redial core", "err", err)
+			continue
+		}
+		grant, err := v.claim(ctx, conn, v.subsystemStates())
+		if err != nil {
+			conn.Close()
+			v.log.Warn("re-registering with core failed; retrying", "err", err)
+			continue
+		}
+		if err := v.resync(conn, grant); err != nil {
+			conn.Close()
+			v.log.Warn("re-registering with core failed; retrying", "err", err)
+			continue
+		}
+		v.log.Info("re-registered with core", "pager", grant.Pager)
+		return conn
+	}
+}
+
+// resync makes conn the session and replays the uffds and pending forwards.
+func (v *VCore) resync(conn *wire.Conn, grant wire.ClaimOK) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.stopping {
+		return errors.New("vcore stopping")
+	}
+	if !grant.CPUs.Equal(v.grant.CPUs) || grant.Cgroup != v.grant.Cgroup {
+		v.log.Warn("core granted a different partition than before; keeping the running one", "cpus", grant.CPUs, "cgroup", grant.Cgroup)
+	}
+	v.grant.Pager = grant.Pager
+	v.grant.Dataspaces = grant.Dataspaces
+	for _, u := range v.sortedUffdsLocked() {
+		if err := v.sendUffdLocked(conn, u); err != nil {
+			return err
+		}
+	}
+	v.fwdMu.Lock()
+	var fwds []wire.Forward
+	for _, p := range v.pending {
+		fwds = append(fwds, p.msg)
+	}
+	v.fwdMu.Unlock()
+	for i := range fwds {
+		if err := conn.SendMsg(&fwds[i]); err != nil {
+			return err
+		}
+	}
+	v.conn = conn
+	// In central mode core polls again; local mode: keep serving here.
+	central := grant.Pager == wire.PagerCentral
+	for _, u := range v.uffds {
+		if err := v.pgr.Serve(u.id, !central); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
+			v.log.Warn("switch serving of uffd", "uffd", u.id, "err", err)
+		}
+	}
+	return nil
+}
+
+// serveAll starts (or stops) serving every held uffd here.
+func (v *VCore) serveAll(on bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, u := range v.uffds {
+		if err := v.pgr.Serve(u.id, on); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
+			v.log.Warn("serve uffd", "uffd", u.id, "on", on, "err", err)
+		}
+	}
+}
+
+// sendUffdLocked sends UffdAdd (with a dup of the fd) and the RegionAdds
+// that did not fit. Called with mu held.
+func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
+	dup, err := v.pgr.Uffd(u.id)
+	if err != nil {
+		return err
+	}
+	defer dup.Close()
+	regions := u.wireRegions()
+	first := regions[:min(len(regions), maxRegionsInAdd)]
+	add := &wire.UffdAdd{UffdID: u.id, WorkerPid: u.pid, Serve: v.grant.Pager == wire.PagerCentral, Regions: first}
+	if err := conn.SendMsg(add, dup.FD()); err != nil {
+		return fmt.Errorf("vcore: UffdAdd %d: %w", u.id, err)
+	}
+	for _, r := range regions[len(first):] {
+		if err := conn.SendMsg(&wire.RegionAdd{UffdID: u.id, Region: r}); err != nil {
+			return fmt.Errorf("vcore: RegionAdd %d: %w", u.id, err)
+		}
+	}
+	return nil
+}
+
+// sendLocked sends m to core if connected; a lost message is replayed by the
+// next resync. Called with mu held.
+func (v *VCore) sendLocked(m wire.Message) {
+	if v.conn == nil {
+		return
+	}
+	if err := v.conn.SendMsg(m); err != nil {
+		v.log.Warn("send to core", "type", m.Type(), "err", err)
+	}
+}
+
+// forward is the pager's Forward callback: a fault in a core-owned dataspace
+// goes to core.
+func (v *VCore) forward(f pager.Fault) {
+	v.fwdMu.Lock()
+	v.fwdSeq++
+	msg := wire.Forward{UffdID: f.Uffd, Addr: uint64(f.Addr), Dataspace: f.Dataspace, Offset: f.Offset, TID: f.TID, SeqNo: v.fwdSeq}
+	start := f.Start
+	if start.IsZero() {
+		start = time.Now()
+	}
+	v.pending[msg.SeqNo] = pendingForward{msg: msg, sent: start}
+	v.fwdMu.Unlock()
+	v.mu.Lock()
+	v.sendLocked(&msg)
+	v.mu.Unlock()
+}
+
+// forwardDone records the round trip of an answered forward.
+func (v *VCore) forwardDone(d wire.ForwardDone) {
+	v.fwdMu.Lock()
+	defer v.fwdMu.Unlock()
+	p, ok := v.pending[d.SeqNo]
+	if !ok {
+		return // answered twice (replayed after a reconnect)
+	}
+	delete(v.pending, d.SeqNo)
+	h := v.fwdLat[p.msg.Dataspace]
+	if h == nil {
+		h = hist.New()
+		v.fwdLat[p.msg.Dataspace] = h
+	}
+	h.Record(int64(time.Since(p.sent)))
+	if d.Errno != 0 {
+		v.log.Warn("core could not resolve a forwarded fault", "dataspace", p.msg.Dataspace, "offset", p.msg.Offset, "errno", d.Errno)
+	}
+}
+
+// forwardLatency returns a copy of the forwarded-fault round trips of ds.
+func (v *VCore) forwardLatency(ds string) *hist.Histogram {
+	v.fwdMu.Lock()
+	defer v.fwdMu.Unlock()
+	h := v.fwdLat[ds]
+	if h == nil {
+		return nil
+	}
+	c := hist.New()
+	c.Merge(h)
+	return c
+}
+
+// takeBack adopts a uffd core served while this partition had no vcore.
+func (v *VCore) takeBack(tb *wire.TakeBack, fd int) {
+	u := linux.NewUffd(fd)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, dup := v.uffds[tb.UffdID]; dup {
+		u.Close()
+		v.log.Warn("TakeBack of a uffd already held", "uffd", tb.UffdID)
+		return
+	}
+	st := &uffdState{id: tb.UffdID, pid: tb.WorkerPid, regions: map[uintptr]*regionState{}}
+	if p, err := cgroupOf(v.procfs, tb.WorkerPid); err == nil {
+		if name, ok := subsystemOf(p, v.groups); ok {
+			st.sub = v.subByName(name)
+		}
+	}
+	serve := v.grant.Pager == wire.PagerLocal
+	if err := v.pgr.AddUffd(tb.UffdID, u, tb.WorkerPid, serve); err != nil {
+		v.log.Error("take back uffd", "uffd", tb.UffdID, "pid", tb.WorkerPid, "err", err)
+		return
+	}
+	v.uffds[tb.UffdID] = st
+	for _, r := range tb.Regions {
+		v.addTakenRegionLocked(st, r)
+	}
+	v.log.Info("took back a uffd from core", "uffd", tb.UffdID, "pid", tb.WorkerPid, "regions", len(tb.Regions))
+}
+
+// takeBackRegion adds a region core sent after a TakeBack.
+func (v *VCore) takeBackRegion(id uint64, r wire.Region) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st := v.uffds[id]
+	if st == nil {
+		v.log.Warn("RegionAdd from core for an unknown uffd", "uffd", id)
+		return
+	}
+	v.addTakenRegionLocked(st, r)
+}
+
+// addTakenRegionLocked registers a region of a taken-back uffd and reserves
+// its quota (a local region of a known subsystem). Called with mu held.
+func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
+	pr := pager.Region{Start: uintptr(r.Start), Length: uintptr(r.Length), Dataspace: r.Dataspace, Offset: r.Offset, Forward: r.Forward}
+	local := !r.Forward
+	if local {
+		src := st.sub.source(r.Dataspace)
+		if src == nil {
+			var err error
+			if src, err = v.wireSource(r); err != nil {
+				v.log.Error("take back region", "uffd", st.id, "dataspace", r.Dataspace, "err", err)
+				return
+			}
+		}
+		pr.Content = src
+	}
+	if err := v.pgr.AddRegion(st.id, pr); err != nil {
+		v.log.Error("take back region", "uffd", st.id, "dataspace", r.Dataspace, "err", err)
+		return
+	}
+	rs := &regionState{wire: r, local: local}
+	if local && st.sub != nil {
+		st.sub.quota.force(r.Length)
+		rs.charged = r.Length
+	}
+	st.regions[uintptr(r.Start)] = rs
+}

@@ -1,0 +1,379 @@
+package vcore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+
+	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/hw"
+	"github.com/vcored/vcored/internal/linux"
+	"github.com/vcored/vcored/internal/wire"
+	"github.com/vcored/vcored/pager"
+)
+
+// uffdState is a worker userfaultfd the vcore holds (the pager owns the fd).
+type uffdState struct {
+	id      uint64
+	pid     int
+	sub     *subsystem // nil: a taken-back uffd whose worker's subsystem is unknown
+	regions map[uintptr]*regionState
+}
+
+// regionState is one registered region of a uffd.
+type regionState struct {
+	wire    wire.Region // as told to core
+	local   bool        // a local dataspace (served here), else core-owned (forwarded)
+	charged uint64      // bytes reserved in the subsystem's quota
+}
+
+// wireRegions lists the regions by start address.
+func (u *uffdState) wireRegions() []wire.Region {
+	out := make([]wire.Region, 0, len(u.regions))
+	for _, r := range u.regions {
+		out = append(out, r.wire)
+	}
+	slices.SortFunc(out, func(a, b wire.Region) int {
+		switch {
+		case a.Start < b.Start:
+			return -1
+		case a.Start > b.Start:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// sortedUffdsLocked lists the held uffds by id. Called with mu held.
+func (v *VCore) sortedUffdsLocked() []*uffdState {
+	out := make([]*uffdState, 0, len(v.uffds))
+	for _, u := range v.uffds {
+		out = append(out, u)
+	}
+	slices.SortFunc(out, func(a, b *uffdState) int {
+		switch {
+		case a.id < b.id:
+			return -1
+		case a.id > b.id:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// worker is one worker connection.
+type worker struct {
+	conn  *wire.Conn
+	pid   int
+	sub   *subsystem
+	hello bool
+	uffd  uint64 // 0 until the first Attach brought the uffd
+}
+
+// serveWorker handles one framed connection on the vcore socket. Only
+// processes of this vcore's subsystems may speak; anyone else gets
+// Error{denied}.
+func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
+	pid := c.Peer().Pid
+	path, err := cgroupOf(v.procfs, pid)
+	var sub *subsystem
+	if err == nil {
+		if name, ok := subsystemOf(path, v.groups); ok {
+			sub = v.subByName(name)
+		}
+	}
+	if sub == nil {
+		v.log.Warn("refused a connection: not a process of this vcore's subsystems", "pid", pid, "uid", c.Peer().Uid, "cgroup", path, "err", err)
+		_ = c.SendMsg(&wire.Error{Code: wire.CodeDenied,
+			Msg: fmt.Sprintf("pid %d (cgroup %q) is not a process of a subsystem of the vcore of node %d", pid, path, v.cfg.Node)})
+		return
+	}
+	w := &worker{conn: c, pid: pid, sub: sub}
+	defer v.workerClosed(w)
+	for {
+		f, err := c.Recv()
+		if err != nil {
+			return
+		}
+		m, err := wire.Decode(f)
+		if err != nil {
+			f.CloseFDs()
+			v.log.Warn("bad message from a worker", "pid", pid, "err", err)
+			_ = c.SendMsg(&wire.Error{Code: wire.CodeBadRequest, Msg: err.Error()})
+			return
+		}
+		switch x := m.(type) {
+		case *wire.Hello:
+			if x.Role != wire.RoleWorker || x.Pid != pid {
+				_ = c.SendMsg(&wire.Error{Code: wire.CodeDenied, Msg: fmt.Sprintf("Hello as %s pid %d from pid %d", x.Role, x.Pid, pid)})
+				return
+			}
+			w.hello = true
+			if err := c.SendMsg(&wire.HelloOK{Server: "vcore", Pid: os.Getpid(), Node: int(v.cfg.Node), Version: wire.Version}); err != nil {
+				return
+			}
+		case *wire.Attach:
+			if !w.hello {
+				f.CloseFDs()
+				_ = c.SendMsg(&wire.Error{Code: wire.CodeBadRequest, Msg: "Attach before Hello"})
+				return
+			}
+			v.attach(w, x, f.FDs)
+		case *wire.Detach:
+			v.detach(w, x.Addr)
+		default:
+			f.CloseFDs()
+			_ = c.SendMsg(&wire.Error{Code: wire.CodeBadRequest, Msg: fmt.Sprintf("unexpected %s from a worker", f.Type)})
+			return
+		}
+	}
+}
+
+// attach registers a worker's region and answers AttachOK or AttachErr.
+func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
+	refuse := func(code wire.ErrCode, format string, args ...any) {
+		linux.CloseFDs(fds)
+		msg := fmt.Sprintf(format, args...)
+		v.log.Info("refused an attach", "subsystem", w.sub.cfg.Name, "pid", w.pid, "dataspace", a.Name, "code", code, "msg", msg)
+		_ = w.conn.SendMsg(&wire.AttachErr{Name: a.Name, Addr: a.Addr, Code: code, Msg: msg})
+	}
+	switch {
+	case len(fds) > 0 && w.uffd != 0:
+		refuse(wire.CodeBadRequest, "the userfaultfd was already sent with the first Attach")
+		return
+	case len(fds) == 0 && w.uffd == 0:
+		refuse(wire.CodeBadRequest, "the first Attach must carry the worker's userfaultfd")
+		return
+	}
+	if len(fds) > 0 {
+		// The first Attach brings the uffd: take it whatever becomes of the
+		// attach itself, since the worker will not send it again.
+		if err := v.takeUffd(w, fds[0]); err != nil {
+			fds = nil
+			code := wire.CodeInternal
+			if errors.Is(err, linux.ErrNotSupported) {
+				code = wire.CodeUnsupported
+			}
+			refuse(code, "take the userfaultfd: %v", err)
+			return
+		}
+		fds = nil
+	}
+
+	ps := uint64(linux.PageSize())
+	if a.Addr%ps != 0 || a.Length%ps != 0 {
+		refuse(wire.CodeBadRequest, "range %#x+%#x is not page-aligned", a.Addr, a.Length)
+		return
+	}
+
+	// What backs the range.
+	region := wire.Region{Start: a.Addr, Length: a.Length, Dataspace: a.Name}
+	var (
+		src   content.Source
+		size  uint64
+		local bool
+	)
+	v.mu.Lock()
+	info, offered := v.core[a.Name]
+	v.mu.Unlock()
+	if d, ok := w.sub.localDataspace(a.Name); ok {
+		local, size, src = true, uint64(d.Size), w.sub.sources[a.Name]
+		region.Content, region.Seed, region.Path = wire.ContentKind(d.Content), d.Seed, d.Source
+	} else if slices.Contains(w.sub.cfg.Dataspaces, a.Name) {
+		if !offered {
+			refuse(wire.CodeNotFound, "core-owned dataspace %q is not offered by core", a.Name)
+			return
+		}
+		size = info.Size
+		region.Forward, region.Path = true, info.Source
+		switch {
+		case info.Source != "":
+			region.Content = wire.ContentFile
+		case a.Content != "":
+			// core's catalogue does not say; the worker's hint does.
+			region.Content, region.Seed = a.Content, a.Seed
+		default:
+			region.Content = wire.ContentZero
+		}
+	} else {
+		refuse(wire.CodeNotFound, "subsystem %s has no dataspace %q (local: %s; core-owned: %s)",
+			w.sub.cfg.Name, a.Name, localNames(w.sub), listOrNone(w.sub.cfg.Dataspaces))
+		return
+	}
+	if a.Length > size {
+		refuse(wire.CodeBadRequest, "length %s exceeds dataspace %q's size %s", hw.Bytes(a.Length), a.Name, hw.Bytes(size))
+		return
+	}
+	var charged uint64
+	if local {
+		used, limit, ok := w.sub.quota.reserve(a.Length)
+		if !ok {
+			refuse(wire.CodeDenied, "subsystem %s: quota exceeded: requested %s, %s used of %s",
+				w.sub.cfg.Name, hw.Bytes(a.Length), hw.Bytes(used), hw.Bytes(limit))
+			return
+		}
+		charged = a.Length
+	}
+
+	v.mu.Lock()
+	if v.stopping {
+		v.mu.Unlock()
+		w.sub.quota.release(charged)
+		refuse(wire.CodeInternal, "%v", errStopping)
+		return
+	}
+	st := v.uffds[w.uffd]
+	if st == nil {
+		// The pager dropped it (worker exiting) and the reaper forgot it.
+		v.mu.Unlock()
+		w.sub.quota.release(charged)
+		refuse(wire.CodeNotFound, "the worker's userfaultfd is no longer held")
+		return
+	}
+	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local}
+	if err := v.pgr.AddRegion(st.id, pr); err != nil {
+		v.mu.Unlock()
+		w.sub.quota.release(charged)
+		code := wire.CodeInternal
+		if errors.Is(err, pager.ErrOverlap) || errors.Is(err, pager.ErrBadRegion) {
+			code = wire.CodeBadRequest
+		}
+		refuse(code, "register %#x+%#x: %v", a.Addr, a.Length, err)
+		return
+	}
+	st.regions[uintptr(a.Addr)] = &regionState{wire: region, local: local, charged: charged}
+	v.sendLocked(&wire.RegionAdd{UffdID: st.id, Region: region})
+	v.mu.Unlock()
+
+	ok := &wire.AttachOK{Name: a.Name, Addr: a.Addr, Node: int(v.cfg.Node), Size: size,
+		Content: region.Content, Seed: region.Seed, Bind: local && a.Bind}
+	if err := w.conn.SendMsg(ok); err != nil {
+		v.log.Warn("answer an attach", "pid", w.pid, "err", err)
+	}
+}
+
+// takeUffd adds a worker's userfaultfd to the pager (serving it unless core
+// does, in central mode) and hands core a dup. The pager owns fd afterwards,
+// even on error.
+func (v *VCore) takeUffd(w *worker, fd int) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.stopping {
+		linux.CloseFDs([]int{fd})
+		return errStopping
+	}
+	id := v.newIDLocked(w.pid)
+	serve := v.grant.Pager == wire.PagerLocal || v.conn == nil
+	if err := v.pgr.AddUffd(id, linux.NewUffd(fd), w.pid, serve); err != nil {
+		return err
+	}
+	st := &uffdState{id: id, pid: w.pid, sub: w.sub, regions: map[uintptr]*regionState{}}
+	v.uffds[id] = st
+	w.uffd = id
+	if v.conn != nil {
+		if err := v.sendUffdLocked(v.conn, st); err != nil {
+			v.log.Warn("hand the uffd to core", "uffd", id, "err", err)
+		}
+	}
+	return nil
+}
+
+// newIDLocked allocates a uffd id: the worker's pid in the high half, this
+// process's sequence in the low half, skipping ids already held (taken back
+// from a previous vcore). Called with mu held.
+func (v *VCore) newIDLocked(pid int) uint64 {
+	for {
+		v.seq++
+		id := uint64(pid)<<32 | v.seq&0xffffffff
+		if _, taken := v.uffds[id]; !taken && v.seq&0xffffffff != 0 {
+			return id
+		}
+	}
+}
+
+// detach unregisters the region at addr and returns its quota.
+func (v *VCore) detach(w *worker, addr uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st := v.uffds[w.uffd]
+	if st == nil {
+		return
+	}
+	r := st.regions[uintptr(addr)]
+	if r == nil {
+		v.log.Debug("Detach of an unknown region", "pid", w.pid, "addr", addr)
+		return
+	}
+	if err := v.pgr.RemoveRegion(st.id, uintptr(addr)); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
+		v.log.Warn("remove region", "uffd", st.id, "addr", addr, "err", err)
+	}
+	delete(st.regions, uintptr(addr))
+	if st.sub != nil {
+		st.sub.quota.release(r.charged)
+	}
+}
+
+// workerClosed drops the worker's uffd when its connection ends.
+func (v *VCore) workerClosed(w *worker) {
+	if w.uffd == 0 {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if st := v.uffds[w.uffd]; st != nil {
+		v.dropUffdLocked(st, true)
+	}
+}
+
+// dropUffdLocked forgets a uffd: the pager closes it (remove), its quota is
+// returned and core drops its dup. Called with mu held.
+func (v *VCore) dropUffdLocked(st *uffdState, remove bool) {
+	delete(v.uffds, st.id)
+	if remove {
+		if err := v.pgr.RemoveUffd(st.id); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
+			v.log.Warn("remove uffd", "uffd", st.id, "err", err)
+		}
+	}
+	if st.sub != nil {
+		for _, r := range st.regions {
+			st.sub.quota.release(r.charged)
+		}
+	}
+	v.sendLocked(&wire.UffdRemove{UffdID: st.id})
+}
+
+// wireSource builds the content of a region core described (a taken-back
+// region of a dataspace this vcore's configuration does not declare).
+func (v *VCore) wireSource(r wire.Region) (content.Source, error) {
+	switch r.Content {
+	case wire.ContentPattern:
+		return content.Pattern(r.Seed), nil
+	case wire.ContentFile:
+		src, c, err := content.File(r.Path)
+		if err != nil {
+			return nil, err
+		}
+		v.closers = append(v.closers, c)
+		return src, nil
+	}
+	return content.Zero(), nil
+}
+
+func localNames(s *subsystem) string {
+	var n []string
+	for _, d := range s.cfg.Local {
+		n = append(n, d.Name)
+	}
+	return listOrNone(n)
+}
+
+func listOrNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return fmt.Sprint(s)
+}
