@@ -50,7 +50,7 @@ const (
 	DefaultRejoinGrace    = 30 * time.Second
 )
 
-// Core is the core daemon's configuration (core.toml). See docs/CONFIG.md.
+// Core is the core daemon's configuration (core.toml). See the README's Configuration section.
 type Core struct {
 	// File is the name the configuration was read from (used in messages).
 	File string

@@ -47,9 +47,10 @@ func (c *Core) Validate(m *topology.Machine) error {
 }
 
 // Validate checks the vcore file against machine m and, when core is not
-// nil, against the core file it registers with (without one, a core with
-// DefaultCore's settings is assumed, and dataspace references are not
-// checked). It checks that the node exists, may be used and has CPUs left
+// nil, against the core file it registers with (without one, core's
+// reservations are unknown: CPUs and memory are checked against the whole
+// node, and dataspace references are not checked; core checks the rest when
+// it grants the claim). It checks that the node exists, may be used and has CPUs left
 // after core's reservation; that cpus lies on the node, in the allowed CPUs
 // and outside core's reserved CPUs; that memory fits the node after the
 // reserve; that each subsystem's cpus fit the vcore's partition; that
@@ -59,7 +60,7 @@ func (v *VCore) Validate(m *topology.Machine, core *Core) error {
 	p := &problems{file: v.File, lines: v.lines}
 	knownCore := core != nil
 	if core == nil {
-		core = DefaultCore()
+		core = unknownCore()
 	}
 	if knownCore {
 		if v.CoreSocket != core.Socket {
@@ -128,6 +129,17 @@ func (v *VCore) Validate(m *topology.Machine, core *Core) error {
 	return p.errs.asError()
 }
 
+// unknownCore stands for a core whose file was not given: it reserves
+// nothing, so a vcore is only held to what the node has. Assuming the
+// default reservations instead would refuse a vcore that its real core (with
+// a smaller reserve) accepts.
+func unknownCore() *Core {
+	c := DefaultCore()
+	c.ReservedCPUs = hw.CPUSet{}
+	c.ReservedMemory = 0
+	return c
+}
+
 // ValidateVCores checks vcore files that will run together under core (which
 // may be nil, as in VCore.Validate): vcores on the same node must lease
 // disjoint CPUs and together no more memory than the node offers, and no two
@@ -135,7 +147,7 @@ func (v *VCore) Validate(m *topology.Machine, core *Core) error {
 // VCore.Validate's.
 func ValidateVCores(m *topology.Machine, core *Core, vcores []*VCore) error {
 	if core == nil {
-		core = DefaultCore()
+		core = unknownCore()
 	}
 	var errs Errors
 	add := func(v *VCore, key, format string, a ...any) {

@@ -111,11 +111,11 @@ func TestVCoreValidate(t *testing.T) {
 				{12, "subsystem[1].cpus", ErrConflict, `CPUs 3 are not in the partition "1-2"`},
 				{14, "subsystem[1].dataspaces[1]", ErrConflict, `dataspace "other" is not declared in core.toml`},
 			}},
-		{"without core the default reservation applies", policytest.SingleNode2CPU(), false, "node = 0\nmemory = \"1GiB\"\n" + sub("a", "cpus = 1"), nil},
-		{"without core CPU 0 is reserved", policytest.SingleNode2CPU(), false, "node = 0\ncpus = \"0-1\"\nmemory = \"6GiB\"\n",
+		{"without core nothing is assumed reserved", policytest.SingleNode2CPU(), false, "node = 0\ncpus = \"0-1\"\nmemory = \"6GiB\"\n" + sub("a", "cpus = 2"), nil},
+		{"without core the whole node is the limit", policytest.SingleNode2CPU(), false, "node = 0\ncpus = \"0-2\"\nmemory = \"7GiB\"\n",
 			[]problem{
-				{2, "cpus", ErrConflict, `CPU 0 is reserved by core (reserved_cpus = "0" in the default core configuration)`},
-				{3, "memory", ErrConflict, "6GiB is more than node 0 offers: 5632MiB (MemTotal 6GiB minus reserved_memory 512MiB)"},
+				{2, "cpus", ErrConflict, `CPU 2 is not an online CPU of node 0 (its CPUs: 0-1)`},
+				{3, "memory", ErrConflict, "7GiB is more than node 0 offers: 6GiB (MemTotal 6GiB minus reserved_memory 0B)"},
 			}},
 	}
 	for _, tt := range tests {

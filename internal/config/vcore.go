@@ -40,7 +40,7 @@ func DefaultVCoreSocket(n hw.Node) string { return fmt.Sprintf("/run/vcored/vcor
 func DefaultVCoreStateDir(n hw.Node) string { return fmt.Sprintf("%s/vcore%d", DefaultStateDir, n) }
 
 // VCore is one vcore daemon's configuration (e.g. node0.toml). See
-// docs/CONFIG.md.
+// the README's Configuration section.
 type VCore struct {
 	// File is the name the configuration was read from (used in messages).
 	File string

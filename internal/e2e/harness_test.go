@@ -37,6 +37,8 @@ func testMain(m *testing.M) int {
 	}
 	if bin := os.Getenv("VCORED_BIN"); bin != "" {
 		vcoredBin = bin
+	} else if bin := os.Getenv("VCORED"); bin != "" { // set by make vmtest in the guest
+		vcoredBin = bin
 	} else {
 		dir, err := os.MkdirTemp("", "vcored-e2e-bin-")
 		if err != nil {
@@ -172,7 +174,7 @@ core_socket = %q
 socket = %q
 state_dir = %q
 cpus = "%d"
-memory = "512MiB"
+memory = "384MiB"
 stop_grace = "2s"
 %s
 `, c.coreSocket(), c.vcoreSocket(i), c.path(fmt.Sprintf("vcore%d-state", i)), c.partitionCPU, subsystems)
