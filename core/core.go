@@ -78,6 +78,17 @@ type dataspace struct {
 	closer io.Closer
 }
 
+// kind is the dataspace's content kind as the wire protocol names it.
+func (d *dataspace) kind() string {
+	switch {
+	case d.cfg.Source != "":
+		return "file"
+	case d.cfg.Content == config.ContentPattern:
+		return "pattern"
+	}
+	return "zero"
+}
+
 // New checks the configuration against the machine and computes the
 // partition plan. It creates nothing: every side effect happens in Run.
 func New(o Options) (*Core, error) {

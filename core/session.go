@@ -171,7 +171,8 @@ func (c *Core) grant(conn *wire.Conn, pid int, cl *wire.Claim) (*session, error)
 		Pager: c.mode, FaultAround: max(c.cfg.FaultAround, 1),
 	}
 	for _, d := range c.cfg.Dataspaces {
-		ok2.Dataspaces = append(ok2.Dataspaces, wire.DataspaceInfo{Name: d.Name, Size: uint64(d.Size), Source: d.Source})
+		ok2.Dataspaces = append(ok2.Dataspaces, wire.DataspaceInfo{Name: d.Name, Size: uint64(d.Size), Source: d.Source,
+			Content: wire.ContentKind(c.dataspaces[d.Name].kind()), Seed: d.Seed})
 	}
 	if err := conn.SendMsg(ok2); err != nil {
 		c.ledger.Orphan(cl.VCoreID)
@@ -189,6 +190,10 @@ func (c *Core) grant(conn *wire.Conn, pid int, cl *wire.Claim) (*session, error)
 	}
 	return s, nil
 }
+
+// takeBackBatch is how many regions ride in one TakeBack frame (a region
+// is at most ~400 bytes of JSON with a 255-byte name).
+const takeBackBatch = 128
 
 // takeBack hands every uffd core holds for s's vcore to the new vcore, and
 // stops serving them here (in local mode; in central mode core serves on).
@@ -211,10 +216,19 @@ func (c *Core) takeBack(s *session) {
 			continue
 		}
 		c.mu.Lock()
-		tb := &wire.TakeBack{UffdID: id, WorkerPid: in.Pid, Regions: append([]wire.Region(nil), c.regions[id]...)}
+		regions := append([]wire.Region(nil), c.regions[id]...)
 		c.mu.Unlock()
-		err = s.conn.SendMsg(tb, u.FD())
+		// A frame holds at most wire.MaxPayload bytes: the first regions
+		// ride with the TakeBack, the rest follow as RegionAdds.
+		first := min(len(regions), takeBackBatch)
+		err = s.conn.SendMsg(&wire.TakeBack{UffdID: id, WorkerPid: in.Pid, Regions: regions[:first]}, u.FD())
 		u.Close()
+		for _, r := range regions[first:] {
+			if err != nil {
+				break
+			}
+			err = s.conn.SendMsg(&wire.RegionAdd{UffdID: id, Region: r})
+		}
 		if err != nil {
 			s.log.Warn("take back: send", "uffd", id, "err", err)
 			return

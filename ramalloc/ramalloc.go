@@ -65,6 +65,15 @@ func (q *Quota) Reserve(n int64) error {
 	return nil
 }
 
+// Force takes n bytes even beyond the limit: for memory admitted earlier
+// (regions a restarted vcore takes back from core were admitted by its
+// predecessor and are in use whatever the quota says now).
+func (q *Quota) Force(n int64) {
+	q.mu.Lock()
+	q.used += max(n, 0)
+	q.mu.Unlock()
+}
+
 // Release gives n bytes back. Releasing more than is used is a bug; the
 // count stops at zero.
 func (q *Quota) Release(n int64) {

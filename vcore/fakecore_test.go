@@ -24,13 +24,16 @@ type fakeCore struct {
 	socket string
 	grant  wire.ClaimOK
 	refuse *wire.Error
+	// takeBacks are sent (each with its fd) right after ClaimOK.
+	takeBacks []takeBackItem
 	// coreContent is what core-owned dataspaces hold, by name.
 	coreContent map[string]content.Source
 
-	ln     *wire.Listener
-	pgr    *pager.Pager
-	cancel context.CancelFunc
-	done   chan struct{}
+	ln       *wire.Listener
+	pgr      *pager.Pager
+	cancel   context.CancelFunc
+	done     chan struct{}
+	stopOnce sync.Once
 
 	mu         sync.Mutex
 	claims     []wire.Claim
@@ -43,8 +46,14 @@ type fakeCore struct {
 
 func newFakeCore(t *testing.T, grant wire.ClaimOK) *fakeCore {
 	t.Helper()
-	dir := t.TempDir()
-	fc := &fakeCore{t: t, socket: filepath.Join(dir, "core.sock"), grant: grant, coreContent: map[string]content.Source{}, done: make(chan struct{})}
+	return newFakeCoreAt(t, filepath.Join(t.TempDir(), "core.sock"), grant)
+}
+
+// newFakeCoreAt starts a fake core on socket (a restarted core reuses the
+// path).
+func newFakeCoreAt(t *testing.T, socket string, grant wire.ClaimOK) *fakeCore {
+	t.Helper()
+	fc := &fakeCore{t: t, socket: socket, grant: grant, coreContent: map[string]content.Source{}, done: make(chan struct{})}
 	var err error
 	if fc.pgr, err = pager.New(pager.Options{Threads: 1}); err != nil {
 		t.Fatal(err)
@@ -64,11 +73,13 @@ func newFakeCore(t *testing.T, grant wire.ClaimOK) *fakeCore {
 }
 
 // stop closes the socket and the pager (kill -9 of core, as far as the vcore
-// can tell).
+// can tell). Idempotent.
 func (fc *fakeCore) stop() {
-	fc.cancel()
-	<-fc.done
-	fc.pgr.Close()
+	fc.stopOnce.Do(func() {
+		fc.cancel()
+		<-fc.done
+		fc.pgr.Close()
+	})
 }
 
 func (fc *fakeCore) handle(ctx context.Context, c *wire.Conn) {
@@ -95,6 +106,11 @@ func (fc *fakeCore) handle(ctx context.Context, c *wire.Conn) {
 				return
 			}
 			c.SendMsg(&fc.grant)
+			for _, tb := range fc.takeBacks {
+				if err := c.SendMsg(&tb.msg, tb.fd); err != nil {
+					fc.t.Errorf("fake core: TakeBack: %v", err)
+				}
+			}
 		case *wire.UffdAdd:
 			fc.mu.Lock()
 			fc.uffdAdds = append(fc.uffdAdds, *x)
@@ -137,6 +153,12 @@ func (fc *fakeCore) handle(ctx context.Context, c *wire.Conn) {
 			fc.t.Errorf("fake core: unexpected %s", f.Type)
 		}
 	}
+}
+
+// takeBackItem is a uffd the fake core hands to the vcore.
+type takeBackItem struct {
+	msg wire.TakeBack
+	fd  int
 }
 
 // addRegion registers a region on the fake core's dup, with the content core

@@ -32,7 +32,7 @@ func (v *VCore) connect(ctx context.Context) (*wire.Conn, wire.ClaimOK, error) {
 	for {
 		conn, err := wire.Dial(ctx, v.cfg.CoreSocket)
 		if err == nil {
-			grant, err := v.claim(ctx, conn, nil)
+			grant, err := v.claim(ctx, conn, v.previousStates())
 			if err != nil {
 				conn.Close()
 				return nil, wire.ClaimOK{}, err
@@ -417,7 +417,7 @@ func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
 	}
 	rs := &regionState{wire: r, local: local}
 	if local && st.sub != nil {
-		st.sub.quota.force(r.Length)
+		st.sub.quota.Force(int64(r.Length))
 		rs.charged = r.Length
 	}
 	st.regions[uintptr(r.Start)] = rs

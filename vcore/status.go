@@ -32,7 +32,7 @@ func (v *VCore) Subsystems() []api.Subsystem {
 }
 
 func (v *VCore) subsystemStatus(s *subsystem) api.Subsystem {
-	used, limit := s.quota.get()
+	used, limit := uint64(s.quota.Used()), uint64(s.quota.Limit())
 	a := api.Subsystem{
 		Name:            s.cfg.Name,
 		State:           "not started",

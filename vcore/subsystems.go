@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vcored/vcored/ramalloc"
 	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/vcored/vcored/internal/cgroups"
@@ -29,7 +29,7 @@ type subsystem struct {
 	cgroup  string                    // relative path: <partition>/<name>
 	sources map[string]content.Source // local dataspaces by name
 	cpus    hw.CPUSet                 // assigned by policy.AssignSubsystems
-	quota   quota
+	quota   *ramalloc.Quota
 
 	// Set while starting (before the socket serves anyone), then read-only.
 	group        *cgroups.Group
@@ -55,47 +55,6 @@ func (s *subsystem) localDataspace(name string) (config.Dataspace, bool) {
 		}
 	}
 	return config.Dataspace{}, false
-}
-
-// quota is a subsystem's RAM quota: the bytes of local dataspaces its workers
-// have attached, against its memory.
-type quota struct {
-	mu          sync.Mutex
-	used, limit uint64
-}
-
-// reserve takes n bytes if they fit; otherwise it changes nothing and
-// returns what is used.
-func (q *quota) reserve(n uint64) (used, limit uint64, ok bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if n > q.limit || q.used > q.limit-n {
-		return q.used, q.limit, false
-	}
-	q.used += n
-	return q.used, q.limit, true
-}
-
-// force takes n bytes even beyond the limit (regions taken back from core
-// were admitted by a previous vcore).
-func (q *quota) force(n uint64) {
-	q.mu.Lock()
-	q.used += n
-	q.mu.Unlock()
-}
-
-// release returns n bytes.
-func (q *quota) release(n uint64) {
-	q.mu.Lock()
-	q.used -= min(n, q.used)
-	q.mu.Unlock()
-}
-
-// get returns the bytes used and the limit.
-func (q *quota) get() (used, limit uint64) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.used, q.limit
 }
 
 func (v *VCore) subByName(name string) *subsystem {
@@ -260,6 +219,29 @@ func (v *VCore) subsystemStates() []wire.SubsystemState {
 	return out
 }
 
+// previousStates describes, for the first Claim, the subsystems a previous
+// vcore of this partition left running (from its state file; only pids
+// still alive). Nothing is created.
+func (v *VCore) previousStates() []wire.SubsystemState {
+	var prev stateFile
+	if found, err := statefile.Read(v.statePath(), &prev); !found || err != nil {
+		return nil
+	}
+	var out []wire.SubsystemState
+	for _, s := range prev.Subsystems {
+		var pids []int
+		for _, pid := range s.Pids {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+		if len(pids) > 0 {
+			out = append(out, wire.SubsystemState{Name: s.Name, Cgroup: s.Cgroup, Pids: pids, CPUs: s.CPUs, Memory: s.Memory})
+		}
+	}
+	return out
+}
+
 // stateFile is the vcore's small persistent state (<state_dir>/vcore.json):
 // what a restarted vcore of the partition needs to continue the counts.
 type stateFile struct {
@@ -271,20 +253,22 @@ type stateFile struct {
 
 // subState is one subsystem in the state file.
 type subState struct {
-	Name     string `json:"name"`
-	Cgroup   string `json:"cgroup"`
-	State    string `json:"state"`
-	Pids     []int  `json:"pids,omitempty"`
-	Restarts int    `json:"restarts"`
-	LastExit string `json:"last_exit,omitempty"`
-	Adopted  bool   `json:"adopted,omitempty"`
+	Name     string    `json:"name"`
+	Cgroup   string    `json:"cgroup"`
+	CPUs     hw.CPUSet `json:"cpus"`
+	Memory   uint64    `json:"memory"`
+	State    string    `json:"state"`
+	Pids     []int     `json:"pids,omitempty"`
+	Restarts int       `json:"restarts"`
+	LastExit string    `json:"last_exit,omitempty"`
+	Adopted  bool      `json:"adopted,omitempty"`
 }
 
 // currentState builds the state file's content.
 func (v *VCore) currentState() stateFile {
 	st := stateFile{Node: int(v.cfg.Node), Pid: os.Getpid(), Cgroup: v.grant.Cgroup}
 	for _, s := range v.subs {
-		ss := subState{Name: s.cfg.Name, Cgroup: s.cgroup, Restarts: s.prevRestarts, Adopted: s.adopted}
+		ss := subState{Name: s.cfg.Name, Cgroup: s.cgroup, CPUs: s.cpus, Memory: uint64(s.cfg.Memory), Restarts: s.prevRestarts, Adopted: s.adopted}
 		if s.sup != nil {
 			sts := s.sup.Status()
 			ss.State, ss.Pids, ss.LastExit = string(sts.State), sts.Pids, sts.LastExit
@@ -309,10 +293,7 @@ func (v *VCore) writeState() stateFile {
 func (v *VCore) reapLoop(ctx context.Context) {
 	t := time.NewTicker(reapInterval)
 	defer t.Stop()
-	var last stateFile
-	if len(v.subs) > 0 {
-		last = v.currentState()
-	}
+	var last stateFile // the first tick writes the file again: processes started by the shim join their cgroup a moment after start
 	for {
 		select {
 		case <-ctx.Done():

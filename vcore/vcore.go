@@ -29,6 +29,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vcored/vcored/ramalloc"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -43,7 +44,6 @@ import (
 	"github.com/vcored/vcored/internal/config"
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hist"
-	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
 	"github.com/vcored/vcored/internal/metrics"
 	"github.com/vcored/vcored/internal/wire"
@@ -266,7 +266,7 @@ func (v *VCore) prepare() error {
 	v.groups = map[string]string{}
 	for _, sc := range v.cfg.Subsystems {
 		s := &subsystem{cfg: sc, cgroup: v.grant.Cgroup + "/" + sc.Name, sources: map[string]content.Source{}}
-		s.quota.limit = uint64(sc.Memory)
+		s.quota = ramalloc.NewQuota(sc.Name, int64(sc.Memory))
 		for _, d := range sc.Local {
 			src, err := v.openSource(d)
 			if err != nil {
@@ -394,13 +394,6 @@ func (v *VCore) Info() api.Info {
 		CoreConnected: &connected,
 		Started:       v.started,
 	}
-}
-
-// partitionCPUs is the granted CPU set.
-func (v *VCore) partitionCPUs() hw.CPUSet {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.grant.CPUs
 }
 
 // sortedSubs returns the subsystems by name.

@@ -108,7 +108,7 @@ func (e *testEnv) config(t *testing.T, subsystems string) *config.VCore {
 core_socket = %q
 socket = %q
 state_dir = %q
-memory = "256MiB"
+memory = "2GiB"
 stop_grace = "2s"
 log_level = "debug"
 %s`, e.core.socket, filepath.Join(e.dir, "vcore.sock"), filepath.Join(e.dir, "state"), subsystems)
@@ -344,7 +344,7 @@ memory = "32MiB"
 		}
 	}
 	claims, _, _, _, _, _ := e.core.snapshot()
-	if len(claims) != 1 || claims[0].VCoreID != cfg.Socket || claims[0].Node != 0 || claims[0].Memory != uint64(256*hw.MiB) {
+	if len(claims) != 1 || claims[0].VCoreID != cfg.Socket || claims[0].Node != 0 || claims[0].Memory != uint64(2*hw.GiB) {
 		t.Errorf("claims = %+v", claims)
 	}
 
@@ -409,12 +409,12 @@ func TestConfigErrorCreatesNothing(t *testing.T) {
 [[subsystem]]
 name = "sleeper"
 command = ["sleep", "infinity"]
-cpus = "0"
+cpus = "1000"
 memory = "32MiB"
 `)
 	_, err := New(Options{Config: cfg, Machine: e.m, Cgroups: e.cg})
-	if !errors.Is(err, ErrConfig) {
-		t.Fatalf("New = %v, want ErrConfig (CPU 0 is core's)", err)
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "subsystem[0].cpus") {
+		t.Fatalf("New = %v, want ErrConfig naming subsystem[0].cpus (CPU 1000 is not in the partition)", err)
 	}
 	if claims, _, _, _, _, _ := e.core.snapshot(); len(claims) != 0 {
 		t.Errorf("core saw a claim: %+v", claims)

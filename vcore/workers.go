@@ -191,6 +191,8 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		size = info.Size
 		region.Forward, region.Path = true, info.Source
 		switch {
+		case info.Content != "":
+			region.Content, region.Seed = info.Content, info.Seed
 		case info.Source != "":
 			region.Content = wire.ContentFile
 		case a.Content != "":
@@ -210,10 +212,8 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 	}
 	var charged uint64
 	if local {
-		used, limit, ok := w.sub.quota.reserve(a.Length)
-		if !ok {
-			refuse(wire.CodeDenied, "subsystem %s: quota exceeded: requested %s, %s used of %s",
-				w.sub.cfg.Name, hw.Bytes(a.Length), hw.Bytes(used), hw.Bytes(limit))
+		if err := w.sub.quota.Reserve(int64(a.Length)); err != nil {
+			refuse(wire.CodeDenied, "%v", err)
 			return
 		}
 		charged = a.Length
@@ -222,7 +222,7 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 	v.mu.Lock()
 	if v.stopping {
 		v.mu.Unlock()
-		w.sub.quota.release(charged)
+		w.sub.quota.Release(int64(charged))
 		refuse(wire.CodeInternal, "%v", errStopping)
 		return
 	}
@@ -230,14 +230,14 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 	if st == nil {
 		// The pager dropped it (worker exiting) and the reaper forgot it.
 		v.mu.Unlock()
-		w.sub.quota.release(charged)
+		w.sub.quota.Release(int64(charged))
 		refuse(wire.CodeNotFound, "the worker's userfaultfd is no longer held")
 		return
 	}
 	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local}
 	if err := v.pgr.AddRegion(st.id, pr); err != nil {
 		v.mu.Unlock()
-		w.sub.quota.release(charged)
+		w.sub.quota.Release(int64(charged))
 		code := wire.CodeInternal
 		if errors.Is(err, pager.ErrOverlap) || errors.Is(err, pager.ErrBadRegion) {
 			code = wire.CodeBadRequest
@@ -308,12 +308,13 @@ func (v *VCore) detach(w *worker, addr uint64) {
 		v.log.Debug("Detach of an unknown region", "pid", w.pid, "addr", addr)
 		return
 	}
-	if err := v.pgr.RemoveRegion(st.id, uintptr(addr)); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
+	// ErrNoRegion: the worker unmapped first and the pager saw the UNMAP.
+	if err := v.pgr.RemoveRegion(st.id, uintptr(addr)); err != nil && !errors.Is(err, pager.ErrUnknownUffd) && !errors.Is(err, pager.ErrNoRegion) {
 		v.log.Warn("remove region", "uffd", st.id, "addr", addr, "err", err)
 	}
 	delete(st.regions, uintptr(addr))
 	if st.sub != nil {
-		st.sub.quota.release(r.charged)
+		st.sub.quota.Release(int64(r.charged))
 	}
 }
 
@@ -340,7 +341,7 @@ func (v *VCore) dropUffdLocked(st *uffdState, remove bool) {
 	}
 	if st.sub != nil {
 		for _, r := range st.regions {
-			st.sub.quota.release(r.charged)
+			st.sub.quota.Release(int64(r.charged))
 		}
 	}
 	v.sendLocked(&wire.UffdRemove{UffdID: st.id})

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -119,7 +120,7 @@ type daemon struct {
 	cmd    *exec.Cmd
 	socket string
 	config string
-	log    *bytes.Buffer
+	log    *syncBuffer
 	done   chan struct{}
 	err    error
 }
@@ -191,7 +192,7 @@ func (c *cluster) write(name, body string) string {
 // start runs vcored with args and returns at once.
 func (c *cluster) start(name, socket string, args ...string) *daemon {
 	c.t.Helper()
-	d := &daemon{name: name, socket: socket, log: &bytes.Buffer{}, done: make(chan struct{})}
+	d := &daemon{name: name, socket: socket, log: &syncBuffer{}, done: make(chan struct{})}
 	d.cmd = exec.Command(vcoredBin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -298,6 +299,28 @@ func (c *cluster) stopAll() {
 	}
 	os.RemoveAll(c.dir)
 }
+
+// syncBuffer is a bytes.Buffer the daemon's output goroutine writes while
+// the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns a copy of what was written so far.
+func (b *syncBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+func (b *syncBuffer) String() string { return string(b.Bytes()) }
 
 func (d *daemon) exited() bool {
 	select {

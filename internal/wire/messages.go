@@ -124,9 +124,11 @@ type Claim struct {
 
 // DataspaceInfo is one entry of core's dataspace catalogue.
 type DataspaceInfo struct {
-	Name   string `json:"name"`
-	Size   uint64 `json:"size"`
-	Source string `json:"source,omitempty"` // read-only source file; "" = zero-filled
+	Name    string      `json:"name"`
+	Size    uint64      `json:"size"`
+	Source  string      `json:"source,omitempty"`  // read-only source file (ContentFile)
+	Content ContentKind `json:"content,omitempty"` // "" from an older core: file with a Source, else zero
+	Seed    uint64      `json:"seed,omitempty"`    // ContentPattern
 }
 
 // ClaimOK grants a partition (core -> vcore).
