@@ -62,7 +62,7 @@ type Core struct {
 	dataspaces map[string]*dataspace
 
 	mu       sync.Mutex
-	sessions map[string]*session // live vcore sessions by VCoreID
+	sessions map[string]*session        // live vcore sessions by VCoreID
 	held     map[string]map[uint64]bool // uffd ids core holds, by VCoreID (value: served by core)
 	failover map[string]bool            // VCoreIDs whose faults core serves because the vcore is gone
 	regions  map[uint64][]wire.Region   // regions of held uffds, as the vcore described them

@@ -56,7 +56,7 @@ type Family struct {
 type Summary struct {
 	Labels    []string
 	Count     uint64
-	Sum       float64            // seconds
+	Sum       float64             // seconds
 	Quantiles map[float64]float64 // quantile → seconds
 }
 
