@@ -88,10 +88,7 @@ func OpenLedger(path string, now func() time.Time) (*Ledger, error) {
 }
 
 func (l *Ledger) saveLocked() error {
-	f := ledgerFile{Version: 1}
-	for _, le := range l.sortedLocked() {
-		f.Leases = append(f.Leases, le)
-	}
+	f := ledgerFile{Version: 1, Leases: l.sortedLocked()}
 	if err := statefile.Write(l.path, f); err != nil {
 		return fmt.Errorf("core: ledger: %w", err)
 	}

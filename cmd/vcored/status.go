@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -49,6 +50,10 @@ func collectStatus(ctx context.Context, socket string) (*statusReport, error) {
 	c := api.NewClient(socket)
 	rep := &statusReport{Subsystems: map[string][]api.Subsystem{}}
 	if err := c.Get(ctx, "/v1/info", &rep.Info); err != nil {
+		if os.Geteuid() != 0 {
+			return nil, fmt.Errorf("no daemon answers on %s (vcored accepts root and members of core's socket_group only; you are uid %d): %w",
+				socket, os.Geteuid(), err)
+		}
 		return nil, fmt.Errorf("no daemon answers on %s: %w", socket, err)
 	}
 	var vcoreSockets []string

@@ -299,3 +299,19 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		t.Errorf("plan without fault-around %v", got)
 	}
 }
+
+func TestMedianOf(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{1.5, 9, 1.4}, 1.5}, // one disturbed run does not move it
+		{[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		if got := medianOf(tc.in); got != tc.want {
+			t.Errorf("medianOf(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
