@@ -217,6 +217,7 @@ func subsystemDone(state string) bool {
 
 func waitWorkers(ctx context.Context, r *DaemonRun, core *daemon, vcores []*daemon, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	var lastAsked time.Time
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -224,12 +225,31 @@ func waitWorkers(ctx context.Context, r *DaemonRun, core *daemon, vcores []*daem
 		if core.dead() {
 			return core.deadErr()
 		}
+		// Poll the result files first (a stat, no work for the daemons on
+		// the measured CPUs); ask the vcores once every worker wrote, and
+		// meanwhile only once a second (to notice a worker that died
+		// without a result).
+		written := true
+		for i := range vcores {
+			for w := range r.Workers {
+				if _, err := os.Stat(r.ResultPath(i, w)); err != nil {
+					written = false
+				}
+			}
+		}
 		all := true
 		for i, d := range vcores {
 			if d.dead() {
 				return d.deadErr()
 			}
+			if !written && time.Since(lastAsked) < time.Second {
+				all = false
+				continue
+			}
 			var subs []api.Subsystem
+			if i == len(vcores)-1 {
+				lastAsked = time.Now()
+			}
 			if err := api.NewClient(d.socket).Get(ctx, "/v1/subsystems", &subs); err != nil {
 				all = false
 				continue

@@ -142,6 +142,10 @@ func (r *Report) WriteText(w io.Writer) error {
 	_, okL := r.measured(ModeLocal)
 	_, okC := r.measured(ModeCentral)
 	fmt.Fprintf(w, "        IPIs per fault: local %s, central %s\n", ipis(rt.LocalIPIsPerFault, okL), ipis(rt.CentralIPIsPerFault, okC))
+	if rt.RawCrossOverRawMedian > 0 {
+		fmt.Fprintf(w, "        this machine's own cross-CPU penalty (raw handler on core's CPU ÷ on the faulting CPU): %s;"+
+			" central ÷ that bare cross-CPU round trip: %s\n", ratioText(rt.RawCrossOverRawMedian), ratioText(rt.CentralOverRawCrossMedian))
+	}
 
 	fmt.Fprintln(w, "\ntargets:")
 	for _, t := range r.Targets {

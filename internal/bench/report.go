@@ -16,7 +16,10 @@ const (
 	ModeLocal   = "local"     // per-vcore pagers on the partition's CPUs
 	ModeCentral = "central"   // the single pager in core, on core's CPU
 	ModeRaw     = "raw_floor" // minimal in-process handler on the faulting CPU
-	ModeKernel  = "kernel"    // kernel first touch, no userfaultfd
+	// ModeRawCross is the same minimal handler pinned to core's CPU: what a
+	// cross-CPU fault round trip costs on this machine with no framework.
+	ModeRawCross = "raw_cross"
+	ModeKernel   = "kernel" // kernel first touch, no userfaultfd
 )
 
 // FaultAroundMode names the fault-around variant of a mode ("local_fa16").
@@ -184,10 +187,17 @@ type Ratios struct {
 	CentralOverLocalP99          float64 `json:"central_over_local_p99"`
 	LocalOverRawMedian           float64 `json:"local_over_raw_median"`
 	FaultAroundPerPageOverKernel float64 `json:"fault_around_per_page_over_kernel"`
-	RawFaultAroundOverKernel     float64 `json:"raw_fault_around_per_page_over_kernel"`
-	RawOverKernelMedian          float64 `json:"raw_over_kernel_median"`
-	LocalIPIsPerFault            float64 `json:"local_ipis_per_fault"`
-	CentralIPIsPerFault          float64 `json:"central_ipis_per_fault"`
+	// RawCrossOverRawMedian is the machine's own cross-CPU penalty: the
+	// minimal handler on another CPU ÷ on the faulting CPU. The central ÷
+	// local ratio cannot be much larger than this.
+	RawCrossOverRawMedian float64 `json:"raw_cross_over_raw_median,omitempty"`
+	// CentralOverRawCrossMedian is what the single pager adds over a bare
+	// cross-CPU round trip (≈ 1: the framework costs nothing extra).
+	CentralOverRawCrossMedian float64 `json:"central_over_raw_cross_median,omitempty"`
+	RawFaultAroundOverKernel  float64 `json:"raw_fault_around_per_page_over_kernel"`
+	RawOverKernelMedian       float64 `json:"raw_over_kernel_median"`
+	LocalIPIsPerFault         float64 `json:"local_ipis_per_fault"`
+	CentralIPIsPerFault       float64 `json:"central_ipis_per_fault"`
 }
 
 // Target is one of the issue's goals with the measured value.
@@ -460,6 +470,14 @@ func Build(machine Machine, params Params, samples []RunSample) *Report {
 	}
 	if okR && okK {
 		r.Ratios.RawOverKernelMedian = ratio(float64(raw.MedianNS), float64(kernel.MedianNS))
+	}
+	if cross, ok := r.measured(ModeRawCross); ok {
+		if okR {
+			r.Ratios.RawCrossOverRawMedian = ratio(float64(cross.MedianNS), float64(raw.MedianNS))
+		}
+		if okC {
+			r.Ratios.CentralOverRawCrossMedian = ratio(float64(central.MedianNS), float64(cross.MedianNS))
+		}
 	}
 	if okL {
 		r.Ratios.LocalIPIsPerFault = local.IPIsPerFault

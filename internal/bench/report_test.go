@@ -286,16 +286,16 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		return out
 	}
 	got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 16}))
-	want := []string{"local", "central", "raw_floor", "kernel", "local_fa16", "raw_floor_fa16"}
+	want := []string{"local", "central", "raw_floor", "kernel", "raw_cross", "local_fa16", "raw_floor_fa16"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
 	got = names(Plan(Config{Pattern: PatternRandom, FaultAround: 16, Modes: []string{ModeRaw, ModeKernel}}))
-	want = []string{"raw_floor", "kernel", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"}
+	want = []string{"raw_floor", "kernel", "raw_cross", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"}
 	if !slices.Equal(got, want) {
 		t.Errorf("filtered plan %v, want %v", got, want)
 	}
-	if got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 1})); len(got) != 4 {
+	if got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 1})); len(got) != 5 {
 		t.Errorf("plan without fault-around %v", got)
 	}
 }

@@ -71,6 +71,8 @@ type run struct {
 	// zero gives the run zero-filled content instead of the pattern: the
 	// fault-around runs compare a page copy with the kernel's zero fill.
 	zero bool
+	// crossCPU pins the raw handler to core's CPU instead of the toucher's.
+	crossCPU bool
 }
 
 // Plan returns the runs of one repetition, in order. The main four modes
@@ -83,6 +85,7 @@ func Plan(c Config) []run {
 		{mode: ModeCentral, base: ModeCentral, daemon: config.PagerCentral, worker: WorkerUffd, pattern: c.Pattern, faultAround: 1},
 		{mode: ModeRaw, base: ModeRaw, worker: WorkerRaw, pattern: c.Pattern, faultAround: 1},
 		{mode: ModeKernel, base: ModeKernel, worker: WorkerKernel, pattern: c.Pattern, faultAround: 1},
+		{mode: ModeRawCross, base: ModeRaw, worker: WorkerRaw, pattern: c.Pattern, faultAround: 1, crossCPU: true},
 	}
 	if c.FaultAround > 1 {
 		all = append(all,
@@ -190,6 +193,9 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 	if len(plan) == 0 {
 		return nil, fmt.Errorf("%w: no mode selected", ErrUsage)
 	}
+	// The bench is not pinned: its children (core, the vcores) inherit its
+	// affinity and must see every CPU they may lease. It stays out of the
+	// measured CPUs' way by polling files, not the daemons (waitWorkers).
 	params := Params{Workers: c.Workers, Pages: c.Pages, PageSize: os.Getpagesize(), Pattern: string(c.Pattern),
 		FaultAround: c.FaultAround, Reps: c.Reps, Quick: c.Quick, CoreCPU: int(layout.CoreCPU)}
 	if c.Pattern == PatternStride {
@@ -278,6 +284,9 @@ func runDirect(ctx context.Context, c Config, layout Layout, r run, dir string) 
 				"--verify", verify.String(), "--cpu", strconv.Itoa(int(cpus[w%len(cpus)])), "--result", path}
 			if r.worker == WorkerRaw {
 				args = append(args, "--fault-around", strconv.Itoa(r.faultAround))
+			}
+			if r.crossCPU {
+				args = append(args, "--handler-cpu", strconv.Itoa(int(layout.CoreCPU)))
 			}
 			jobs = append(jobs, job{path: path, args: args})
 		}

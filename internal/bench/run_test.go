@@ -69,7 +69,7 @@ func TestRunRawAndKernelForReal(t *testing.T) {
 	}
 	layout, _ := bench.PlanLayout(m)
 	workers := 2 * len(layout.Partitions)
-	for _, mode := range []string{"raw_floor", "kernel", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"} {
+	for _, mode := range []string{"raw_floor", "kernel", "raw_cross", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"} {
 		md, ok := rep.Modes[mode]
 		if !ok {
 			t.Fatalf("mode %s missing; have %v", mode, rep.ModeOrder())
@@ -85,11 +85,11 @@ func TestRunRawAndKernelForReal(t *testing.T) {
 	if rep.Modes["raw_floor"].ServedFaults != int64(2*workers*pages) || rep.Modes["raw_floor_fa16"].ServedFaults != int64(2*workers*pages/16) {
 		t.Errorf("served faults: raw %d, raw fa16 %d", rep.Modes["raw_floor"].ServedFaults, rep.Modes["raw_floor_fa16"].ServedFaults)
 	}
-	if rep.Ratios.RawOverKernelMedian <= 0 || rep.Ratios.RawFaultAroundOverKernel <= 0 || rep.Ratios.LocalOverRawMedian != 0 {
+	if rep.Ratios.RawOverKernelMedian <= 0 || rep.Ratios.RawFaultAroundOverKernel <= 0 || rep.Ratios.LocalOverRawMedian != 0 || rep.Ratios.RawCrossOverRawMedian <= 0 {
 		t.Errorf("ratios %+v", rep.Ratios)
 	}
-	if got := strings.Count(prog.String(), "\n"); got != 1+2*5 {
-		t.Errorf("progress lines %d, want %d:\n%s", got, 1+2*5, prog.String())
+	if got := strings.Count(prog.String(), "\n"); got != 1+2*6 {
+		t.Errorf("progress lines %d, want %d:\n%s", got, 1+2*6, prog.String())
 	}
 	var text bytes.Buffer
 	if err := rep.WriteText(&text); err != nil {

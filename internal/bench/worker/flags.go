@@ -32,12 +32,12 @@ func (l *listFlag) Set(s string) error {
 
 // Flags are the command-line flags of `vcored worker`.
 type Flags struct {
-	mode, size, pattern, verify, result     *string
-	names                                   listFlag
-	pages, stride, cpu, faultAround, rounds *int
-	waitFile                                *string
-	seed                                    *uint64
-	read, unbound                           *bool
+	mode, size, pattern, verify, result                 *string
+	names                                               listFlag
+	pages, stride, cpu, faultAround, rounds, handlerCPU *int
+	waitFile                                            *string
+	seed                                                *uint64
+	read, unbound                                       *bool
 }
 
 // BindFlags defines the worker's flags on fs.
@@ -56,6 +56,7 @@ func BindFlags(fs *flag.FlagSet) *Flags {
 	f.cpu = fs.Int("cpu", -1, "pin the touching thread (and the raw handler) to this CPU; -1: no pinning")
 	f.faultAround = fs.Int("fault-around", 1, "raw mode: pages resolved per fault")
 	f.unbound = fs.Bool("unbound", false, "uffd mode: attach without binding the memory to the vcore's node (pages land where the pager runs)")
+	f.handlerCPU = fs.Int("handler-cpu", -1, "raw mode: pin the handler thread to this CPU instead of --cpu (a cross-CPU round trip); -1: same as --cpu")
 	f.rounds = fs.Int("rounds", 1, "touch every page this many times, dropping the pages (MADV_DONTNEED) between rounds so each round faults again")
 	f.waitFile = fs.String("wait-file", "", "after attaching, wait until `FILE` exists before touching")
 	return f
@@ -95,13 +96,15 @@ func (f *Flags) Config(attach AttachFunc) (Config, error) {
 	switch {
 	case *f.faultAround < 1:
 		return Config{}, fmt.Errorf("%w: --fault-around %d: want at least 1", bench.ErrUsage, *f.faultAround)
+	case *f.handlerCPU >= 0 && mode != bench.WorkerRaw:
+		return Config{}, fmt.Errorf("%w: --handler-cpu applies to raw mode only", bench.ErrUsage)
 	case *f.faultAround > 1 && mode != bench.WorkerRaw:
 		return Config{}, fmt.Errorf("%w: --fault-around applies to raw mode only (vcored's pagers take it from their config)", bench.ErrUsage)
 	}
 	return Config{
 		Mode: mode, Dataspaces: names, Pages: n, Pattern: pattern, Stride: *f.stride, Seed: *f.seed,
 		Verify: verify, Read: *f.read, CPU: *f.cpu, FaultAround: *f.faultAround, Attach: attach,
-		Rounds: *f.rounds, WaitFile: *f.waitFile,
+		Rounds: *f.rounds, WaitFile: *f.waitFile, HandlerCPU: *f.handlerCPU,
 	}, nil
 }
 

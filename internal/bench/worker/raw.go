@@ -35,6 +35,13 @@ const (
 // startRawHandler registers mem (MISSING) on a new uffd and starts serving
 // it from v's content (zero when v is unset).
 func startRawHandler(mem []byte, v bench.Verify, faultAround, cpu int) (_ *rawHandler, err error) {
+	// A thread blocked in a userfaultfd page fault keeps its P: with
+	// GOMAXPROCS=1 (a worker started with a one-CPU affinity) the handler
+	// could only run when the runtime preempts the blocked toucher, ~10 ms
+	// later. The handler needs a P of its own.
+	if runtime.GOMAXPROCS(0) < 2 {
+		runtime.GOMAXPROCS(2)
+	}
 	u, err := linux.OpenUffd()
 	if err != nil {
 		return nil, err

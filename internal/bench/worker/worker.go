@@ -57,6 +57,9 @@ type Config struct {
 	// CPU pins the touching thread (and, in raw mode, the handler thread);
 	// -1 leaves it unpinned.
 	CPU int
+	// HandlerCPU pins the raw handler thread elsewhere than CPU (-1: same
+	// CPU): the cross-CPU reference round trip.
+	HandlerCPU int
 	// FaultAround is the pages resolved per fault by the raw handler (>=1).
 	FaultAround int
 	// Rounds repeats the touch loop: after each round but the last the
@@ -184,7 +187,11 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 			return nil, fmt.Errorf("worker: %s: %w", name, err)
 		}
 		if cfg.Mode == bench.WorkerRaw {
-			handler, err = startRawHandler(mem, cfg.Verify, cfg.FaultAround, cfg.CPU)
+			hcpu := cfg.CPU
+			if cfg.HandlerCPU >= 0 {
+				hcpu = cfg.HandlerCPU
+			}
+			handler, err = startRawHandler(mem, cfg.Verify, cfg.FaultAround, hcpu)
 			if err != nil {
 				return nil, fmt.Errorf("worker: %s: raw handler: %w", name, err)
 			}
