@@ -47,6 +47,7 @@
 package pager
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -473,15 +474,7 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 		return err
 	}
 	old := e.table()
-	i, _ := slices.BinarySearchFunc(old, r.Start, func(x *region, s uintptr) int {
-		switch {
-		case x.Start < s:
-			return -1
-		case x.Start > s:
-			return 1
-		}
-		return 0
-	})
+	i, _ := slices.BinarySearchFunc(old, r.Start, func(x *region, s uintptr) int { return cmp.Compare(x.Start, s) })
 	if (i > 0 && old[i-1].end > r.Start) || (i < len(old) && old[i].Start < r.End()) {
 		return fmt.Errorf("%w: %#x+%#x (%q) on uffd %d", ErrOverlap, r.Start, r.Length, r.Dataspace, id)
 	}
@@ -724,15 +717,7 @@ func (p *Pager) Uffds() []UffdInfo {
 		}
 		out = append(out, info)
 	}
-	slices.SortFunc(out, func(a, b UffdInfo) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b UffdInfo) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -837,15 +822,7 @@ func (p *Pager) cutLocked(e *uffdEntry, start, end, to uintptr, move bool) {
 		return
 	}
 	table = append(table, moved...)
-	slices.SortFunc(table, func(a, b *region) int {
-		switch {
-		case a.Start < b.Start:
-			return -1
-		case a.Start > b.Start:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(table, func(a, b *region) int { return cmp.Compare(a.Start, b.Start) })
 	e.regions.Store(&table)
 }
 

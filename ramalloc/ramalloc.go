@@ -7,6 +7,7 @@
 package ramalloc
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -153,15 +154,7 @@ func (l *Ledger) Usage() []Usage {
 	for _, q := range qs {
 		out = append(out, Usage{Subsystem: q.subsystem, Used: q.Used(), Limit: q.Limit()})
 	}
-	slices.SortFunc(out, func(a, b Usage) int {
-		switch {
-		case a.Subsystem < b.Subsystem:
-			return -1
-		case a.Subsystem > b.Subsystem:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Usage) int { return cmp.Compare(a.Subsystem, b.Subsystem) })
 	return out
 }
 

@@ -26,6 +26,7 @@
 package vcore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -399,14 +400,6 @@ func (v *VCore) Info() api.Info {
 // sortedSubs returns the subsystems by name.
 func (v *VCore) sortedSubs() []*subsystem {
 	out := slices.Clone(v.subs)
-	slices.SortFunc(out, func(a, b *subsystem) int {
-		switch {
-		case a.cfg.Name < b.cfg.Name:
-			return -1
-		case a.cfg.Name > b.cfg.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b *subsystem) int { return cmp.Compare(a.cfg.Name, b.cfg.Name) })
 	return out
 }

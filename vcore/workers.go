@@ -1,6 +1,7 @@
 package vcore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,15 +36,7 @@ func (u *uffdState) wireRegions() []wire.Region {
 	for _, r := range u.regions {
 		out = append(out, r.wire)
 	}
-	slices.SortFunc(out, func(a, b wire.Region) int {
-		switch {
-		case a.Start < b.Start:
-			return -1
-		case a.Start > b.Start:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b wire.Region) int { return cmp.Compare(a.Start, b.Start) })
 	return out
 }
 
@@ -53,15 +46,7 @@ func (v *VCore) sortedUffdsLocked() []*uffdState {
 	for _, u := range v.uffds {
 		out = append(out, u)
 	}
-	slices.SortFunc(out, func(a, b *uffdState) int {
-		switch {
-		case a.id < b.id:
-			return -1
-		case a.id > b.id:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b *uffdState) int { return cmp.Compare(a.id, b.id) })
 	return out
 }
 

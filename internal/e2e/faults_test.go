@@ -167,12 +167,17 @@ func TestFailoverKill9VCore(t *testing.T) {
 	for _, when := range []string{"before-touch", "mid-run"} {
 		t.Run(when, func(t *testing.T) {
 			c := newCluster(t)
-			c.startCore(c.coreConfig(""))
+			// Core must not reclaim the orphan while it serves the worker
+			// (slow under qemu emulation).
+			c.startCore(strings.Replace(c.coreConfig(""), `orphan_grace = "30s"`, `orphan_grace = "10m"`, 1))
 			res, gate := c.path("w.json"), c.path("go")
 			pages := 8192
 			if when == "mid-run" {
 				pages = 16384 // 64 MiB: long enough to be killed in the middle
 				os.WriteFile(gate, nil, 0o644)
+			}
+			if os.Getenv("VMTEST") != "" {
+				pages /= 4 // each fault costs ~100× more under TCG
 			}
 			v := c.startVCore(0, c.vcoreConfig(0, c.workerSubsystem("w", res,
 				[]string{"--dataspace", "local", "--pages", fmt.Sprint(pages), "--verify", "pattern:7", "--rounds", "3", "--wait-file", gate}, patternDS, "")))

@@ -163,21 +163,9 @@ type PidWatch struct {
 	pid int
 }
 
-// pidfdOpenForPoll opens a pidfd for pid (pidfd_open(2), Linux 5.3).
-func pidfdOpenForPoll(pid int) (int, error) {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err == unix.ENOSYS {
-		return -1, &UnsupportedError{Feature: "pidfd_open", Hint: "Linux 5.3"}
-	}
-	if err != nil {
-		return -1, fmt.Errorf("pidfd_open %d: %w", pid, err)
-	}
-	return fd, nil
-}
-
 // WatchPid opens a PidWatch on pid. ESRCH (errors.Is) if it is already gone.
 func WatchPid(pid int) (*PidWatch, error) {
-	fd, err := pidfdOpenForPoll(pid)
+	fd, err := PidfdOpen(pid)
 	if err != nil {
 		return nil, err
 	}
