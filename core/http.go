@@ -89,6 +89,8 @@ func (c *Core) PagerStatus() api.Pager {
 	pagerCPU, _ := c.cfg.ReservedCPUs.Min()
 	p := api.Pager{Mode: string(c.mode), CPUs: strconv.Itoa(int(pagerCPU)), Threads: 1,
 		Uffds: len(c.pg.Uffds()), TrackingBytes: uint64(c.pg.TrackingBytes()), TrackedPages: uint64(c.pg.RegisteredPages())}
+	pb, pp := c.pg.PeakTracking()
+	p.PeakTrackingBytes, p.PeakTrackedPages = uint64(pb), uint64(pp)
 	for name, st := range c.pg.Stats() {
 		p.Dataspaces = append(p.Dataspaces, dataspaceStats(name, st))
 	}

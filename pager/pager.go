@@ -174,11 +174,12 @@ type Pager struct {
 	ep   *linux.Epoll
 	stop *linux.EventFD
 
-	mu      sync.Mutex                            // serializes changes of the tables below
-	byID    map[uint64]*uffdEntry                 // under mu
-	byToken atomic.Pointer[map[uint64]*uffdEntry] // copy-on-write, read by pager threads
-	nextSeq uint64                                // under mu
-	closed  bool                                  // under mu
+	mu                   sync.Mutex                            // serializes changes of the tables below
+	byID                 map[uint64]*uffdEntry                 // under mu
+	byToken              atomic.Pointer[map[uint64]*uffdEntry] // copy-on-write, read by pager threads
+	nextSeq              uint64                                // under mu
+	peakBytes, peakPages int64                                 // under mu: high-water mark of the tracking (PeakTracking)
+	closed               bool                                  // under mu
 
 	threads []*thread
 	wg      sync.WaitGroup
@@ -485,6 +486,9 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 	table := make([]*region, 0, len(old)+1)
 	table = append(append(append(table, old[:i]...), nr), old[i:]...)
 	e.regions.Store(&table)
+	if b, n := p.trackingLocked(); n > p.peakPages {
+		p.peakBytes, p.peakPages = b, n
+	}
 	return nil
 }
 
@@ -743,28 +747,41 @@ func (p *Pager) Uffd(id uint64) (*linux.Uffd, error) {
 func (p *Pager) TrackingBytes() int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	b, _ := p.trackingLocked()
+	return b
+}
+
+// trackingLocked returns the tracking bytes and the registered pages.
+func (p *Pager) trackingLocked() (bytes, pages int64) {
 	const (
 		mapSlot    = 16 // key and pointer in byID / byToken
 		entrySize  = int64(unsafe.Sizeof(uffdEntry{})+unsafe.Sizeof(linux.PidWatch{})+unsafe.Sizeof(linux.Uffd{})) + 2*mapSlot
 		regionSize = int64(unsafe.Sizeof(region{})) + 8 // + its slot in the table
 	)
-	var n int64
 	for _, e := range p.byID {
-		n += entrySize + int64(len(e.table()))*regionSize
+		t := e.table()
+		bytes += entrySize + int64(len(t))*regionSize
+		for _, r := range t {
+			pages += int64(r.Length / p.ps)
+		}
 	}
-	return n
+	return bytes, pages
+}
+
+// PeakTracking returns the most tracking memory and registered pages the
+// Pager has held at once (TrackingBytes and RegisteredPages at their high
+// point): what the bench divides after the workers are gone.
+func (p *Pager) PeakTracking() (bytes, pages int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.peakBytes, p.peakPages
 }
 
 // RegisteredPages is the number of pages in all held regions.
 func (p *Pager) RegisteredPages() int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var n int64
-	for _, e := range p.byID {
-		for _, r := range e.table() {
-			n += int64(r.Length / p.ps)
-		}
-	}
+	_, n := p.trackingLocked()
 	return n
 }
 

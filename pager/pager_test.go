@@ -503,3 +503,50 @@ func TestRemapEvent(t *testing.T) {
 		t.Errorf("%d faults, %d errors; want 4 and 0", s.Faults, s.Errors)
 	}
 }
+
+// TestPeakTracking: the high-water mark of the tracking survives the
+// regions it counted (the bench reads it after the workers are gone).
+func TestPeakTracking(t *testing.T) {
+	needUffd(t)
+	p, err := pager.New(pager.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ps := linux.PageSize()
+	mem, err := linux.Mmap(64*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE|linux.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(mem)
+	u, err := linux.OpenUffd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	base := uintptr(unsafe.Pointer(&mem[0]))
+	for i := range 2 {
+		r := pager.Region{Start: base + uintptr(i*32*ps), Length: uintptr(32 * ps), Dataspace: "ds", Content: content.Zero()}
+		if err := p.AddRegion(1, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := p.RegisteredPages(); got != 64 {
+		t.Fatalf("RegisteredPages = %d, want 64", got)
+	}
+	bytes, pages := p.PeakTracking()
+	if pages != 64 || bytes != p.TrackingBytes() || bytes <= 0 {
+		t.Fatalf("PeakTracking = %d bytes, %d pages; TrackingBytes %d", bytes, pages, p.TrackingBytes())
+	}
+	if err := p.RemoveUffd(1); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.RegisteredPages(); got != 0 {
+		t.Fatalf("RegisteredPages after RemoveUffd = %d", got)
+	}
+	if b2, p2 := p.PeakTracking(); b2 != bytes || p2 != 64 {
+		t.Fatalf("peak lost after RemoveUffd: %d bytes %d pages", b2, p2)
+	}
+}

@@ -83,6 +83,8 @@ func (v *VCore) PagerStatus() api.Pager {
 		TrackedPages:  uint64(v.pgr.RegisteredPages()),
 		Dataspaces:    []api.DataspaceStats{},
 	}
+	pb, pp := v.pgr.PeakTracking()
+	p.PeakTrackingBytes, p.PeakTrackedPages = uint64(pb), uint64(pp)
 	stats := v.pgr.Stats()
 	v.fwdMu.Lock()
 	for name := range v.fwdLat {

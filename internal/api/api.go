@@ -103,13 +103,17 @@ type DataspaceStats struct {
 
 // Pager is the pager section of a daemon.
 type Pager struct {
-	Mode          string           `json:"mode"`
-	CPUs          string           `json:"cpus"`
-	Threads       int              `json:"threads"`
-	Uffds         int              `json:"uffds"`
-	TrackingBytes uint64           `json:"tracking_bytes"`
-	TrackedPages  uint64           `json:"tracked_pages"`
-	Dataspaces    []DataspaceStats `json:"dataspaces"`
+	Mode          string `json:"mode"`
+	CPUs          string `json:"cpus"`
+	Threads       int    `json:"threads"`
+	Uffds         int    `json:"uffds"`
+	TrackingBytes uint64 `json:"tracking_bytes"`
+	TrackedPages  uint64 `json:"tracked_pages"`
+	// PeakTrackingBytes/PeakTrackedPages: the high-water mark of the two
+	// above since the daemon started.
+	PeakTrackingBytes uint64           `json:"peak_tracking_bytes"`
+	PeakTrackedPages  uint64           `json:"peak_tracked_pages"`
+	Dataspaces        []DataspaceStats `json:"dataspaces"`
 }
 
 // Client talks to a daemon's socket.

@@ -295,8 +295,10 @@ func collectPagerStats(ctx context.Context, s *RunSample, core *daemon, vcores [
 				log.Debug("no pager stats", "daemon", d.name, "err", err)
 				continue
 			}
-			track += p.TrackingBytes
-			pages += p.TrackedPages
+			// The workers are gone by now: their regions were dropped, so
+			// take the pager's high-water mark.
+			track += p.PeakTrackingBytes
+			pages += p.PeakTrackedPages
 			for _, st := range p.Dataspaces {
 				if matches(st.Dataspace, LocalDataspace) {
 					faults += int64(st.Faults)

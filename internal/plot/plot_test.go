@@ -35,7 +35,7 @@ func TestCDFWritesSVGWithLegend(t *testing.T) {
 	if err := xml.Unmarshal(buf.Bytes(), new(struct{ XMLName xml.Name })); err != nil {
 		t.Fatalf("not XML: %v", err)
 	}
-	for _, want := range []string{"<svg", "local (n=4)", "central (n=3)", "fault latency"} {
+	for _, want := range []string{"<svg", "local  n=4", "central  n=3", "fault latency"} {
 		if !strings.Contains(svg, want) {
 			t.Errorf("SVG lacks %q", want)
 		}
@@ -64,7 +64,7 @@ func TestCDFFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	data, err := os.ReadFile(path)
-	if err != nil || !bytes.Contains(data, []byte("kernel (n=3)")) {
+	if err != nil || !bytes.Contains(data, []byte("kernel  n=3")) {
 		t.Fatalf("file: %v, %d bytes", err, len(data))
 	}
 }
