@@ -206,7 +206,7 @@ func TestJSONShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(svg)
-	for _, name := range []string{"local (n=3000)", "central (n=3000)", "raw_floor (n=3000)", "kernel (n=3000)", "forwarded"} {
+	for _, name := range []string{"local  n=3000", "central  n=3000", "raw_floor  n=3000", "kernel  n=3000", "forwarded"} {
 		if !bytes.Contains(b, []byte(name)) {
 			t.Errorf("svg lacks series %q", name)
 		}
