@@ -469,10 +469,22 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 		return fmt.Errorf("%w: %#x+%#x of dataspace %q is forwarded but Options.Forward is nil", ErrBadRegion, r.Start, r.Length, r.Dataspace)
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	e, err := p.entryLocked(id)
+	p.mu.Unlock()
 	if err != nil {
 		return err
+	}
+	// Wait until no pager thread is between reading this uffd's events and
+	// applying them. A worker's munmap returns as soon as a pager thread has
+	// READ the UNMAP event; the worker may then map new memory at the same
+	// address and attach it, and the late UNMAP must not cut the new region.
+	// (Lock order: e.use before p.mu, as in the pager threads.)
+	e.use.Lock()
+	defer e.use.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e.closed || p.byID[id] != e {
+		return fmt.Errorf("%w: %d (removed)", ErrUnknownUffd, id)
 	}
 	old := e.table()
 	i, _ := slices.BinarySearchFunc(old, r.Start, func(x *region, s uintptr) int { return cmp.Compare(x.Start, s) })

@@ -283,3 +283,23 @@ func countFDs(t *testing.T, pid int) int {
 	}
 	return len(ents)
 }
+
+// TestReattachSameAddress: a worker attaches, touches, detaches (munmap) and
+// re-attaches a dataspace 200 times; the new mapping usually reuses the old
+// address. A late UNMAP event of the old mapping must never cut the new
+// region out of the pager's table (the worker would wait forever).
+func TestReattachSameAddress(t *testing.T) {
+	c := newCluster(t)
+	c.startCore(c.coreConfig(""))
+	res := c.path("w.json")
+	names := strings.TrimSuffix(strings.Repeat("local,", 200), ",")
+	c.startVCore(0, c.vcoreConfig(0, c.workerSubsystem("w", res,
+		[]string{"--dataspace", names, "--pages", "16", "--verify", "pattern:7"}, patternDS, "")))
+	r := waitResult(t, c, res, 16)
+	if len(r.Dataspaces) != 200 {
+		t.Fatalf("worker attached %d times, want 200", len(r.Dataspaces))
+	}
+	if st := pagerStats(t, c.vcoreSocket(0), "local"); st.Errors != 0 {
+		t.Errorf("pager errors: %+v", st)
+	}
+}
