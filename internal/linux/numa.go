@@ -111,7 +111,8 @@ func GetMempolicy(addr uintptr, flags int) (mode int, nodes hw.NodeSet, err erro
 
 // PageNodes status values that are not node ids.
 const (
-	// PageNotPresent: the page is not populated (-ENOENT).
+	// PageNotPresent: the page is not populated (-ENOENT). Older kernels
+	// (6.1) report PageNoFrame for a page that was never populated.
 	PageNotPresent = -int(unix.ENOENT)
 	// PageNoFrame: the shared zero page, or an address not mapped (-EFAULT).
 	PageNoFrame = -int(unix.EFAULT)

@@ -47,12 +47,14 @@ func TestMbindNode0PageNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, n := range got {
-		want := 0
 		if i == pages-1 {
-			want = -int(ENOENT)
+			if !untouched(n) {
+				t.Errorf("untouched page %d: %d, want -ENOENT (or -EFAULT before Linux 6.x)", i, n)
+			}
+			continue
 		}
-		if n != want {
-			t.Errorf("page %d: node %d, want %d", i, n, want)
+		if n != 0 {
+			t.Errorf("page %d: node %d, want 0", i, n)
 		}
 	}
 	// The same query through the explicit pid.
@@ -154,7 +156,12 @@ func TestPageNodesOtherProcess(t *testing.T) {
 	if nodes[0] != 0 {
 		t.Errorf("helper's touched page on node %d, want 0", nodes[0])
 	}
-	if nodes[1] != -int(ENOENT) {
-		t.Errorf("helper's untouched page: %d, want -ENOENT", nodes[1])
+	if !untouched(nodes[1]) {
+		t.Errorf("helper's untouched page: %d, want -ENOENT (or -EFAULT before Linux 6.x)", nodes[1])
 	}
 }
+
+// untouched reports whether a move_pages status means "no page there": the
+// kernels of this project's hosts say -ENOENT, the 6.1 kernel of the qemu
+// guests says -EFAULT for a page never populated.
+func untouched(status int) bool { return status == PageNotPresent || status == PageNoFrame }
