@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -170,6 +170,8 @@ func (c *Core) Run(ctx context.Context) (err error) {
 	if err := linux.PinProcess(c.cfg.ReservedCPUs); err != nil {
 		return fmt.Errorf("core: move onto housekeeping cpus %s: %w", c.cfg.ReservedCPUs, err)
 	}
+	// A P for the single pager thread besides the rest (see vcore.Run).
+	runtime.GOMAXPROCS(c.cfg.ReservedCPUs.Len() + 1)
 	c.log.Info("core starting", "pid", os.Getpid(), "pager", c.mode, "reserved_cpus", c.cfg.ReservedCPUs.String(),
 		"nodes", c.m.NodeIDs().String(), "socket", c.cfg.Socket)
 
@@ -344,5 +346,3 @@ func stopGroup(ctx context.Context, g *cgroups.Group, grace time.Duration) error
 		}
 	}
 }
-
-var _ http.Handler = http.NotFoundHandler()

@@ -49,6 +49,14 @@ func newFakeCore(t *testing.T, grant wire.ClaimOK) *fakeCore {
 	return newFakeCoreAt(t, filepath.Join(t.TempDir(), "core.sock"), grant)
 }
 
+// set changes the fake core's answers while it serves (under its lock: the
+// race detector cannot see that the vcore connects only later).
+func (fc *fakeCore) set(f func(fc *fakeCore)) {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	f(fc)
+}
+
 // newFakeCoreAt starts a fake core on socket (a restarted core reuses the
 // path).
 func newFakeCoreAt(t *testing.T, socket string, grant wire.ClaimOK) *fakeCore {
@@ -100,13 +108,14 @@ func (fc *fakeCore) handle(ctx context.Context, c *wire.Conn) {
 		case *wire.Claim:
 			fc.mu.Lock()
 			fc.claims = append(fc.claims, *x)
+			refuse, takeBacks := fc.refuse, fc.takeBacks
 			fc.mu.Unlock()
-			if fc.refuse != nil {
-				c.SendMsg(fc.refuse)
+			if refuse != nil {
+				c.SendMsg(refuse)
 				return
 			}
 			c.SendMsg(&fc.grant)
-			for _, tb := range fc.takeBacks {
+			for _, tb := range takeBacks {
 				if err := c.SendMsg(&tb.msg, tb.fd); err != nil {
 					fc.t.Errorf("fake core: TakeBack: %v", err)
 				}

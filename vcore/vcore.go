@@ -36,6 +36,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -206,6 +207,13 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 		if err := linux.PinProcess(grant.CPUs); err != nil {
 			return fmt.Errorf("vcore: pin to the partition's CPUs %s: %w", grant.CPUs, err)
 		}
+		// Pinned to a small partition, the runtime would size GOMAXPROCS to
+		// it (1 on a one-CPU partition). A pager thread coming back from
+		// epoll_wait would then wait for the only P whenever another
+		// goroutine (status, forwarding) runs. One P more than the pager
+		// threads keeps a P free for them; every thread stays on the
+		// partition's CPUs either way.
+		runtime.GOMAXPROCS(max(grant.CPUs.Len(), v.cfg.PagerThreads) + 1)
 	}
 	if err := v.prepare(); err != nil {
 		return err

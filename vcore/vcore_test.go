@@ -378,7 +378,9 @@ memory = "32MiB"
 
 func TestClaimRefusedCreatesNothing(t *testing.T) {
 	e := newTestEnv(t)
-	e.core.refuse = &wire.Error{Code: wire.CodeConflict, Msg: "node 0 CPUs 1 are leased to vcore /run/vcored/other.sock (pid 4242)"}
+	e.core.set(func(fc *fakeCore) {
+		fc.refuse = &wire.Error{Code: wire.CodeConflict, Msg: "node 0 CPUs 1 are leased to vcore /run/vcored/other.sock (pid 4242)"}
+	})
 	cfg := e.config(t, `
 [[subsystem]]
 name = "sleeper"

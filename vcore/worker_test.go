@@ -388,9 +388,11 @@ func TestTakeBack(t *testing.T) {
 	defer u.Close()
 	addr := uint64(uintptr(unsafe.Pointer(unsafe.SliceData(mem))))
 	id := uint64(os.Getpid())<<32 | 7
-	e.core.takeBacks = []takeBackItem{{fd: u.FD(), msg: wire.TakeBack{UffdID: id, WorkerPid: os.Getpid(), Regions: []wire.Region{
-		{Start: addr, Length: uint64(length), Dataspace: "data", Content: wire.ContentPattern, Seed: seed},
-	}}}}
+	e.core.set(func(fc *fakeCore) {
+		fc.takeBacks = []takeBackItem{{fd: u.FD(), msg: wire.TakeBack{UffdID: id, WorkerPid: os.Getpid(), Regions: []wire.Region{
+			{Start: addr, Length: uint64(length), Dataspace: "data", Content: wire.ContentPattern, Seed: seed},
+		}}}}
+	})
 	cfg := e.config(t, "")
 	e.startVCore(t, cfg)
 	waitFor(t, "the uffd to be taken back", func() bool {
