@@ -66,9 +66,11 @@ func TestServeZeroAndPattern(t *testing.T) {
 	st := p.Stats()
 	for ds, want := range map[string]uint64{"ds0": 64, "ds1": 64, "ds2": 3} {
 		s := st[ds]
-		if s.Faults != want || s.Pages != want || s.Errors != 0 || s.LatencyHistogram().Count() != int64(want) {
-			t.Errorf("%s: faults %d pages %d errors %d latencies %d, want %d faults and pages",
-				ds, s.Faults, s.Pages, s.Errors, s.Latency.Count, want)
+		// Exactly want pages mapped; at least want faults (a woken thread
+		// whose page is not mapped yet may fault twice), one latency each.
+		if s.Faults < want || s.Pages != want || s.Errors != 0 || s.LatencyHistogram().Count() != int64(s.Faults) {
+			t.Errorf("%s: faults %d pages %d errors %d latencies %d, want %d pages, >= %d faults, one latency per fault",
+				ds, s.Faults, s.Pages, s.Errors, s.Latency.Count, want, want)
 		}
 	}
 	if _, ok := st[pager.UnknownDataspace]; ok {
@@ -93,7 +95,9 @@ func TestFaultAround16(t *testing.T) {
 	}
 	st := p.Stats()
 	for ds, want := range map[string][2]uint64{"ds0": {16, 256}, "ds1": {3, 37}, "ds2": {3, 40}} {
-		if s := st[ds]; s.Faults != want[0] || s.Pages != want[1] || s.Errors != 0 {
+		// A duplicate fault (see TestServeZeroAndPattern) maps nothing more:
+		// pages are exact, faults at least the windows.
+		if s := st[ds]; s.Faults < want[0] || s.Faults > want[0]+2 || s.Pages != want[1] || s.Errors != 0 {
 			t.Errorf("%s: %d faults for %d pages (%d errors), want %d for %d", ds, s.Faults, s.Pages, s.Errors, want[0], want[1])
 		}
 	}
@@ -155,13 +159,19 @@ func TestForwardRegion(t *testing.T) {
 	if len(errs) > 0 {
 		t.Fatal(errors.Join(errs...))
 	}
+	// 32 pages, fault-around 4 on the resolver: 8 faults, each mapping 4
+	// pages. A fault may be raised twice (a thread woken before its page is
+	// mapped faults again; seen on an 8-CPU guest); the duplicate finds its
+	// pages present (EEXIST) and maps nothing more. So: at least 8
+	// forwarded, every one resolved, and exactly 32 pages mapped.
 	ls, rs := local.Stats()["ds0"], resolver.Stats()["ds0"]
-	if ls.Forwarded != 8 || ls.Faults != 8 || ls.Pages != 0 || seen != 8 {
-		t.Errorf("local: %d faults, %d forwarded, %d pages (callback saw %d); want 8 forwarded (fault-around 4 on the resolver)",
+	if ls.Forwarded < 8 || ls.Forwarded != ls.Faults || ls.Pages != 0 || seen != int(ls.Forwarded) {
+		t.Errorf("local: %d faults, %d forwarded, %d pages (callback saw %d); want >= 8 faults, all forwarded, no page mapped here",
 			ls.Faults, ls.Forwarded, ls.Pages, seen)
 	}
-	if rs.Faults != 8 || rs.Pages != 32 || rs.Latency.Count != 8 {
-		t.Errorf("resolver: %d faults, %d pages, %d latencies; want 8, 32, 8", rs.Faults, rs.Pages, rs.Latency.Count)
+	if rs.Faults != ls.Forwarded || rs.Pages != 32 || rs.Latency.Count != int64(rs.Faults) {
+		t.Errorf("resolver: %d faults, %d pages, %d latencies; want %d faults (those forwarded), 32 pages, one latency each",
+			rs.Faults, rs.Pages, rs.Latency.Count, ls.Forwarded)
 	}
 }
 
@@ -499,8 +509,8 @@ func TestRemapEvent(t *testing.T) {
 	if err := content.VerifyPattern(dst, 5, 8*uint64(ps)); err != nil {
 		t.Error(err)
 	}
-	if s := p.Stats()["x"]; s.Faults != 4 || s.Errors != 0 {
-		t.Errorf("%d faults, %d errors; want 4 and 0", s.Faults, s.Errors)
+	if s := p.Stats()["x"]; s.Faults < 4 || s.Pages != 4 || s.Errors != 0 {
+		t.Errorf("%d faults, %d pages, %d errors; want >= 4 faults, 4 pages, no error", s.Faults, s.Pages, s.Errors)
 	}
 }
 
