@@ -410,18 +410,8 @@ func TestUnmapEvent(t *testing.T) {
 	}
 	p := newPager(t, pager.Options{CPUs: hw.NewSet[hw.CPU](0)})
 	ps := linux.PageSize()
-	mem, err := linux.Mmap(6*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mem := uffdMapping(t, p, 6, true)
 	base := addrOf(mem)
-	u, err := linux.OpenUffd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AddUffd(1, u, 0, true); err != nil {
-		t.Fatal(err)
-	}
 	if err := p.AddRegion(1, pager.Region{Start: base, Length: uintptr(6 * ps), Dataspace: "x", Content: content.Pattern(3)}); err != nil {
 		t.Fatal(err)
 	}
@@ -475,18 +465,8 @@ func TestRemapEvent(t *testing.T) {
 	}
 	p := newPager(t, pager.Options{CPUs: hw.NewSet[hw.CPU](0)})
 	ps := linux.PageSize()
-	mem, err := linux.Mmap(4*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mem := uffdMapping(t, p, 4, true)
 	base := addrOf(mem)
-	u, err := linux.OpenUffd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AddUffd(1, u, 0, true); err != nil {
-		t.Fatal(err)
-	}
 	if err := p.AddRegion(1, pager.Region{Start: base, Length: uintptr(4 * ps), Dataspace: "x", Offset: 8 * uint64(ps), Content: content.Pattern(5)}); err != nil {
 		t.Fatal(err)
 	}
@@ -518,25 +498,11 @@ func TestRemapEvent(t *testing.T) {
 // regions it counted (the bench reads it after the workers are gone).
 func TestPeakTracking(t *testing.T) {
 	needUffd(t)
-	p, err := pager.New(pager.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := newPager(t, pager.Options{})
 	ps := linux.PageSize()
-	mem, err := linux.Mmap(64*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE|linux.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mem := uffdMapping(t, p, 64, false)
 	defer linux.Munmap(mem)
-	u, err := linux.OpenUffd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AddUffd(1, u, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	base := uintptr(unsafe.Pointer(&mem[0]))
+	base := addrOf(mem)
 	for i := range 2 {
 		r := pager.Region{Start: base + uintptr(i*32*ps), Length: uintptr(32 * ps), Dataspace: "ds", Content: content.Zero()}
 		if err := p.AddRegion(1, r); err != nil {
@@ -559,4 +525,25 @@ func TestPeakTracking(t *testing.T) {
 	if b2, p2 := p.PeakTracking(); b2 != bytes || p2 != 64 {
 		t.Fatalf("peak lost after RemoveUffd: %d bytes %d pages", b2, p2)
 	}
+}
+
+// uffdMapping maps pages of anonymous memory in this process and hands a
+// fresh userfaultfd for it to p as uffd 1 (served or only held). The caller
+// registers regions in it and unmaps it.
+func uffdMapping(t *testing.T, p *pager.Pager, pages int, serve bool) []byte {
+	t.Helper()
+	mem, err := linux.Mmap(pages*linux.PageSize(), linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := linux.OpenUffd()
+	if err != nil {
+		linux.Munmap(mem)
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, serve); err != nil {
+		linux.Munmap(mem)
+		t.Fatal(err)
+	}
+	return mem
 }
