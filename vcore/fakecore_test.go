@@ -108,13 +108,13 @@ func (fc *fakeCore) handle(ctx context.Context, c *wire.Conn) {
 		case *wire.Claim:
 			fc.mu.Lock()
 			fc.claims = append(fc.claims, *x)
-			refuse, takeBacks := fc.refuse, fc.takeBacks
+			refuse, takeBacks, grant := fc.refuse, fc.takeBacks, fc.grant
 			fc.mu.Unlock()
 			if refuse != nil {
 				c.SendMsg(refuse)
 				return
 			}
-			c.SendMsg(&fc.grant)
+			c.SendMsg(&grant)
 			for _, tb := range takeBacks {
 				if err := c.SendMsg(&tb.msg, tb.fd); err != nil {
 					fc.t.Errorf("fake core: TakeBack: %v", err)
@@ -173,7 +173,9 @@ type takeBackItem struct {
 // addRegion registers a region on the fake core's dup, with the content core
 // would use (its own for core-owned dataspaces).
 func (fc *fakeCore) addRegion(id uint64, r wire.Region) {
+	fc.mu.Lock()
 	src := fc.coreContent[r.Dataspace]
+	fc.mu.Unlock()
 	if src == nil {
 		switch r.Content {
 		case wire.ContentPattern:

@@ -98,9 +98,11 @@ func TestWorkerServedCentrally(t *testing.T) {
 
 func testWorker(t *testing.T, mode wire.PagerMode) {
 	e := newTestEnv(t)
-	e.core.grant.Pager = mode
+	e.core.set(func(fc *fakeCore) {
+		fc.grant.Pager = mode
+		fc.coreContent["shared"] = content.Pattern(sharedSeed)
+	})
 	central := mode == wire.PagerCentral
-	e.core.coreContent["shared"] = content.Pattern(sharedSeed)
 	result := filepath.Join(e.dir, "worker.result")
 	cfg := e.config(t, fmt.Sprintf(`
 [[subsystem]]
@@ -345,7 +347,8 @@ memory = "32MiB"
 	}
 
 	// core dies: the subsystem is untouched, the vcore notices.
-	grant := e.core.grant
+	var grant wire.ClaimOK
+	e.core.set(func(fc *fakeCore) { grant = fc.grant })
 	e.core.stop()
 	waitFor(t, "the vcore to notice core is gone", func() bool { return !connected() })
 	if s := subsystemStatus(t, cfg.Socket, "sleeper"); s.State != "running" || !slices.Equal(s.Pids, []int{pid}) {
