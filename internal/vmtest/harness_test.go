@@ -496,6 +496,26 @@ func TestBootOutcome(t *testing.T) {
 	}
 }
 
+// A guest that never reaches /init (qemu hung in the firmware) is killed
+// at BootTimeout, long before Timeout, and reported NoBoot.
+func TestBootNeverUp(t *testing.T) {
+	start := time.Now()
+	out, err := Boot{
+		Topology: Topology{2, 1, 256 * hw.MiB}, Kernel: "/k", Initrd: "/i",
+		Qemu: fakeQemu(t, "echo 'SeaBIOS (version 1.16.2)'; exec sleep 30"), Timeout: time.Minute,
+		BootTimeout: 300 * time.Millisecond,
+	}.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out.NoBoot || out.TimedOut || out.Code != ExitNoSentinel || out.Sentinel {
+		t.Errorf("outcome %+v, want NoBoot with code %d", out, ExitNoSentinel)
+	}
+	if el := time.Since(start); el > 20*time.Second {
+		t.Errorf("took %v: the boot watchdog did not fire", el)
+	}
+}
+
 func TestBootInterrupted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()

@@ -26,6 +26,11 @@ type Boot struct {
 	// AfterSentinel is how long qemu may take to power off once the
 	// sentinel was printed before it is killed (10s when zero).
 	AfterSentinel time.Duration
+	// BootTimeout is how long /init may take to say "guest up" (90s when
+	// zero; it takes ~3s). A guest that never gets there — qemu TCG has
+	// been seen to hang in the firmware — is killed and reported NoBoot,
+	// so the caller can boot it again instead of waiting out Timeout.
+	BootTimeout time.Duration
 }
 
 // Outcome is how a guest run ended.
@@ -39,6 +44,9 @@ type Outcome struct {
 	// signal); Code is then ExitInterrupted.
 	Interrupted bool
 	Panicked    bool // a kernel panic line was seen
+	// NoBoot is set when /init did not speak within BootTimeout (the
+	// guest was killed; Code is ExitNoSentinel). Booting again may work.
+	NoBoot bool
 	// Results are the per-binary lines the guest printed.
 	Results []BinaryResult
 	// Up is when /init first spoke (from qemu's start); Wall the whole run.
@@ -67,6 +75,10 @@ func (b Boot) Run(ctx context.Context) (Outcome, error) {
 	if after == 0 {
 		after = 10 * time.Second
 	}
+	bootTimeout := b.BootTimeout
+	if bootTimeout == 0 {
+		bootTimeout = 90 * time.Second
+	}
 	console := b.Console
 	if console == nil {
 		console = io.Discard
@@ -91,6 +103,16 @@ func (b Boot) Run(ctx context.Context) (Outcome, error) {
 
 	var out Outcome
 	var mu sync.Mutex
+	noBoot := false // under mu
+	watchdog := time.AfterFunc(bootTimeout, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if out.Up == 0 && !out.Sentinel && !out.Panicked {
+			noBoot = true
+			kill()
+		}
+	})
+	defer watchdog.Stop()
 	scanned := make(chan struct{})
 	go func() {
 		defer close(scanned)
@@ -130,6 +152,8 @@ func (b Boot) Run(ctx context.Context) (Outcome, error) {
 		// The tests' code stands, even if qemu had to be killed after it.
 	case ctx.Err() != nil:
 		out.Interrupted, out.Code = true, ExitInterrupted
+	case noBoot:
+		out.NoBoot, out.Code = true, ExitNoSentinel
 	case errors.Is(runCtx.Err(), context.DeadlineExceeded):
 		out.TimedOut, out.Code = true, ExitTimeout
 	default:

@@ -212,13 +212,22 @@ func runAll(ctx context.Context, o options) (int, error) {
 		if err := writeInitrd(initrd, img, o.gzip); err != nil {
 			return vmtest.ExitHarness, err
 		}
-		fmt.Printf("vmtest: booting %s guest (%s, timeout %s)\n", img.Topology, filepath.Base(kernel), o.timeout)
-		out, err := vmtest.Boot{
-			Topology: img.Topology, Kernel: kernel, Initrd: initrd, Qemu: o.qemu,
-			Timeout: o.timeout, Console: os.Stdout, Prefix: fmt.Sprintf("[%dN] ", n),
-		}.Run(ctx)
-		if err != nil {
-			return vmtest.ExitHarness, err
+		var out vmtest.Outcome
+		for attempt := 1; ; attempt++ {
+			fmt.Printf("vmtest: booting %s guest (%s, timeout %s)\n", img.Topology, filepath.Base(kernel), o.timeout)
+			out, err = vmtest.Boot{
+				Topology: img.Topology, Kernel: kernel, Initrd: initrd, Qemu: o.qemu,
+				Timeout: o.timeout, Console: os.Stdout, Prefix: fmt.Sprintf("[%dN] ", n),
+			}.Run(ctx)
+			if err != nil {
+				return vmtest.ExitHarness, err
+			}
+			// A guest that never reached /init is qemu's failure, not the
+			// tests': boot it again (at most three attempts).
+			if !out.NoBoot || attempt == 3 || ctx.Err() != nil {
+				break
+			}
+			fmt.Printf("vmtest: the %s guest did not reach /init (attempt %d); booting it again\n", img.Topology, attempt)
 		}
 		if !o.keep {
 			os.Remove(initrd)
