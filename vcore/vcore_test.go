@@ -1,10 +1,10 @@
 package vcore
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vcored/vcored/internal/testutil"
 	"io"
 	"log/slog"
 	"net"
@@ -233,19 +233,11 @@ func alive(pid int) bool {
 // procStatus reads one field of /proc/<pid>/status.
 func procStatus(t *testing.T, pid int, field string) string {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	v, err := testutil.ProcStatus(pid, field)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return ""
+	return v
 }
 
 // httpGet fetches a path from a daemon socket as text.
@@ -301,14 +293,17 @@ func (e *testEnv) assertPinned(t *testing.T, pid int, cgroup string, limit hw.By
 	}
 }
 
-func TestSubsystemPinnedAndCleanStop(t *testing.T) {
-	e := newTestEnv(t)
-	cfg := e.config(t, `
+// sleeperSubsystem is the subsystem most tests run: one long sleep.
+const sleeperSubsystem = `
 [[subsystem]]
 name = "sleeper"
 command = ["sleep", "infinity"]
 memory = "32MiB"
-`)
+`
+
+func TestSubsystemPinnedAndCleanStop(t *testing.T) {
+	e := newTestEnv(t)
+	cfg := e.config(t, sleeperSubsystem)
 	r := e.startVCore(t, cfg)
 	s := waitRunning(t, cfg.Socket, "sleeper")
 	pid := s.Pids[0]
@@ -381,12 +376,7 @@ func TestClaimRefusedCreatesNothing(t *testing.T) {
 	e.core.set(func(fc *fakeCore) {
 		fc.refuse = &wire.Error{Code: wire.CodeConflict, Msg: "node 0 CPUs 1 are leased to vcore /run/vcored/other.sock (pid 4242)"}
 	})
-	cfg := e.config(t, `
-[[subsystem]]
-name = "sleeper"
-command = ["sleep", "infinity"]
-memory = "32MiB"
-`)
+	cfg := e.config(t, sleeperSubsystem)
 	v, err := New(Options{Config: cfg, Machine: e.m, Cgroups: e.cg, Shim: os.Args[0], Log: testLogger(t), NoPin: true, DialTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -261,12 +261,7 @@ func startHelperVCore(t *testing.T, path, logName string) *exec.Cmd {
 
 func TestKilledVCoreIsReadopted(t *testing.T) {
 	e := newTestEnv(t)
-	cfg := e.config(t, `
-[[subsystem]]
-name = "sleeper"
-command = ["sleep", "infinity"]
-memory = "32MiB"
-`)
+	cfg := e.config(t, sleeperSubsystem)
 	path := filepath.Join(e.dir, "node0.toml")
 	a := startHelperVCore(t, path, "vcore-a.log")
 	waitFor(t, "the vcore socket", func() bool { _, err := os.Stat(cfg.Socket); return err == nil })
@@ -330,12 +325,7 @@ memory = "32MiB"
 
 func TestCoreRestartReRegisters(t *testing.T) {
 	e := newTestEnv(t)
-	cfg := e.config(t, `
-[[subsystem]]
-name = "sleeper"
-command = ["sleep", "infinity"]
-memory = "32MiB"
-`)
+	cfg := e.config(t, sleeperSubsystem)
 	e.startVCore(t, cfg)
 	pid := waitRunning(t, cfg.Socket, "sleeper").Pids[0]
 	connected := func() bool {

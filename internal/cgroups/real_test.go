@@ -3,6 +3,7 @@ package cgroups
 import (
 	"errors"
 	"fmt"
+	"github.com/vcored/vcored/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -144,17 +145,11 @@ func startJoined(t *testing.T, g *Group, argv ...string) *exec.Cmd {
 
 func procStatus(t *testing.T, pid int, key string) string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	v, err := testutil.ProcStatus(pid, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, key+":"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	t.Fatalf("/proc/%d/status has no %s", pid, key)
-	return ""
+	return v
 }
 
 // procCgroups returns /proc/<pid>/cgroup as controller list → path.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vcored/vcored/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -360,18 +361,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 }
 
 // procStatus reads a field of /proc/<pid>/status.
-func procStatus(pid int, field string) (string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			return strings.TrimSpace(v), nil
-		}
-	}
-	return "", fmt.Errorf("no %s in /proc/%d/status", field, pid)
-}
+func procStatus(pid int, field string) (string, error) { return testutil.ProcStatus(pid, field) }
 
 func alive(pid int) bool {
 	err := syscall.Kill(pid, 0)

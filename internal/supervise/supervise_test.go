@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vcored/vcored/internal/testutil"
 	"io"
 	"log/slog"
 	"os"
@@ -164,17 +165,11 @@ func comm(pid int) string {
 
 func procStatus(t *testing.T, pid int, key string) string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	v, err := testutil.ProcStatus(pid, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, key+":"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	t.Fatalf("/proc/%d/status has no %s", pid, key)
-	return ""
+	return v
 }
 
 // running waits until the group holds exactly n processes that have all
