@@ -41,9 +41,17 @@
 // goroutine, so pager threads never block on it.
 //
 // A fault at an address outside every region the Pager knows is counted as
-// an error and left pending: another holder of the fd may know the region,
-// and Serve(id, true) re-raises pending faults. Nothing is ever zero-filled
-// without a region saying so.
+// an error and parked for Options.UnknownGrace: its region may be on its way
+// (a worker re-sending its regions after a reconnect, a RegionAdd still in
+// flight to core), and AddRegion wakes the threads waiting in the range it
+// adds, so they fault again and are served. A fault still outside every
+// region when the grace ends gets a definite outcome: SIGBUS to the worker,
+// as the kernel does for a mapping it cannot back (UFFDIO_POISON on the page
+// where the kernel has it, 6.6+, else tgkill(2) of the faulting thread, then
+// a wake), with a warning naming pid, address and uffd. A Pager that no
+// longer serves the uffd only wakes it, so that the fault is raised again to
+// whoever serves it now. Nothing is ever zero-filled without a region saying
+// so, and no fault is left pending.
 package pager
 
 import (
@@ -112,7 +120,16 @@ type Options struct {
 	Forward func(Fault)
 	// Log receives warnings (unknown faults, dropped uffds). Nil: discard.
 	Log *slog.Logger
+	// UnknownGrace is how long a fault outside every known region waits for
+	// its region to be added before the worker gets SIGBUS; 0 means
+	// DefaultUnknownGrace.
+	UnknownGrace time.Duration
 }
+
+// DefaultUnknownGrace is Options.UnknownGrace's default: long enough for a
+// reconnecting worker to re-send its regions, short enough that a worker
+// touching memory nobody serves dies quickly instead of hanging.
+const DefaultUnknownGrace = 2 * time.Second
 
 // Region is a registered range of a worker's address space and what it
 // holds.
@@ -190,6 +207,9 @@ type Pager struct {
 	stats statsTable
 
 	bufPool sync.Pool // page buffers for Resolve
+
+	unkMu   sync.Mutex
+	unknown map[unknownKey]*unknownFault // parked faults outside every region
 
 	closeOnce sync.Once
 	closeErr  error
@@ -277,6 +297,11 @@ func New(opts Options) (*Pager, error) {
 		around: opts.FaultAround,
 		byID:   map[uint64]*uffdEntry{},
 		fwd:    make(chan fwdItem, 4096),
+
+		unknown: map[unknownKey]*unknownFault{},
+	}
+	if p.opts.UnknownGrace <= 0 {
+		p.opts.UnknownGrace = DefaultUnknownGrace
 	}
 	p.stats.init()
 	empty := map[uint64]*uffdEntry{}
@@ -488,8 +513,16 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 	}
 	old := e.table()
 	i, _ := slices.BinarySearchFunc(old, r.Start, func(x *region, s uintptr) int { return cmp.Compare(x.Start, s) })
-	if (i > 0 && old[i-1].end > r.Start) || (i < len(old) && old[i].Start < r.End()) {
-		return fmt.Errorf("%w: %#x+%#x (%q) on uffd %d", ErrOverlap, r.Start, r.Length, r.Dataspace, id)
+	var ov *region
+	switch {
+	case i > 0 && old[i-1].end > r.Start:
+		ov = old[i-1]
+	case i < len(old) && old[i].Start < r.End():
+		ov = old[i]
+	}
+	if ov != nil {
+		return fmt.Errorf("%w: %#x+%#x (%q) overlaps the registered %#x+%#x (%q) on uffd %d",
+			ErrOverlap, r.Start, r.Length, r.Dataspace, ov.Start, ov.Length, ov.Dataspace, id)
 	}
 	if _, err := e.u.Register(r.Start, r.Length, linux.UFFDIO_REGISTER_MODE_MISSING); err != nil {
 		return fmt.Errorf("pager: uffd %d region %q: %w", id, r.Dataspace, err)
@@ -500,6 +533,11 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 	e.regions.Store(&table)
 	if b, n := p.trackingLocked(); n > p.peakPages {
 		p.peakBytes, p.peakPages = b, n
+	}
+	// Threads parked on a fault in this range (read before the region was
+	// known) fault again and are served now.
+	if err := e.u.Wake(r.Start, r.Length); err != nil && !errors.Is(err, linux.ESRCH) {
+		p.log.Warn("pager: wake a new region", "uffd", id, "addr", fmt.Sprintf("%#x", r.Start), "err", err)
 	}
 	return nil
 }

@@ -126,10 +126,7 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 		st := t.stats.get(0)
 		st.faults++
 		st.errors++
-		if st.errors <= 10 || st.errors%1000 == 0 {
-			p.log.Warn("pager: fault outside every known region, left pending", "uffd", e.id,
-				"addr", fmt.Sprintf("%#x", addr), "count", st.errors)
-		}
+		p.parkUnknown(e, addr, m.PagefaultTID())
 		return nil
 	}
 	st := t.stats.get(r.ds)

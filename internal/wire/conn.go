@@ -24,6 +24,15 @@ type Conn struct {
 
 	rhdr [HeaderSize]byte // reader-owned
 	roob []byte
+	// rerr is set when a malformed header made the stream unreadable: the
+	// write side stays open so that the receiver can answer Error before it
+	// closes (reader-owned).
+	rerr error
+
+	// wtimeout bounds every write (DefaultWriteTimeout unless set);
+	// wdeadline is an explicit deadline (SetWriteDeadline). Under wmu.
+	wtimeout  time.Duration
+	wdeadline time.Time
 
 	closed   atomic.Bool
 	closeErr error
@@ -41,8 +50,13 @@ func NewConn(uc *net.UnixConn) (*Conn, error) {
 }
 
 func newConn(uc *net.UnixConn, cred linux.Ucred) *Conn {
-	return &Conn{uc: uc, peer: cred, roob: make([]byte, linux.RightsSpace(MaxFDs))}
+	return &Conn{uc: uc, peer: cred, roob: make([]byte, linux.RightsSpace(MaxFDs)), wtimeout: DefaultWriteTimeout}
 }
+
+// DefaultWriteTimeout bounds every frame a Conn writes: a peer that does not
+// read for this long (stopped, wedged) makes Send fail instead of blocking
+// its caller forever.
+const DefaultWriteTimeout = 10 * time.Second
 
 // Dial connects to a vcored socket and selects the framed protocol by
 // sending Magic. The caller then sends Hello.
@@ -84,8 +98,28 @@ func (c *Conn) Close() error {
 // SetReadDeadline bounds the next Recv calls (zero: no deadline).
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.uc.SetReadDeadline(t) }
 
-// SetWriteDeadline bounds the next Send calls (zero: no deadline).
-func (c *Conn) SetWriteDeadline(t time.Time) error { return c.uc.SetWriteDeadline(t) }
+// SetWriteDeadline bounds the next Send calls (zero: only the write
+// timeout applies).
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wdeadline = t
+	return nil
+}
+
+// SetWriteTimeout sets how long each Send may wait for the peer to take the
+// frame (DefaultWriteTimeout by default; d <= 0 restores it). A Send that
+// times out having written part of a frame closes the connection; one that
+// wrote nothing leaves it usable and returns an error Is
+// os.ErrDeadlineExceeded.
+func (c *Conn) SetWriteTimeout(d time.Duration) {
+	if d <= 0 {
+		d = DefaultWriteTimeout
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wtimeout = d
+}
 
 // Send writes one frame of type t. The descriptors (at most MaxFDs, as many
 // as t allows) are duplicated into the peer; the caller keeps its own.
@@ -144,6 +178,13 @@ func (c *Conn) write(t Type, buf []byte, fds []int) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
+	dl := time.Now().Add(c.wtimeout)
+	if !c.wdeadline.IsZero() && c.wdeadline.Before(dl) {
+		dl = c.wdeadline
+	}
+	if err := c.uc.SetWriteDeadline(dl); err != nil {
+		return fmt.Errorf("wire: send %s: %w", t, err)
+	}
 	n, _, err := c.uc.WriteMsgUnix(buf, linux.UnixRights(fds...), nil)
 	if err == nil && n < len(buf) {
 		// A stream socket may take part of the frame; the descriptors went
@@ -165,16 +206,27 @@ func (c *Conn) write(t Type, buf []byte, fds []int) error {
 // Recv reads the next frame. The returned descriptors (received with
 // O_CLOEXEC) belong to the caller; on error every descriptor received for
 // the failed frame is closed. At a clean end of stream Recv returns io.EOF.
-// An error in the middle of a frame (malformed header, deadline, peer gone)
-// closes the connection: the stream cannot be resynchronised.
+// An error in the middle of a frame (deadline, peer gone) closes the
+// connection: the stream cannot be resynchronised. A malformed header (an
+// error Is ErrProtocol) ends reading but leaves the write side open, so that
+// the receiver can answer Error before it closes the connection; every later
+// Recv returns the same error.
 func (c *Conn) Recv() (Frame, error) {
 	if c.closed.Load() {
 		return Frame{}, ErrClosed
+	}
+	if c.rerr != nil {
+		return Frame{}, c.rerr
 	}
 	var fds []int
 	fail := func(err error) (Frame, error) {
 		linux.CloseFDs(fds)
 		c.Close()
+		return Frame{}, err
+	}
+	broken := func(err error) (Frame, error) {
+		linux.CloseFDs(fds)
+		c.rerr = err
 		return Frame{}, err
 	}
 	got, err := c.readFull(c.rhdr[:], &fds)
@@ -190,7 +242,7 @@ func (c *Conn) Recv() (Frame, error) {
 	}
 	h, err := ParseHeader(c.rhdr[:])
 	if err != nil {
-		return fail(fmt.Errorf("wire: recv: %w", err))
+		return broken(fmt.Errorf("wire: recv: %w", err))
 	}
 	payload := make([]byte, h.Length)
 	if _, err := c.readFull(payload, &fds); err != nil {
@@ -200,7 +252,7 @@ func (c *Conn) Recv() (Frame, error) {
 		return fail(c.recvErr(fmt.Errorf("%s payload: %w", h.Type, err)))
 	}
 	if len(fds) != h.NFDs {
-		return fail(fmt.Errorf("wire: recv %s: %w: %d descriptors arrived, header announced %d", h.Type, ErrProtocol, len(fds), h.NFDs))
+		return broken(fmt.Errorf("wire: recv %s: %w: %d descriptors arrived, header announced %d", h.Type, ErrProtocol, len(fds), h.NFDs))
 	}
 	return Frame{Type: h.Type, Payload: payload, FDs: fds}, nil
 }

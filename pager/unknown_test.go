@@ -1,0 +1,163 @@
+package pager_test
+
+import (
+	"errors"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/linux"
+	"github.com/vcored/vcored/pager"
+)
+
+// registerBehindPagersBack registers r on the uffd p holds as id without
+// telling p: a range the kernel raises faults for but no region describes
+// (a worker that registered memory itself, a region removed from the table).
+func registerBehindPagersBack(t *testing.T, p *pager.Pager, id uint64, start, length uintptr) {
+	t.Helper()
+	d, err := p.Uffd(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.Register(start, length, linux.UFFDIO_REGISTER_MODE_MISSING); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUnknownFaultSIGBUS: a worker touching registered memory that is in no
+// region gets SIGBUS once the grace is over — it neither hangs nor gets a
+// silent zero page. The worker (a helper process) dies of it; the known
+// region next to it was served.
+func TestUnknownFaultSIGBUS(t *testing.T) {
+	needUffd(t)
+	p := newPager(t, pager.Options{UnknownGrace: 200 * time.Millisecond})
+	w := startWorker(t, workerSpec{Regions: []workerRegion{{Pages: 4, Seed: 3}, {Pages: 4, Seed: 4}}})
+	if err := p.AddUffd(1, w.uffd, w.pid, true); err != nil {
+		w.uffd = nil
+		w.kill()
+		t.Fatal(err)
+	}
+	w.uffd = nil
+	regs := w.regions("ds", false)
+	if err := p.AddRegion(1, regs[0]); err != nil {
+		w.kill()
+		t.Fatal(err)
+	}
+	registerBehindPagersBack(t, p, 1, regs[1].Start, regs[1].Length)
+	w.start()
+	start := time.Now()
+	err := w.result(workerTimeout)
+	if err == nil {
+		t.Fatal("the worker read memory no region backs and reported ok")
+	}
+	ws := w.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+		t.Fatalf("the worker hung on a fault outside every region (killed after %v): %v", time.Since(start), err)
+	}
+	t.Logf("worker ended after %v: %v (%v)", time.Since(start).Round(time.Millisecond), err, w.cmd.ProcessState)
+	st := p.Stats()
+	if st["ds0"].Pages != 4 {
+		t.Errorf("known region: %+v, want its 4 pages served", st["ds0"])
+	}
+	if st[pager.UnknownDataspace].Errors == 0 {
+		t.Errorf("the fault outside every region was not counted: %+v", st)
+	}
+}
+
+// TestUnknownFaultInProcess: with UFFDIO_POISON (6.6+) the faulting access
+// itself gets SIGBUS (recoverable here with SetPanicOnFault), at the
+// faulting address.
+func TestUnknownFaultInProcess(t *testing.T) {
+	needUffd(t)
+	if have, _ := linux.UffdFeatures(); have&linux.UFFD_FEATURE_POISON == 0 {
+		t.Skip("no UFFDIO_POISON on this kernel: the fallback (tgkill) would kill the test binary; TestUnknownFaultSIGBUS covers it")
+	}
+	p := newPager(t, pager.Options{UnknownGrace: 100 * time.Millisecond})
+	mem := uffdMapping(t, p, 4, true)
+	defer linux.Munmap(mem)
+	registerBehindPagersBack(t, p, 1, addrOf(mem), uintptr(len(mem)))
+	got := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() {
+			r := recover()
+			if err, ok := r.(error); ok {
+				got <- err
+				return
+			}
+			got <- errors.New("no fault")
+		}()
+		sink += mem[linux.PageSize()]
+	}()
+	select {
+	case err := <-got:
+		var ae interface{ Addr() uintptr }
+		want := addrOf(mem) + uintptr(linux.PageSize())
+		if !errors.As(err, &ae) || ae.Addr() != want {
+			t.Fatalf("touch: %v (%T), want a fault at %#x", err, err, want)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a fault outside every region is still pending after 30s")
+	}
+}
+
+// TestUnknownFaultServedWhenRegionArrives: a fault read before its region
+// was added is parked, and AddRegion wakes it: the worker gets the region's
+// content (a worker re-sending its regions after a reconnect, a RegionAdd
+// still in flight to core).
+func TestUnknownFaultServedWhenRegionArrives(t *testing.T) {
+	needUffd(t)
+	p := newPager(t, pager.Options{UnknownGrace: time.Minute})
+	w := startWorker(t, workerSpec{Regions: []workerRegion{{Pages: 8, Seed: 5}}})
+	if err := p.AddUffd(1, w.uffd, w.pid, true); err != nil {
+		w.uffd = nil
+		w.kill()
+		t.Fatal(err)
+	}
+	w.uffd = nil
+	r := w.regions("late", false)[0]
+	registerBehindPagersBack(t, p, 1, r.Start, r.Length)
+	w.start()
+	deadline := time.Now().Add(30 * time.Second)
+	for p.ParkedFaults() == 0 {
+		if time.Now().After(deadline) {
+			w.kill()
+			t.Fatal("the fault was not parked")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := p.AddRegion(1, r); err != nil {
+		w.kill()
+		t.Fatal(err)
+	}
+	if err := w.result(workerTimeout); err != nil {
+		t.Fatalf("worker: %v", err)
+	}
+	if st := p.Stats()["late0"]; st.Pages != 8 {
+		t.Errorf("late region: %+v, want 8 pages served", st)
+	}
+}
+
+// TestOverlapNamesExisting: the overlap error names the registered range
+// the new one collides with.
+func TestOverlapNamesExisting(t *testing.T) {
+	needUffd(t)
+	p := newPager(t, pager.Options{})
+	mem := uffdMapping(t, p, 8, true)
+	defer linux.Munmap(mem)
+	ps := uintptr(linux.PageSize())
+	a := addrOf(mem)
+	if err := p.AddRegion(1, pager.Region{Start: a, Length: 4 * ps, Dataspace: "first", Content: content.Zero()}); err != nil {
+		t.Fatal(err)
+	}
+	err := p.AddRegion(1, pager.Region{Start: a + 2*ps, Length: 4 * ps, Dataspace: "second", Content: content.Zero()})
+	if !errors.Is(err, pager.ErrOverlap) || !strings.Contains(err.Error(), `"first"`) || !strings.Contains(err.Error(), "registered") {
+		t.Fatalf("overlap: %v, want ErrOverlap naming the registered region \"first\"", err)
+	}
+}
