@@ -114,6 +114,10 @@ func TestUnknownFaultInProcess(t *testing.T) {
 func TestUnknownFaultServedWhenRegionArrives(t *testing.T) {
 	needUffd(t)
 	p := newPager(t, pager.Options{UnknownGrace: time.Minute})
+	// Without async preemption the Go worker's thread, blocked in the fault,
+	// is not interrupted by SIGURG (which re-raises a pending fault): only
+	// the pager can wake it.
+	t.Setenv("GODEBUG", "asyncpreemptoff=1")
 	w := startWorker(t, workerSpec{Regions: []workerRegion{{Pages: 8, Seed: 5}}})
 	if err := p.AddUffd(1, w.uffd, w.pid, true); err != nil {
 		w.uffd = nil
