@@ -294,31 +294,27 @@ func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
 	return nil
 }
 
-// sendLocked sends m to core if connected; a lost message is replayed by the
-// next resync. Called with mu held.
+// sendLocked queues m for core if connected; a lost message is replayed by
+// the next resync. Called with mu held; it does no I/O (the outbox writes).
 func (v *VCore) sendLocked(m wire.Message) {
-	if v.conn == nil {
-		return
-	}
-	if err := v.conn.SendMsg(m); err != nil {
-		v.log.Warn("send to core", "type", m.Type(), "err", err)
-	}
+	v.queueLocked(m, nil)
 }
 
 // forward is the pager's Forward callback: a fault in a core-owned dataspace
-// goes to core.
+// goes to core. It only records the fault and queues the Forward behind the
+// registrations made before it: it never waits for core.
 func (v *VCore) forward(f pager.Fault) {
 	v.fwdMu.Lock()
 	v.fwdSeq++
-	msg := wire.Forward{UffdID: f.Uffd, Addr: uint64(f.Addr), Dataspace: f.Dataspace, Offset: f.Offset, TID: f.TID, SeqNo: v.fwdSeq}
+	msg := &wire.Forward{UffdID: f.Uffd, Addr: uint64(f.Addr), Dataspace: f.Dataspace, Offset: f.Offset, TID: f.TID, SeqNo: v.fwdSeq}
 	start := f.Start
 	if start.IsZero() {
 		start = time.Now()
 	}
-	v.pending[msg.SeqNo] = pendingForward{msg: msg, sent: start}
+	v.pending[msg.SeqNo] = pendingForward{msg: *msg, sent: start}
 	v.fwdMu.Unlock()
 	v.mu.Lock()
-	v.sendLocked(&msg)
+	v.queueLocked(msg, nil)
 	v.mu.Unlock()
 }
 
@@ -338,7 +334,13 @@ func (v *VCore) forwardDone(d wire.ForwardDone) {
 	}
 	h.Record(int64(time.Since(p.sent)))
 	if d.Errno != 0 {
-		v.log.Warn("core could not resolve a forwarded fault", "dataspace", p.msg.Dataspace, "offset", p.msg.Offset, "errno", d.Errno)
+		// Core cannot back the page: the faulting thread gets SIGBUS
+		// rather than waiting forever.
+		v.log.Warn("core could not resolve a forwarded fault", "uffd", p.msg.UffdID, "dataspace", p.msg.Dataspace,
+			"addr", fmt.Sprintf("%#x", p.msg.Addr), "offset", p.msg.Offset, "errno", d.Errno)
+		if err := v.pgr.Fail(p.msg.UffdID, uintptr(p.msg.Addr), p.msg.TID, "core could not resolve a forwarded fault"); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
+			v.log.Warn("fail a forwarded fault", "uffd", p.msg.UffdID, "err", err)
+		}
 	}
 }
 
@@ -363,6 +365,20 @@ func (v *VCore) takeBack(tb *wire.TakeBack, fd int) {
 	if _, dup := v.uffds[tb.UffdID]; dup {
 		u.Close()
 		v.log.Warn("TakeBack of a uffd already held", "uffd", tb.UffdID)
+		return
+	}
+	if st := v.heldUffdLocked(tb.WorkerPid, fd); st != nil {
+		// The worker re-sent it first (it reconnected before core handed
+		// it back): keep the one held, add what only core knew, and let
+		// core drop its second copy.
+		u.Close()
+		for _, r := range tb.Regions {
+			if st.regions[uintptr(r.Start)] == nil {
+				v.addTakenRegionLocked(st, r)
+			}
+		}
+		v.sendLocked(&wire.UffdRemove{UffdID: tb.UffdID})
+		v.log.Info("core handed back a uffd the worker already re-sent", "uffd", st.id, "core_uffd", tb.UffdID, "pid", tb.WorkerPid)
 		return
 	}
 	st := &uffdState{id: tb.UffdID, pid: tb.WorkerPid, regions: map[uintptr]*regionState{}}

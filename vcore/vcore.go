@@ -133,6 +133,10 @@ type VCore struct {
 	seq       uint64
 	releaseOK chan struct{} // closed when core acks Release
 
+	// out queues the messages to core; sendLoop writes them, holding no
+	// lock across the I/O.
+	out outbox
+
 	// fwdMu guards the forwarded faults in flight and their latencies.
 	fwdMu   sync.Mutex
 	fwdSeq  uint64
@@ -243,6 +247,7 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 		}
 	})
 	v.loopStarted = true
+	wg.Go(func() { v.sendLoop(sctx) })
 	wg.Go(func() { v.coreLoop(sctx, conn) })
 	wg.Go(func() { v.reapLoop(sctx) })
 	v.log.Info("vcore running", "socket", v.cfg.Socket, "subsystems", len(v.subs))
@@ -341,11 +346,11 @@ func (v *VCore) release() {
 	conn := v.conn
 	ack := make(chan struct{})
 	v.releaseOK = ack
+	v.mu.Unlock()
 	var err error
 	if conn != nil {
 		err = conn.SendMsg(&wire.Release{Reason: "vcore stopping"})
 	}
-	v.mu.Unlock()
 	if conn == nil {
 		v.log.Warn("core unreachable: the lease is not released explicitly")
 		return

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hw"
@@ -61,7 +62,15 @@ type worker struct {
 
 // serveWorker handles one framed connection on the vcore socket. Only
 // processes of this vcore's subsystems may speak; anyone else gets
-// Error{denied}.
+// Error{denied}. The connection is a control channel: when it ends, the
+// worker's uffd and regions stay served until the worker unmaps them or
+// exits (the pager watches its pidfd).
+//
+// What closes the connection (after an Error frame, and a log line): a
+// malformed frame header, a payload that does not decode, a first message
+// other than Hello, a Hello with the wrong role, pid or version, a second
+// Hello, or a message a worker may not send. A refused Attach does not: it
+// is answered AttachErr and the connection goes on.
 func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 	pid := c.Peer().Pid
 	path, err := cgroupOf(v.procfs, pid)
@@ -79,32 +88,48 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 	}
 	w := &worker{conn: c, pid: pid, sub: sub}
 	defer v.workerClosed(w)
+	fail := func(code wire.ErrCode, msg string) {
+		v.log.Warn("closing a worker connection", "subsystem", sub.cfg.Name, "pid", pid, "code", code, "msg", msg)
+		_ = c.SendMsg(&wire.Error{Code: code, Msg: msg})
+	}
 	for {
 		f, err := c.Recv()
 		if err != nil {
+			if errors.Is(err, wire.ErrProtocol) {
+				fail(wire.CodeBadRequest, err.Error())
+			} else {
+				v.log.Debug("worker connection ended", "subsystem", sub.cfg.Name, "pid", pid, "err", err)
+			}
 			return
 		}
 		m, err := wire.Decode(f)
 		if err != nil {
 			f.CloseFDs()
-			v.log.Warn("bad message from a worker", "pid", pid, "err", err)
-			_ = c.SendMsg(&wire.Error{Code: wire.CodeBadRequest, Msg: err.Error()})
+			fail(wire.CodeBadRequest, err.Error())
 			return
 		}
 		switch x := m.(type) {
 		case *wire.Hello:
-			if x.Role != wire.RoleWorker || x.Pid != pid {
-				_ = c.SendMsg(&wire.Error{Code: wire.CodeDenied, Msg: fmt.Sprintf("Hello as %s pid %d from pid %d", x.Role, x.Pid, pid)})
+			switch {
+			case w.hello:
+				fail(wire.CodeBadRequest, "a second Hello")
+				return
+			case x.Role != wire.RoleWorker || x.Pid != pid:
+				fail(wire.CodeDenied, fmt.Sprintf("Hello as %s pid %d from pid %d", x.Role, x.Pid, pid))
+				return
+			case x.Version != wire.Version:
+				fail(wire.CodeVersion, fmt.Sprintf("protocol version %d, this vcore speaks %d", x.Version, wire.Version))
 				return
 			}
 			w.hello = true
 			if err := c.SendMsg(&wire.HelloOK{Server: "vcore", Pid: os.Getpid(), Node: int(v.cfg.Node), Version: wire.Version}); err != nil {
+				v.log.Warn("answer a worker's Hello", "pid", pid, "err", err)
 				return
 			}
 		case *wire.Attach:
 			if !w.hello {
 				f.CloseFDs()
-				_ = c.SendMsg(&wire.Error{Code: wire.CodeBadRequest, Msg: "Attach before Hello"})
+				fail(wire.CodeBadRequest, "Attach before Hello")
 				return
 			}
 			v.attach(w, x, f.FDs)
@@ -112,19 +137,32 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 			v.detach(w, x.Addr)
 		default:
 			f.CloseFDs()
-			_ = c.SendMsg(&wire.Error{Code: wire.CodeBadRequest, Msg: fmt.Sprintf("unexpected %s from a worker", f.Type)})
+			fail(wire.CodeBadRequest, fmt.Sprintf("unexpected %s from a worker", f.Type))
 			return
 		}
 	}
 }
 
+// errNotUffd is returned when a worker sends a descriptor that is not a
+// userfaultfd.
+var errNotUffd = errors.New("the descriptor is not a userfaultfd")
+
 // attach registers a worker's region and answers AttachOK or AttachErr.
+//
+// The first Attach of a connection carries the process's userfaultfd; it is
+// kept whatever becomes of the attach (the uffd is the process's, sent once
+// per connection: a failed Attach does not give it back). A uffd the vcore
+// already holds for the process (a worker reconnecting) is recognised and
+// the held one goes on; an Attach of a region already registered with the
+// same dataspace and length is answered AttachOK again (idempotent).
 func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 	refuse := func(code wire.ErrCode, format string, args ...any) {
 		linux.CloseFDs(fds)
 		msg := fmt.Sprintf(format, args...)
 		v.log.Info("refused an attach", "subsystem", w.sub.cfg.Name, "pid", w.pid, "dataspace", a.Name, "code", code, "msg", msg)
-		_ = w.conn.SendMsg(&wire.AttachErr{Name: a.Name, Addr: a.Addr, Code: code, Msg: msg})
+		if err := w.conn.SendMsg(&wire.AttachErr{Name: a.Name, Addr: a.Addr, Code: code, Msg: msg}); err != nil {
+			v.log.Warn("answer an attach", "pid", w.pid, "err", err)
+		}
 	}
 	switch {
 	case len(fds) > 0 && w.uffd != 0:
@@ -135,18 +173,19 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		return
 	}
 	if len(fds) > 0 {
-		// The first Attach brings the uffd: take it whatever becomes of the
-		// attach itself, since the worker will not send it again.
-		if err := v.takeUffd(w, fds[0]); err != nil {
-			fds = nil
+		err := v.takeUffd(w, fds[0])
+		fds = nil // takeUffd owns it
+		if err != nil {
 			code := wire.CodeInternal
-			if errors.Is(err, linux.ErrNotSupported) {
+			switch {
+			case errors.Is(err, errNotUffd):
+				code = wire.CodeBadRequest
+			case errors.Is(err, linux.ErrNotSupported):
 				code = wire.CodeUnsupported
 			}
 			refuse(code, "take the userfaultfd: %v", err)
 			return
 		}
-		fds = nil
 	}
 
 	ps := uint64(linux.PageSize())
@@ -186,15 +225,39 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		default:
 			region.Content = wire.ContentZero
 		}
+	} else if owner := v.dataspaceOwner(a.Name, offered); owner != "" {
+		refuse(wire.CodeDenied, "dataspace %q (%s) is not one subsystem %s may use (local: %s; core-owned: %s)",
+			a.Name, owner, w.sub.cfg.Name, localNames(w.sub), listOrNone(w.sub.cfg.Dataspaces))
+		return
 	} else {
-		refuse(wire.CodeNotFound, "subsystem %s has no dataspace %q (local: %s; core-owned: %s)",
-			w.sub.cfg.Name, a.Name, localNames(w.sub), listOrNone(w.sub.cfg.Dataspaces))
+		refuse(wire.CodeNotFound, "no dataspace %q: neither subsystem %s (local: %s; core-owned: %s) nor any other subsystem or core defines it",
+			a.Name, w.sub.cfg.Name, localNames(w.sub), listOrNone(w.sub.cfg.Dataspaces))
+		return
+	}
+	if a.Content != "" && (a.Content != region.Content || (a.Content == wire.ContentPattern && a.Seed != region.Seed)) {
+		refuse(wire.CodeBadRequest, "dataspace %q holds %s, the Attach asked for %s", a.Name, kindString(region.Content, region.Seed), kindString(a.Content, a.Seed))
 		return
 	}
 	if a.Length > size {
 		refuse(wire.CodeBadRequest, "length %s exceeds dataspace %q's size %s", hw.Bytes(a.Length), a.Name, hw.Bytes(size))
 		return
 	}
+	ok := &wire.AttachOK{Name: a.Name, Addr: a.Addr, Node: int(v.cfg.Node), Size: size,
+		Content: region.Content, Seed: region.Seed, Bind: local && a.Bind}
+
+	// The same region again (a worker re-sending its regions after a
+	// reconnect): nothing to do but answer.
+	v.mu.Lock()
+	if st := v.uffds[w.uffd]; st != nil {
+		if r := st.regions[uintptr(a.Addr)]; r != nil && r.wire.Length == a.Length && r.wire.Dataspace == a.Name {
+			v.mu.Unlock()
+			v.log.Debug("attach of a region already held", "pid", w.pid, "dataspace", a.Name, "addr", fmt.Sprintf("%#x", a.Addr))
+			v.answer(w, ok)
+			return
+		}
+	}
+	v.mu.Unlock()
+
 	var charged uint64
 	if local {
 		if err := w.sub.quota.Reserve(int64(a.Length)); err != nil {
@@ -233,23 +296,64 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 	st.regions[uintptr(a.Addr)] = &regionState{wire: region, local: local, charged: charged}
 	v.sendLocked(&wire.RegionAdd{UffdID: st.id, Region: region})
 	v.mu.Unlock()
+	v.answer(w, ok)
+}
 
-	ok := &wire.AttachOK{Name: a.Name, Addr: a.Addr, Node: int(v.cfg.Node), Size: size,
-		Content: region.Content, Seed: region.Seed, Bind: local && a.Bind}
+func (v *VCore) answer(w *worker, ok *wire.AttachOK) {
 	if err := w.conn.SendMsg(ok); err != nil {
 		v.log.Warn("answer an attach", "pid", w.pid, "err", err)
 	}
 }
 
-// takeUffd adds a worker's userfaultfd to the pager (serving it unless core
-// does, in central mode) and hands core a dup. The pager owns fd afterwards,
-// even on error.
+// dataspaceOwner says who defines dataspace name when the asking subsystem
+// does not list it: another subsystem of this vcore, or core (offered). ""
+// means nobody.
+func (v *VCore) dataspaceOwner(name string, offered bool) string {
+	if offered {
+		return "offered by core"
+	}
+	for _, s := range v.subs {
+		if _, ok := s.localDataspace(name); ok {
+			return "local to subsystem " + s.cfg.Name
+		}
+	}
+	return ""
+}
+
+func kindString(k wire.ContentKind, seed uint64) string {
+	if k == wire.ContentPattern {
+		return fmt.Sprintf("pattern (seed %d)", seed)
+	}
+	return string(k)
+}
+
+// takeUffd adopts the userfaultfd a worker sent with its first Attach of a
+// connection: checked to be one, recognised when the vcore already holds it
+// (the worker reconnected, or core handed it back after a restart), else
+// added to the pager (serving it unless core does, in central mode) with a
+// dup queued for core. fd is owned by takeUffd, even on error.
 func (v *VCore) takeUffd(w *worker, fd int) error {
+	if ok, err := linux.IsUffd(fd); err != nil || !ok {
+		linux.CloseFDs([]int{fd})
+		if err != nil {
+			return fmt.Errorf("%w: %v", errNotUffd, err)
+		}
+		return errNotUffd
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.stopping {
 		linux.CloseFDs([]int{fd})
 		return errStopping
+	}
+	if st := v.heldUffdLocked(w.pid, fd); st != nil {
+		linux.CloseFDs([]int{fd})
+		if st.sub == nil {
+			st.sub = w.sub
+		}
+		w.uffd = st.id
+		v.log.Info("a worker re-sent the userfaultfd the vcore holds; serving on", "pid", w.pid, "uffd", st.id, "regions", len(st.regions))
+		return nil
 	}
 	id := v.newIDLocked(w.pid)
 	serve := v.grant.Pager == wire.PagerLocal || v.conn == nil
@@ -260,8 +364,35 @@ func (v *VCore) takeUffd(w *worker, fd int) error {
 	v.uffds[id] = st
 	w.uffd = id
 	if v.conn != nil {
-		if err := v.sendUffdLocked(v.conn, st); err != nil {
+		dup, err := v.pgr.Uffd(id)
+		if err != nil {
 			v.log.Warn("hand the uffd to core", "uffd", id, "err", err)
+		} else {
+			v.queueLocked(&wire.UffdAdd{UffdID: id, WorkerPid: w.pid, Serve: v.grant.Pager == wire.PagerCentral}, dup)
+		}
+	}
+	return nil
+}
+
+// heldUffdLocked returns the held uffd of process pid that fd refers to
+// (the same userfaultfd, received again), or nil. Called with mu held.
+func (v *VCore) heldUffdLocked(pid int, fd int) *uffdState {
+	for _, st := range v.sortedUffdsLocked() {
+		if st.pid != pid {
+			continue
+		}
+		d, err := v.pgr.Uffd(st.id)
+		if err != nil {
+			continue
+		}
+		same, err := linux.SameFile(d.FD(), fd)
+		d.Close()
+		if err != nil {
+			v.log.Warn("compare userfaultfds", "uffd", st.id, "err", err)
+			continue
+		}
+		if same {
+			return st
 		}
 	}
 	return nil
@@ -271,6 +402,11 @@ func (v *VCore) takeUffd(w *worker, fd int) error {
 // process's sequence in the low half, skipping ids already held (taken back
 // from a previous vcore). Called with mu held.
 func (v *VCore) newIDLocked(pid int) uint64 {
+	if v.seq == 0 {
+		// Start somewhere a predecessor (whose ids core may still hold and
+		// hand back) most likely did not use.
+		v.seq = uint64(time.Now().UnixNano()) >> 8 & 0x7fffffff
+	}
 	for {
 		v.seq++
 		id := uint64(pid)<<32 | v.seq&0xffffffff
@@ -303,7 +439,11 @@ func (v *VCore) detach(w *worker, addr uint64) {
 	}
 }
 
-// workerClosed drops the worker's uffd when its connection ends.
+// workerClosed runs when a worker's connection ends. Its uffd and regions
+// stay: the connection is only a control channel, the uffd and the process
+// are the lifetime (the pager drops the uffd when the worker exits, and the
+// reaper forgets it then). A worker that reconnects sends the same uffd again
+// and goes on.
 func (v *VCore) workerClosed(w *worker) {
 	if w.uffd == 0 {
 		return
@@ -311,7 +451,7 @@ func (v *VCore) workerClosed(w *worker) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if st := v.uffds[w.uffd]; st != nil {
-		v.dropUffdLocked(st, true)
+		v.log.Debug("worker connection closed; its regions stay served", "pid", w.pid, "uffd", st.id, "regions", len(st.regions))
 	}
 }
 
