@@ -15,10 +15,14 @@
 //
 // One connection and one userfaultfd serve the whole process. They are made
 // lazily by the first Attach; Attach and Close are safe for concurrent use.
-// If the connection to the vcore drops, the next Attach reconnects and hands
-// over the same userfaultfd again (the worker keeps its copy, so its pages
-// are never silently zero-filled while no pager holds the fd). The wire
-// protocol is described in docs/PROTOCOL.md.
+// The connection is only a control channel: the vcore serves the mappings
+// for as long as the process lives (or until they are closed), whether or
+// not it is connected. If the connection drops (the vcore restarted), the
+// client notices, redials with backoff (50 ms doubling to 2 s) and re-sends
+// the same userfaultfd and every live mapping, so that a restarted vcore
+// serves the faults waiting on them; the process keeps its copy of the fd,
+// so its pages are never silently zero-filled while no pager holds it. The
+// wire protocol is described in docs/PROTOCOL.md.
 package client
 
 import (
@@ -26,8 +30,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/vcored/vcored/internal/hw"
@@ -73,6 +79,8 @@ type Mapping struct {
 	mem  []byte // the whole mapping, page-rounded
 	size int
 	ok   wire.AttachOK
+	o    options
+	bind bool // asked to bind
 
 	mu     sync.Mutex
 	closed bool
@@ -130,6 +138,13 @@ func Attach(ctx context.Context, name string, size int, opts ...Option) (*Mappin
 	return process.attach(ctx, name, size, opts...)
 }
 
+// Disconnect closes the process's connection to its vcore, as a lost
+// connection would, but without redialing: the attached mappings stay
+// served (the vcore holds the process's userfaultfd until the process exits
+// or unmaps them). The next Attach connects again and re-sends the uffd and
+// every live mapping.
+func Disconnect() { process.disconnect() }
+
 // process is the one session of this process.
 var process = &session{socket: func() (string, error) {
 	p := os.Getenv(EnvSocket)
@@ -139,19 +154,44 @@ var process = &session{socket: func() (string, error) {
 	return p, nil
 }}
 
-// session is a connection to a vcore plus the process's userfaultfd.
+// Reconnection backoff: the first redial comes after redialMin, doubling up
+// to redialMax.
+const (
+	redialMin = 50 * time.Millisecond
+	redialMax = 2 * time.Second
+	// resendTimeout bounds one reconnection (dial, Hello, re-sent Attaches).
+	resendTimeout = 30 * time.Second
+)
+
+// session is a connection to a vcore plus the process's userfaultfd and the
+// live mappings. When the connection is lost (the vcore restarted, or closed
+// it), a background goroutine redials with backoff and re-sends the uffd and
+// every live mapping, so that the restarted vcore serves the faults waiting
+// on them; the next Attach does the same if it comes first.
 type session struct {
 	socket func() (string, error)
 
-	mu     sync.Mutex // serialises Attach/Detach exchanges
-	conn   *wire.Conn
-	uffd   *linux.Uffd
-	fdSent bool // the uffd went over conn already
+	mu        sync.Mutex // serialises Attach/Detach exchanges; guards the fields below
+	link      *link      // nil while not connected
+	uffd      *linux.Uffd
+	maps      map[uint64]*Mapping // live mappings by address
+	redialing bool
+	quit      chan struct{} // closed to stop redialing (tests); nil: never
 }
 
-// connect makes sure s has a live, greeted connection. Called with s.mu held.
+// link is one connection to the vcore. Its reader goroutine hands the
+// answers to the waiting exchange and notices the end of the connection.
+type link struct {
+	conn    *wire.Conn
+	replies chan wire.Frame
+	dead    chan struct{} // closed when the reader stops
+	fdSent  bool          // the uffd went over conn already (under session.mu)
+}
+
+// connect makes sure s has a live, greeted connection; a new one gets the
+// uffd and every live mapping again. Called with s.mu held.
 func (s *session) connect(ctx context.Context) error {
-	if s.conn != nil {
+	if s.link != nil {
 		return nil
 	}
 	path, err := s.socket()
@@ -183,6 +223,10 @@ func (s *session) connect(ctx context.Context) error {
 			c.Close()
 			return fmt.Errorf("client: %s: %w", path, err)
 		}
+		if ok.Version != wire.Version {
+			c.Close()
+			return fmt.Errorf("client: %s: %w: the vcore speaks protocol version %d, this client %d", path, wire.ErrProtocol, ok.Version, wire.Version)
+		}
 	case wire.TypeError:
 		c.Close()
 		return fmt.Errorf("client: %s: hello refused: %w", path, decodeError(f))
@@ -191,16 +235,115 @@ func (s *session) connect(ctx context.Context) error {
 		c.Close()
 		return fmt.Errorf("client: %s: %w: %s in answer to Hello", path, wire.ErrProtocol, f.Type)
 	}
-	s.conn, s.fdSent = c, false
+	l := &link{conn: c, replies: make(chan wire.Frame, 4), dead: make(chan struct{})}
+	s.link = l
+	go s.read(l)
+	// Re-send the live mappings (in address order): the vcore may be a new
+	// one, or may have lost the uffd with its previous process.
+	addrs := make([]uint64, 0, len(s.maps))
+	for a := range s.maps {
+		addrs = append(addrs, a)
+	}
+	slices.Sort(addrs)
+	for _, a := range addrs {
+		m := s.maps[a]
+		_, err := s.exchange(ctx, l, m.request())
+		var ae *wire.AttachErr
+		if errors.As(err, &ae) {
+			continue // the vcore will not serve it; nothing else to do
+		}
+		if err != nil {
+			s.dropLink()
+			return fmt.Errorf("client: %s: re-attach %q at %#x: %w", path, m.name, a, err)
+		}
+	}
 	return nil
 }
 
-// drop forgets a broken connection. Called with s.mu held.
-func (s *session) drop() {
-	if s.conn != nil {
-		s.conn.Close()
-		s.conn = nil
+// read receives on l until the connection ends, then lets s redial.
+func (s *session) read(l *link) {
+	for {
+		f, err := l.conn.Recv()
+		if err != nil {
+			close(l.dead)
+			s.lost(l)
+			return
+		}
+		select {
+		case l.replies <- f:
+		default:
+			f.CloseFDs() // nobody asked
+		}
 	}
+}
+
+// lost forgets l if it is still the session's connection and starts
+// redialing when mappings wait to be served.
+func (s *session) lost(l *link) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.link != l {
+		return // dropped on purpose
+	}
+	s.link = nil
+	l.conn.Close()
+	if len(s.maps) > 0 && !s.redialing {
+		s.redialing = true
+		go s.redial()
+	}
+}
+
+// redial reconnects with backoff until it succeeds or no mapping is left.
+func (s *session) redial() {
+	delay := redialMin
+	s.mu.Lock()
+	quit := s.quit
+	s.mu.Unlock()
+	for {
+		select {
+		case <-time.After(delay):
+		case <-quit:
+			s.mu.Lock()
+			s.redialing = false
+			s.mu.Unlock()
+			return
+		}
+		delay = min(2*delay, redialMax)
+		s.mu.Lock()
+		if len(s.maps) == 0 || s.link != nil {
+			s.redialing = false
+			s.mu.Unlock()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), resendTimeout)
+		err := s.connect(ctx)
+		cancel()
+		if err == nil {
+			s.redialing = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// dropLink closes the connection without redialing. Called with s.mu held.
+func (s *session) dropLink() {
+	if s.link != nil {
+		s.link.conn.Close()
+		s.link = nil
+	}
+}
+
+func (s *session) disconnect() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropLink()
+}
+
+// request is the Attach that registers m.
+func (m *Mapping) request() *wire.Attach {
+	return &wire.Attach{Name: m.name, Addr: uint64(m.Addr()), Length: uint64(len(m.mem)), Bind: m.bind, Content: m.o.content, Seed: m.o.seed}
 }
 
 func (s *session) attach(ctx context.Context, name string, size int, opts ...Option) (*Mapping, error) {
@@ -230,10 +373,21 @@ func (s *session) attach(ctx context.Context, name string, size int, opts ...Opt
 	if err != nil {
 		return nil, fmt.Errorf("client: attach %q: %w", name, err)
 	}
-	m := &Mapping{s: s, name: name, mem: mem, size: size}
-	req := &wire.Attach{Name: name, Addr: uint64(m.Addr()), Length: uint64(length), Bind: !o.unbound, Content: o.content, Seed: o.seed}
+	m := &Mapping{s: s, name: name, mem: mem, size: size, o: o, bind: !o.unbound}
+	req := m.request()
 
-	ok, err := s.exchange(ctx, req)
+	var ok *wire.AttachOK
+	for attempt := 0; ; attempt++ {
+		if err = s.connect(ctx); err == nil {
+			ok, err = s.exchange(ctx, s.link, req)
+		}
+		var ae *wire.AttachErr
+		var we *wire.Error
+		if err == nil || errors.As(err, &ae) || errors.As(err, &we) || ctx.Err() != nil || attempt > 0 {
+			break
+		}
+		s.dropLink() // the vcore went away (and maybe came back): retry once
+	}
 	if err != nil {
 		linux.Munmap(mem)
 		return nil, fmt.Errorf("client: attach %q: %w", name, err)
@@ -242,82 +396,87 @@ func (s *session) attach(ctx context.Context, name string, size int, opts ...Opt
 	m.ok.Bind = ok.Bind && req.Bind
 	if m.ok.Bind {
 		if err := linux.Mbind(m.Addr(), uintptr(length), linux.MPOL_BIND, hw.NewSet(hw.Node(ok.Node)), linux.MPOL_MF_STRICT); err != nil {
-			s.detachLocked(req.Addr)
+			s.sendDetach(req.Addr)
 			linux.Munmap(mem)
 			return nil, fmt.Errorf("client: attach %q: bind to node %d: %w", name, ok.Node, err)
 		}
 	}
+	if s.maps == nil {
+		s.maps = map[uint64]*Mapping{}
+	}
+	s.maps[req.Addr] = m
 	return m, nil
 }
 
-// exchange sends req (with the uffd if this connection has not had it) and
-// waits for the answer, reconnecting once if the connection turns out to be
-// dead. Called with s.mu held.
-func (s *session) exchange(ctx context.Context, req *wire.Attach) (*wire.AttachOK, error) {
-	for attempt := 0; ; attempt++ {
-		if err := s.connect(ctx); err != nil {
+// exchange sends req on l (with the uffd if l has not carried it yet) and
+// waits for the answer. An AttachErr or Error answer is returned as the
+// error (*wire.AttachErr, *wire.Error); a broken connection is dropped.
+// Called with s.mu held.
+func (s *session) exchange(ctx context.Context, l *link, req *wire.Attach) (*wire.AttachOK, error) {
+	var fds []int
+	if !l.fdSent {
+		fds = []int{s.uffd.FD()}
+	}
+	if err := l.conn.SendMsg(req, fds...); err != nil {
+		s.dropLink()
+		return nil, err
+	}
+	l.fdSent = true
+	var f wire.Frame
+	select {
+	case f = <-l.replies:
+	case <-l.dead:
+		s.dropLink()
+		return nil, fmt.Errorf("%w: the vcore closed the connection", wire.ErrClosed)
+	case <-ctx.Done():
+		s.dropLink() // the answer may still come: the exchange is out of step
+		return nil, ctx.Err()
+	}
+	switch f.Type {
+	case wire.TypeAttachOK:
+		var ok wire.AttachOK
+		if err := ok.Unmarshal(f.Payload); err != nil {
+			s.dropLink()
 			return nil, err
 		}
-		var fds []int
-		if !s.fdSent {
-			fds = []int{s.uffd.FD()}
+		if ok.Addr != req.Addr {
+			s.dropLink()
+			return nil, fmt.Errorf("%w: AttachOK for %#x, asked for %#x", wire.ErrProtocol, ok.Addr, req.Addr)
 		}
-		err := s.conn.SendMsg(req, fds...)
-		var f wire.Frame
-		if err == nil {
-			s.fdSent = true
-			f, err = s.conn.RecvContext(ctx)
-		}
-		if err != nil {
-			s.drop()
-			if ctx.Err() == nil && attempt == 0 {
-				continue // the vcore went away (and maybe came back): retry once
-			}
+		return &ok, nil
+	case wire.TypeAttachErr:
+		var ae wire.AttachErr
+		if err := ae.Unmarshal(f.Payload); err != nil {
+			s.dropLink()
 			return nil, err
 		}
-		switch f.Type {
-		case wire.TypeAttachOK:
-			var ok wire.AttachOK
-			if err := ok.Unmarshal(f.Payload); err != nil {
-				s.drop()
-				return nil, err
-			}
-			if ok.Addr != req.Addr {
-				s.drop()
-				return nil, fmt.Errorf("%w: AttachOK for %#x, asked for %#x", wire.ErrProtocol, ok.Addr, req.Addr)
-			}
-			return &ok, nil
-		case wire.TypeAttachErr:
-			var ae wire.AttachErr
-			if err := ae.Unmarshal(f.Payload); err != nil {
-				s.drop()
-				return nil, err
-			}
-			return nil, &ae
-		case wire.TypeError:
-			return nil, decodeError(f)
-		default:
-			f.CloseFDs()
-			s.drop()
-			return nil, fmt.Errorf("%w: %s in answer to Attach", wire.ErrProtocol, f.Type)
-		}
+		return nil, &ae
+	case wire.TypeError:
+		s.dropLink() // the vcore closes the connection after an Error
+		return nil, decodeError(f)
+	default:
+		f.CloseFDs()
+		s.dropLink()
+		return nil, fmt.Errorf("%w: %s in answer to Attach", wire.ErrProtocol, f.Type)
 	}
 }
 
 func (s *session) detach(addr uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.detachLocked(addr)
+	delete(s.maps, addr)
+	s.sendDetach(addr)
 }
 
-// detachLocked sends Detach if connected. A send failure only drops the
-// connection: a vcore that is gone has nothing to unregister.
-func (s *session) detachLocked(addr uint64) {
-	if s.conn == nil {
+// sendDetach sends Detach if connected. A send failure only drops the
+// connection: a vcore that is gone has nothing to unregister. Called with
+// s.mu held.
+func (s *session) sendDetach(addr uint64) {
+	if s.link == nil {
 		return
 	}
-	if err := s.conn.SendMsg(&wire.Detach{Addr: addr}); err != nil {
-		s.drop()
+	if err := s.link.conn.SendMsg(&wire.Detach{Addr: addr}); err != nil {
+		s.dropLink()
 	}
 }
 

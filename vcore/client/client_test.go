@@ -40,8 +40,10 @@ type fakeVCore struct {
 	t     *testing.T
 	serve bool
 	seed  uint64
-	// dropAfterAttach closes each connection right after its AttachOK.
+	// dropAfterAttach closes a connection right after the AttachOK of an
+	// address the fake has not seen before (a re-sent one does not).
 	dropAfterAttach bool
+	seen            map[uint64]bool
 	refuse          string // dataspace name answered with AttachErr
 
 	mu       sync.Mutex
@@ -150,7 +152,14 @@ func (v *fakeVCore) handle(ctx context.Context, c *wire.Conn) {
 			}
 			regions[m.Addr] = m.Length
 			c.SendMsg(&wire.AttachOK{Name: m.Name, Addr: m.Addr, Node: 0, Size: m.Length, Content: wire.ContentPattern, Seed: v.seed, Bind: true})
-			if v.dropAfterAttach {
+			v.mu.Lock()
+			if v.seen == nil {
+				v.seen = map[uint64]bool{}
+			}
+			fresh := !v.seen[m.Addr]
+			v.seen[m.Addr] = true
+			v.mu.Unlock()
+			if v.dropAfterAttach && fresh {
 				return
 			}
 		case *wire.Detach:
@@ -392,13 +401,14 @@ func TestAttachServedAcrossProcesses(t *testing.T) {
 // not register the ranges and nothing touches them.
 
 func testSession(path string) *session {
-	return &session{socket: func() (string, error) { return path, nil }}
+	return &session{socket: func() (string, error) { return path, nil }, quit: make(chan struct{})}
 }
 
 func (s *session) close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.drop()
+	close(s.quit)
+	s.dropLink()
 	if s.uffd != nil {
 		s.uffd.Close()
 		s.uffd = nil
@@ -472,6 +482,47 @@ func TestAttachReconnects(t *testing.T) {
 	// Each new connection got the uffd again with its first Attach.
 	if v.conns < 3 || v.fds != v.conns {
 		t.Fatalf("conns=%d fds=%d: want one uffd per connection, >= 3 connections", v.conns, v.fds)
+	}
+}
+
+// TestLostConnectionResends: when the vcore closes the connection, the
+// client redials by itself and re-sends the uffd and every live mapping
+// (no new Attach needed): a restarted vcore gets them back.
+func TestLostConnectionResends(t *testing.T) {
+	v := &fakeVCore{t: t, dropAfterAttach: true}
+	s := testSession(v.start(t))
+	defer s.close()
+	ctx := context.Background()
+	var addrs []uint64
+	for i := range 2 {
+		m, err := s.attach(ctx, "heap", 4096)
+		if errors.Is(err, linux.ErrNotSupported) {
+			t.Skipf("attach: %v", err)
+		}
+		if err != nil {
+			t.Fatalf("attach %d: %v", i, err)
+		}
+		defer m.Close()
+		addrs = append(addrs, uint64(m.Addr()))
+	}
+	// The second attach's connection was dropped after its AttachOK: a new
+	// connection must come with the uffd and both mappings, unasked.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		v.mu.Lock()
+		conns, fds := v.conns, v.fds
+		var last []uint64
+		for _, a := range v.attaches[max(0, len(v.attaches)-2):] {
+			last = append(last, a.Addr)
+		}
+		v.mu.Unlock()
+		if conns >= 3 && fds == conns && len(last) == 2 && last[0] == min(addrs[0], addrs[1]) && last[1] == max(addrs[0], addrs[1]) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no re-send after the connection was lost: conns=%d fds=%d last attaches %#x, mappings %#x", conns, fds, last, addrs)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
