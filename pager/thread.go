@@ -82,8 +82,15 @@ func (t *thread) drain(e *uffdEntry) {
 		return
 	}
 	drop := false
+	// The statistics lock is taken per batch, not across the loop: a storm
+	// of faults (threads re-raising theirs on every signal) must not keep
+	// Stats waiting.
 	t.stats.mu.Lock()
-	for {
+	for batch := 0; ; batch++ {
+		if batch > 0 {
+			t.stats.mu.Unlock()
+			t.stats.mu.Lock()
+		}
 		k, err := e.u.ReadMsgs(t.msgs[:])
 		if err != nil {
 			if !errors.Is(err, linux.EAGAIN) {

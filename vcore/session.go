@@ -18,6 +18,9 @@ import (
 // as RegionAdd messages (a frame's payload is at most wire.MaxPayload).
 const maxRegionsInAdd = 64
 
+// fwdKey is a forwarded page: one Forward per page is in flight at a time.
+type fwdKey struct{ uffd, addr uint64 }
+
 // pendingForward is a fault forwarded to core and not answered yet.
 type pendingForward struct {
 	msg  wire.Forward
@@ -305,7 +308,18 @@ func (v *VCore) sendLocked(m wire.Message) {
 // registrations made before it: it never waits for core.
 func (v *VCore) forward(f pager.Fault) {
 	v.fwdMu.Lock()
+	key := fwdKey{uffd: f.Uffd, addr: uint64(f.Addr)}
+	if _, dup := v.fwdInflight[key]; dup {
+		// The same page is already on its way to core (a thread woken by
+		// a signal faults again): core's answer wakes every waiter.
+		v.fwdMu.Unlock()
+		return
+	}
+	if v.fwdInflight == nil {
+		v.fwdInflight = map[fwdKey]uint64{}
+	}
 	v.fwdSeq++
+	v.fwdInflight[key] = v.fwdSeq
 	msg := &wire.Forward{UffdID: f.Uffd, Addr: uint64(f.Addr), Dataspace: f.Dataspace, Offset: f.Offset, TID: f.TID, SeqNo: v.fwdSeq}
 	start := f.Start
 	if start.IsZero() {
@@ -327,6 +341,9 @@ func (v *VCore) forwardDone(d wire.ForwardDone) {
 		return // answered twice (replayed after a reconnect)
 	}
 	delete(v.pending, d.SeqNo)
+	if key := (fwdKey{uffd: p.msg.UffdID, addr: p.msg.Addr}); v.fwdInflight[key] == d.SeqNo {
+		delete(v.fwdInflight, key)
+	}
 	h := v.fwdLat[p.msg.Dataspace]
 	if h == nil {
 		h = hist.New()

@@ -141,7 +141,10 @@ type VCore struct {
 	fwdMu   sync.Mutex
 	fwdSeq  uint64
 	pending map[uint64]pendingForward
-	fwdLat  map[string]*hist.Histogram
+	// fwdInflight maps a forwarded page to the seqno of its pending
+	// Forward: a page is forwarded once until core answers.
+	fwdInflight map[fwdKey]uint64
+	fwdLat      map[string]*hist.Histogram
 }
 
 // New checks opts.Config against the machine and returns a VCore ready to

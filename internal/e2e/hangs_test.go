@@ -200,10 +200,11 @@ func runHangHelper(mode string) error {
 		b := m.Bytes()
 		ps := os.Getpagesize()
 		var wg sync.WaitGroup
+		touched := make([]byte, pages)
 		for i := range pages {
 			wg.Go(func() {
 				runtime.LockOSThread()
-				_ = b[i*ps]
+				touched[i] = b[i*ps]
 			})
 		}
 		wg.Wait()
@@ -250,16 +251,24 @@ func ownUffd() (int, error) {
 
 // helperSubsystem is a [[subsystem]] running this test binary as helper
 // mode, with a local patterned dataspace "local" and, if shared, the
-// core-owned "shared".
+// core-owned "shared". The helpers run without async preemption: a Go
+// thread blocked in a fault is otherwise interrupted by SIGURG every 10 ms
+// and raises its fault again, which would serve a fault a lost wake left
+// pending and hide the hang these tests look for. Without a collector
+// either: a stop-the-world would wait for the threads blocked in faults.
 func (c *cluster) helperSubsystem(name, mode string, pages int, shared bool) string {
+	memory := "96MiB"
+	if mode == "forwarder" {
+		memory = "256MiB" // a thread per page: kernel and signal stacks
+	}
 	s := fmt.Sprintf(`
 [[subsystem]]
 name = %q
 command = [%q, "-test.run=^$"]
-memory = "96MiB"
+memory = %q
 restart = "never"
-env = { %s = %q, %s = %q, %s = %q, %s = "%d" }
-`, name, os.Args[0], helperEnv, mode, helperResult, c.path(name+".result"), helperDir, c.path(name), helperPages, pages)
+env = { %s = %q, %s = %q, %s = %q, %s = "%d", GODEBUG = "asyncpreemptoff=1", GOGC = "off" }
+`, name, os.Args[0], memory, helperEnv, mode, helperResult, c.path(name+".result"), helperDir, c.path(name), helperPages, pages)
 	if shared {
 		s += "dataspaces = [\"shared\"]\n"
 	}
@@ -436,7 +445,7 @@ func TestHangCoreStopped(t *testing.T) {
 	c := newCluster(t)
 	core := c.startCore(c.coreConfig(sharedDataspace))
 	c.helperDirs("fwd", "late")
-	threads := 1024 // enough Forward frames to fill the socket buffer to core
+	threads := 640 // enough Forward frames (~600 B of socket buffer each) to fill the 208 KiB buffer to core
 	c.startVCore(0, c.vcoreConfig(0, c.helperSubsystem("fwd", "forwarder", threads, true)+
 		c.helperSubsystem("late", "late", 64, false)))
 	c.waitMarker("fwd", attachedName)
@@ -444,7 +453,7 @@ func TestHangCoreStopped(t *testing.T) {
 	if err := core.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	stopped := true
+	stopped, stoppedAt := true, time.Now()
 	defer func() {
 		if stopped {
 			core.cmd.Process.Signal(syscall.SIGCONT)
@@ -466,6 +475,11 @@ func TestHangCoreStopped(t *testing.T) {
 		err := api.NewClient(c.vcoreSocket(0)).Get(ctx, "/v1/pager", &p)
 		cancel()
 		if err != nil {
+			if os.Getenv("HANG_DEBUG") != "" {
+				c.vcores[0].cmd.Process.Signal(syscall.SIGQUIT)
+				time.Sleep(2 * time.Second)
+				os.WriteFile("/tmp/hang_vcore.log", c.vcores[0].log.Bytes(), 0o644)
+			}
 			t.Fatalf("/v1/pager with core stopped: %v", err)
 		}
 		var fwd uint64
@@ -503,6 +517,13 @@ func TestHangCoreStopped(t *testing.T) {
 			t.Fatal("a worker could not attach while core was stopped")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Core stays stopped a few seconds, with the forwards in flight.
+	time.Sleep(time.Until(stoppedAt.Add(3 * time.Second)))
+	for _, path := range []string{"/v1/info", "/metrics"} {
+		if err := info(path); err != nil && !strings.Contains(err.Error(), "invalid character") {
+			t.Errorf("%s with core stopped: %v", path, err)
+		}
 	}
 	core.cmd.Process.Signal(syscall.SIGCONT)
 	stopped = false
