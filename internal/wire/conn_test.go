@@ -179,9 +179,10 @@ func TestConnRecvClosesFDsOnError(t *testing.T) {
 	if n, err := r.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("pipe read after the bad frame: %d, %v (the received fd leaked)", n, err)
 	}
-	// The connection is unusable after a mid-frame error.
-	if _, err := b.Recv(); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Recv after a protocol error: %v, want ErrClosed", err)
+	// Reading is over after a protocol error (the write side stays open for
+	// an Error answer).
+	if _, err := b.Recv(); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("Recv after a protocol error: %v, want the protocol error again", err)
 	}
 }
 
