@@ -251,15 +251,18 @@ func ownUffd() (int, error) {
 
 // helperSubsystem is a [[subsystem]] running this test binary as helper
 // mode, with a local patterned dataspace "local" and, if shared, the
-// core-owned "shared". The helpers run without async preemption: a Go
-// thread blocked in a fault is otherwise interrupted by SIGURG every 10 ms
-// and raises its fault again, which would serve a fault a lost wake left
-// pending and hide the hang these tests look for. Without a collector
-// either: a stop-the-world would wait for the threads blocked in faults.
+// core-owned "shared". (A Go worker needs async preemption to reconnect
+// while a thread is blocked in a fault: with one CPU, that thread holds the
+// only P until SIGURG preempts it.)
 func (c *cluster) helperSubsystem(name, mode string, pages int, shared bool) string {
-	memory := "96MiB"
+	memory, extraEnv := "96MiB", ""
 	if mode == "forwarder" {
 		memory = "256MiB" // a thread per page: kernel and signal stacks
+		// Without async preemption, a Go thread blocked in a fault is not
+		// interrupted by SIGURG every 10 ms (raising its fault again: a
+		// storm of re-raised faults with 640 threads); without a collector
+		// no stop-the-world waits for the blocked threads.
+		extraEnv = `, GODEBUG = "asyncpreemptoff=1", GOGC = "off"`
 	}
 	s := fmt.Sprintf(`
 [[subsystem]]
@@ -267,8 +270,8 @@ name = %q
 command = [%q, "-test.run=^$"]
 memory = %q
 restart = "never"
-env = { %s = %q, %s = %q, %s = %q, %s = "%d", GODEBUG = "asyncpreemptoff=1", GOGC = "off" }
-`, name, os.Args[0], memory, helperEnv, mode, helperResult, c.path(name+".result"), helperDir, c.path(name), helperPages, pages)
+env = { %s = %q, %s = %q, %s = %q, %s = "%d"%s }
+`, name, os.Args[0], memory, helperEnv, mode, helperResult, c.path(name+".result"), helperDir, c.path(name), helperPages, pages, extraEnv)
 	if shared {
 		s += "dataspaces = [\"shared\"]\n"
 	}
