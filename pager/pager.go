@@ -567,6 +567,23 @@ func (p *Pager) RemoveRegion(id uint64, start uintptr) error {
 	return nil
 }
 
+// HasRegion reports whether uffd id has a region starting at start of
+// length bytes in dataspace ds (still whole: not cut by an unmap).
+func (p *Pager) HasRegion(id uint64, start, length uintptr, ds string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, err := p.entryLocked(id)
+	if err != nil {
+		return false
+	}
+	for _, r := range e.table() {
+		if r.Start == start {
+			return r.Length == length && r.Dataspace == ds
+		}
+	}
+	return false
+}
+
 func (p *Pager) entryLocked(id uint64) (*uffdEntry, error) {
 	if p.closed {
 		return nil, fmt.Errorf("%w (uffd %d)", ErrClosed, id)

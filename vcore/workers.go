@@ -249,7 +249,8 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 	// reconnect): nothing to do but answer.
 	v.mu.Lock()
 	if st := v.uffds[w.uffd]; st != nil {
-		if r := st.regions[uintptr(a.Addr)]; r != nil && r.wire.Length == a.Length && r.wire.Dataspace == a.Name {
+		if r := st.regions[uintptr(a.Addr)]; r != nil && r.wire.Length == a.Length && r.wire.Dataspace == a.Name &&
+			v.pgr.HasRegion(st.id, uintptr(a.Addr), uintptr(a.Length), a.Name) {
 			v.mu.Unlock()
 			v.log.Debug("attach of a region already held", "pid", w.pid, "dataspace", a.Name, "addr", fmt.Sprintf("%#x", a.Addr))
 			v.answer(w, ok)
@@ -292,6 +293,10 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		}
 		refuse(code, "register %#x+%#x: %v", a.Addr, a.Length, err)
 		return
+	}
+	if old := st.regions[uintptr(a.Addr)]; old != nil && st.sub != nil {
+		// A region the worker unmapped without Detach, mapped anew.
+		st.sub.quota.Release(int64(old.charged))
 	}
 	st.regions[uintptr(a.Addr)] = &regionState{wire: region, local: local, charged: charged}
 	v.sendLocked(&wire.RegionAdd{UffdID: st.id, Region: region})
