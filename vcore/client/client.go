@@ -253,7 +253,7 @@ func (s *session) connect(ctx context.Context) error {
 			continue // the vcore will not serve it; nothing else to do
 		}
 		if err != nil {
-			s.dropLink()
+			s.breakLink()
 			return fmt.Errorf("client: %s: re-attach %q at %#x: %w", path, m.name, a, err)
 		}
 	}
@@ -287,10 +287,7 @@ func (s *session) lost(l *link) {
 	}
 	s.link = nil
 	l.conn.Close()
-	if len(s.maps) > 0 && !s.redialing {
-		s.redialing = true
-		go s.redial()
-	}
+	s.startRedial()
 }
 
 // redial reconnects with backoff until it succeeds or no mapping is left.
@@ -332,6 +329,22 @@ func (s *session) dropLink() {
 	if s.link != nil {
 		s.link.conn.Close()
 		s.link = nil
+	}
+}
+
+// breakLink drops a connection that failed and redials in the background
+// while mappings wait to be served. Called with s.mu held.
+func (s *session) breakLink() {
+	s.dropLink()
+	s.startRedial()
+}
+
+// startRedial starts the redial goroutine unless it runs or nothing needs
+// it. Called with s.mu held.
+func (s *session) startRedial() {
+	if len(s.maps) > 0 && !s.redialing {
+		s.redialing = true
+		go s.redial()
 	}
 }
 
@@ -386,10 +399,13 @@ func (s *session) attach(ctx context.Context, name string, size int, opts ...Opt
 		if err == nil || errors.As(err, &ae) || errors.As(err, &we) || ctx.Err() != nil || attempt > 0 {
 			break
 		}
-		s.dropLink() // the vcore went away (and maybe came back): retry once
+		s.breakLink() // the vcore went away (and maybe came back): retry once
 	}
 	if err != nil {
 		linux.Munmap(mem)
+		if s.link == nil {
+			s.startRedial() // the live mappings still need a vcore
+		}
 		return nil, fmt.Errorf("client: attach %q: %w", name, err)
 	}
 	m.ok = *ok
@@ -418,7 +434,7 @@ func (s *session) exchange(ctx context.Context, l *link, req *wire.Attach) (*wir
 		fds = []int{s.uffd.FD()}
 	}
 	if err := l.conn.SendMsg(req, fds...); err != nil {
-		s.dropLink()
+		s.breakLink()
 		return nil, err
 	}
 	l.fdSent = true
@@ -426,37 +442,37 @@ func (s *session) exchange(ctx context.Context, l *link, req *wire.Attach) (*wir
 	select {
 	case f = <-l.replies:
 	case <-l.dead:
-		s.dropLink()
+		s.breakLink()
 		return nil, fmt.Errorf("%w: the vcore closed the connection", wire.ErrClosed)
 	case <-ctx.Done():
-		s.dropLink() // the answer may still come: the exchange is out of step
+		s.breakLink() // the answer may still come: the exchange is out of step
 		return nil, ctx.Err()
 	}
 	switch f.Type {
 	case wire.TypeAttachOK:
 		var ok wire.AttachOK
 		if err := ok.Unmarshal(f.Payload); err != nil {
-			s.dropLink()
+			s.breakLink()
 			return nil, err
 		}
 		if ok.Addr != req.Addr {
-			s.dropLink()
+			s.breakLink()
 			return nil, fmt.Errorf("%w: AttachOK for %#x, asked for %#x", wire.ErrProtocol, ok.Addr, req.Addr)
 		}
 		return &ok, nil
 	case wire.TypeAttachErr:
 		var ae wire.AttachErr
 		if err := ae.Unmarshal(f.Payload); err != nil {
-			s.dropLink()
+			s.breakLink()
 			return nil, err
 		}
 		return nil, &ae
 	case wire.TypeError:
-		s.dropLink() // the vcore closes the connection after an Error
+		s.breakLink() // the vcore closes the connection after an Error
 		return nil, decodeError(f)
 	default:
 		f.CloseFDs()
-		s.dropLink()
+		s.breakLink()
 		return nil, fmt.Errorf("%w: %s in answer to Attach", wire.ErrProtocol, f.Type)
 	}
 }
@@ -476,7 +492,7 @@ func (s *session) sendDetach(addr uint64) {
 		return
 	}
 	if err := s.link.conn.SendMsg(&wire.Detach{Addr: addr}); err != nil {
-		s.dropLink()
+		s.breakLink()
 	}
 }
 
