@@ -124,6 +124,9 @@ type Options struct {
 	// its region to be added before the worker gets SIGBUS; 0 means
 	// DefaultUnknownGrace.
 	UnknownGrace time.Duration
+	// NoPoison delivers SIGBUS with tgkill even where the kernel has
+	// UFFDIO_POISON (tests of the pre-6.6 fallback).
+	NoPoison bool
 }
 
 // DefaultUnknownGrace is Options.UnknownGrace's default: long enough for a

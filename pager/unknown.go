@@ -81,7 +81,10 @@ func (p *Pager) expireUnknown(k unknownKey) {
 // the access is retried). The caller holds e.use.
 func (p *Pager) sigbus(e *uffdEntry, addr uintptr, tids []uint32, why string) {
 	method := "UFFDIO_POISON"
-	_, err := e.u.Poison(addr, p.ps, 0)
+	var err error = &linux.UnsupportedError{Feature: "UFFDIO_POISON (Options.NoPoison)"}
+	if !p.opts.NoPoison {
+		_, err = e.u.Poison(addr, p.ps, 0)
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, linux.EAGAIN) || errors.Is(err, linux.EEXIST):

@@ -2,6 +2,7 @@ package pager_test
 
 import (
 	"errors"
+	"fmt"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -34,8 +35,14 @@ func registerBehindPagersBack(t *testing.T, p *pager.Pager, id uint64, start, le
 // silent zero page. The worker (a helper process) dies of it; the known
 // region next to it was served.
 func TestUnknownFaultSIGBUS(t *testing.T) {
+	for _, noPoison := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoPoison=%v", noPoison), func(t *testing.T) { testUnknownFaultSIGBUS(t, noPoison) })
+	}
+}
+
+func testUnknownFaultSIGBUS(t *testing.T, noPoison bool) {
 	needUffd(t)
-	p := newPager(t, pager.Options{UnknownGrace: 200 * time.Millisecond})
+	p := newPager(t, pager.Options{UnknownGrace: 200 * time.Millisecond, NoPoison: noPoison})
 	w := startWorker(t, workerSpec{Regions: []workerRegion{{Pages: 4, Seed: 3}, {Pages: 4, Seed: 4}}})
 	if err := p.AddUffd(1, w.uffd, w.pid, true); err != nil {
 		w.uffd = nil
