@@ -27,6 +27,14 @@ type Machine struct {
 	Model string
 	// MHz is the CPU's nominal frequency in MHz, when known (0 otherwise).
 	MHz float64
+	// Notes say what Discover inferred because sysfs did not say it (a
+	// missing file, an LLC group taken from the package, CPUs in no node),
+	// one sentence each; empty when sysfs said everything.
+	Notes []string
+
+	// memUnknown is set when the one node stands for a machine without
+	// NUMA sysfs and its memory could not be read from sysfs.
+	memUnknown bool
 }
 
 // Node is one NUMA node.
@@ -55,7 +63,9 @@ type CPU struct {
 	ID     hw.CPU
 	Online bool
 	// The fields below are meaningful only for online CPUs; Discover sets
-	// Node, Package and Core to -1 for offline ones.
+	// Node, Package and Core to -1 for offline ones, and Package and Core
+	// to -1 where sysfs does not tell them (see Machine.Notes), Node to -1
+	// for an online CPU no node lists (it is not in AllowedCPUs).
 	Node     hw.Node
 	Package  int       // physical_package_id
 	Core     int       // core_id (unique only within a package)

@@ -19,6 +19,11 @@ func loadFixture(t testing.TB, name string) fstest.MapFS {
 		if err != nil || d.IsDir() {
 			return err
 		}
+		if d.Type()&fs.ModeSymlink != 0 { // cpuN/nodeM links
+			target, err := os.Readlink(path.Join("testdata", name, p))
+			out[p] = &fstest.MapFile{Data: []byte(target), Mode: fs.ModeSymlink}
+			return err
+		}
 		b, err := fs.ReadFile(src, p)
 		out[p] = &fstest.MapFile{Data: b}
 		return err
@@ -70,11 +75,15 @@ func TestDiscoverMalformed(t *testing.T) {
 		{"llc overlaps another group", c0 + "cache/index3/shared_cpu_list", "0-2,8-9\n", false, ErrMalformed},
 		{"hugepages count text", n0 + "hugepages/hugepages-2048kB/nr_hugepages", "many\n", false, ErrMalformed},
 		{"hugepages count negative", n0 + "hugepages/hugepages-2048kB/free_hugepages", "-1\n", false, ErrMalformed},
-		{"missing node online", "devices/system/node/online", "", true, fs.ErrNotExist},
-		{"missing cpu online", "devices/system/cpu/online", "", true, fs.ErrNotExist},
-		{"missing cpulist", n0 + "cpulist", "", true, fs.ErrNotExist},
+		{"missing cpulist and cpumap", n0 + "cpulist", "", true, fs.ErrNotExist},
+		{"missing package id", c0 + "topology/physical_package_id", "", true, fs.ErrNotExist},
+		{"missing siblings list and mask", c0 + "topology/thread_siblings_list", "", true, fs.ErrNotExist},
+		{"NUL inside a list", n0 + "cpulist", "0-3\x00,8-11\n", false, ErrMalformed},
+		{"NUL before the newline of a number", c0 + "topology/core_id", "0\x00x\n", false, ErrMalformed},
+		{"no node online", "devices/system/node/online", "\n\x00", false, ErrMalformed},
+		{"online nodes without directories", "devices/system/node/online", "2-3\n", false, ErrMalformed},
+		{"distance row fits no node list", n0 + "distance", "10 21 21 21\n", false, ErrMalformed},
 		{"missing meminfo", n0 + "meminfo", "", true, fs.ErrNotExist},
-		{"missing distance", n0 + "distance", "", true, fs.ErrNotExist},
 		{"missing core id", c0 + "topology/core_id", "", true, fs.ErrNotExist},
 		{"missing llc list", c0 + "cache/index3/shared_cpu_list", "", true, fs.ErrNotExist},
 		{"missing hugepages count", n0 + "hugepages/hugepages-2048kB/nr_hugepages", "", true, fs.ErrNotExist},
@@ -132,13 +141,17 @@ func TestDiscoverOptionalFiles(t *testing.T) {
 			t.Errorf("node %d HugePages = %v, want nil without the directory", n.ID, n.HugePages)
 		}
 	}
-	// Without cache information a CPU's LLC group is its SMT siblings.
+	// Without cache information a CPU's LLC group is its package (within
+	// its node), and Discover says so.
 	c, _ := m.CPUByID(9)
-	if c.LLC.String() != "1,9" {
-		t.Errorf("cpu 9 LLC = %s, want its siblings 1,9", c.LLC)
+	if c.LLC.String() != "0-3,8-11" {
+		t.Errorf("cpu 9 LLC = %s, want its package 0-3,8-11", c.LLC)
 	}
-	if len(m.LLCGroups) != 8 || m.LLCGroups[0].String() != "0,8" || m.LLCGroups[7].String() != "7,15" {
-		t.Errorf("LLCGroups = %v, want the 8 sibling pairs 0,8 ... 7,15", m.LLCGroups)
+	if len(m.LLCGroups) != 2 || m.LLCGroups[0].String() != "0-3,8-11" || m.LLCGroups[1].String() != "4-7,12-15" {
+		t.Errorf("LLCGroups = %v, want the 2 packages 0-3,8-11 and 4-7,12-15", m.LLCGroups)
+	}
+	if len(m.Notes) != 1 || !strings.Contains(m.Notes[0], "cpus 0-15: no cache directory") {
+		t.Errorf("Notes = %q, want one saying cpus 0-15 have no cache directory", m.Notes)
 	}
 }
 
