@@ -409,6 +409,7 @@ func TestDiscoverFixtures(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Discover: %v", err)
 			}
+			checkConsistent(t, m)
 			got, want := describe(m), strings.TrimPrefix(fixtureWant[name], "\n")
 			if got != want {
 				t.Errorf("Discover(%s) differs from the expectation:\n%s", name, lineDiff(got, want))

@@ -235,6 +235,7 @@ func TestDiscoverFallbacks(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Discover: %v", err)
 			}
+			checkConsistent(t, m)
 			if tc.check != nil {
 				tc.check(t, m)
 			} else {
