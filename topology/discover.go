@@ -945,10 +945,10 @@ func (d *discoverer) assignLLC(cpus []CPU, online hw.CPUSet) {
 		case ci.level == 0:
 			reasons["no cache index"] = append(reasons["no cache index"], c.ID)
 		case !useCaches:
-			why := fmt.Sprintf("only caches private to a core (up to L%d)", last)
+			why := fmt.Sprintf("only core-private caches, up to L%d", last)
 			reasons[why] = append(reasons[why], c.ID)
 		default:
-			why := fmt.Sprintf("no L%d cache (highest L%d)", last, ci.level)
+			why := fmt.Sprintf("no L%d cache, highest L%d", last, ci.level)
 			reasons[why] = append(reasons[why], c.ID)
 		}
 	}
@@ -985,20 +985,22 @@ func (d *discoverer) assignLLC(cpus []CPU, online hw.CPUSet) {
 		return
 	}
 	var parts []string
+	var all []hw.CPU
 	for _, why := range slices.Sorted(maps.Keys(reasons)) {
 		parts = append(parts, fmt.Sprintf("cpus %s: %s", hw.NewSet(reasons[why]...), why))
+		all = append(all, reasons[why]...)
 	}
 	var how []string
 	if len(adopted) > 0 {
-		how = append(how, fmt.Sprintf("cpus %s join the cache group that lists them", hw.NewSet(adopted...)))
+		how = append(how, fmt.Sprintf("cpus %s join the L%d group that lists them", hw.NewSet(adopted...), last))
 	}
 	if len(byPkg) > 0 {
-		how = append(how, fmt.Sprintf("cpus %s take their package within their node", hw.NewSet(byPkg...)))
+		how = append(how, fmt.Sprintf("cpus %s use their package (within their node) as LLC group", hw.NewSet(byPkg...)))
 	}
 	if len(byNode) > 0 {
-		how = append(how, fmt.Sprintf("cpus %s take their node (package unknown)", hw.NewSet(byNode...)))
+		how = append(how, fmt.Sprintf("cpus %s use their node as LLC group (package unknown)", hw.NewSet(byNode...)))
 	}
-	d.note("no last-level cache information (%s): as LLC group, %s", strings.Join(parts, "; "), strings.Join(how, "; "))
+	d.note("no last-level cache information for cpus %s (%s): %s", hw.NewSet(all...), strings.Join(parts, "; "), strings.Join(how, "; "))
 }
 
 // llcGroups returns the distinct LLC sets of online CPUs ordered by their

@@ -261,7 +261,7 @@ cpu 6 online node 1 pkg 1 core 2 sib 6 llc 4-7
 cpu 7 online node 1 pkg 1 core 3 sib 7 llc 4-7
 llc 0-3 4-7
 allowed cpus 0-7 nodes 0-1
-note no last-level cache information (cpus 4-5: no L3 cache (highest L2); cpus 3,6-7: no cache directory): as LLC group, cpus 3 join the cache group that lists them; cpus 4-7 take their package within their node
+note no last-level cache information for cpus 3-7 (cpus 4-5: no L3 cache, highest L2; cpus 3,6-7: no cache directory): cpus 3 join the L3 group that lists them; cpus 4-7 use their package (within their node) as LLC group
 `,
 	"arm64-no-package-private-l2": `
 nodes 0-1
@@ -278,7 +278,7 @@ cpu 7 online node 1 pkg -1 core 7 sib 7 llc 4-7
 llc 0-3 4-7
 allowed cpus 0-7 nodes 0-1
 note cpus 0-7 report physical_package_id -1: their package is unknown
-note no last-level cache information (cpus 0-7: only caches private to a core (up to L2)): as LLC group, cpus 0-7 take their node (package unknown)
+note no last-level cache information for cpus 0-7 (cpus 0-7: only core-private caches, up to L2): cpus 0-7 use their node as LLC group (package unknown)
 `,
 	"cxl-memory-only-node": `
 nodes 0,2
@@ -368,7 +368,7 @@ llc 0-3
 allowed cpus 0-3 nodes 0
 note no devices/system/node (kernel without NUMA support): one node 0 holds every online CPU
 note node 0 size is its 16 online memory blocks of 256MiB; free memory is unknown
-note no last-level cache information (cpus 0-3: only caches private to a core (up to L2)): as LLC group, cpus 0-3 take their package within their node
+note no last-level cache information for cpus 0-3 (cpus 0-3: only core-private caches, up to L2): cpus 0-3 use their package (within their node) as LLC group
 `,
 	"hotplug-cpus-unlisted": `
 nodes 0-1

@@ -1,6 +1,8 @@
 package topology
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -161,7 +163,7 @@ func TestDiscoverFallbacks(t *testing.T) {
 		{
 			name: "a CPU without cache directory joins the group listing it", fixture: "two-socket-smt2",
 			edit: func(fsys fstest.MapFS) { drop(fsys, c0+"cache") },
-			note: "(cpus 0: no cache directory): as LLC group, cpus 0 join the cache group that lists them",
+			note: "for cpus 0 (cpus 0: no cache directory): cpus 0 join the L3 group that lists them",
 		},
 		{
 			name: "a package without index3 takes its package", fixture: "two-socket-smt2",
@@ -175,7 +177,7 @@ func TestDiscoverFallbacks(t *testing.T) {
 					t.Errorf("LLC groups %s, want the two L3s of package 0 and package 1 whole", got)
 				}
 			},
-			note: "(cpus 4-7,12-15: no L3 cache (highest L2)): as LLC group, cpus 4-7,12-15 take their package within their node",
+			note: "for cpus 4-7,12-15 (cpus 4-7,12-15: no L3 cache, highest L2): cpus 4-7,12-15 use their package (within their node) as LLC group",
 		},
 		{
 			name: "unknown packages without caches take the node", fixture: "two-socket-smt2",
@@ -272,4 +274,28 @@ func withoutNotes(s string) string {
 		}
 	}
 	return strings.Join(keep, "\n")
+}
+
+// TestFillFromMeminfo: on a kernel without NUMA sysfs, Host takes the one
+// node's memory from /proc/meminfo.
+func TestFillFromMeminfo(t *testing.T) {
+	proc := func(s string) fstest.MapFS { return fstest.MapFS{"meminfo": {Data: []byte(s)}} }
+	var n Node
+	err := fillFromMeminfo(proc("MemTotal:        4008012 kB\nMemFree:          812340 kB\nMemAvailable:    2913120 kB\nHugePages_Total:       0\n\x00"), &n)
+	if err != nil || n.MemTotal != 4008012*1024 || n.MemFree != 812340*1024 {
+		t.Errorf("fillFromMeminfo = %v, total %d free %d; want 4008012 kB and 812340 kB", err, n.MemTotal, n.MemFree)
+	}
+	for name, content := range map[string]string{
+		"no MemFree":  "MemTotal: 1 kB\n",
+		"bad number":  "MemTotal: 1x kB\nMemFree: 1 kB\n",
+		"wrong unit":  "MemTotal: 1 MB\nMemFree: 1 kB\n",
+		"extra field": "MemTotal: 1 2 kB\nMemFree: 1 kB\n",
+	} {
+		if err := fillFromMeminfo(proc(content), &Node{}); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "meminfo") {
+			t.Errorf("%s: err = %v, want ErrMalformed naming meminfo", name, err)
+		}
+	}
+	if err := fillFromMeminfo(fstest.MapFS{}, &Node{}); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing meminfo: err = %v, want fs.ErrNotExist", err)
+	}
 }
