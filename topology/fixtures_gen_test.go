@@ -19,8 +19,9 @@ import (
 //
 // testdata/single-node-2cpu is not generated: it was copied from the
 // development machine's /sys (see testdata/README.md). The expected results
-// in discover_test.go are written out by hand, not derived from the specs
-// below, so a generator bug shows up as a test failure.
+// in discover_test.go are not derived from the specs below (the first ones
+// were written out by hand, those of realShapeSpecs printed once and
+// checked line by line), so a generator bug shows up as a test failure.
 var updateFixtures = flag.Bool("update-fixtures", false, "rewrite the generated sysfs trees under testdata/")
 
 // genMachine describes a machine the way sysfs shows it.

@@ -17,7 +17,8 @@ type Machine struct {
 	// CPUs are all possible CPUs in ascending id order, online or not.
 	CPUs []CPU
 	// LLCGroups are the distinct last-level-cache groups of online CPUs,
-	// ordered by their lowest CPU.
+	// ordered by their lowest CPU. Where sysfs describes no last-level
+	// cache, a group is a package within a node, or a node (see Notes).
 	LLCGroups []hw.CPUSet
 	// AllowedCPUs and AllowedNodes are what this process may use (its
 	// affinity / cpuset). Nothing outside them is ever handed out.
