@@ -199,6 +199,14 @@ func TestDiscoverFallbacks(t *testing.T) {
 			note: "online cpus 1 are in no node's cpulist: given to the only node, 0",
 		},
 		{
+			name: "the only node lists no CPU (has_cpu empty)", fixture: "single-node-2cpu",
+			edit: func(fsys fstest.MapFS) {
+				set(fsys, n0+"cpulist", "\n")
+				set(fsys, nodes+"has_cpu", "\n")
+			},
+			note: "online cpus 0-1 are in no node's cpulist: given to the only node, 0",
+		},
+		{
 			name: "an online CPU in no cpulist with two nodes", fixture: "two-socket-smt2",
 			edit: func(fsys fstest.MapFS) { set(fsys, n1+"cpulist", "4-7,12-14\n") },
 			check: func(t *testing.T, m *Machine) {
