@@ -369,8 +369,8 @@ func TestAdoptAfterDetach(t *testing.T) {
 		t.Fatalf("adopted status %+v, want running [%d]", st, old)
 	}
 
-	// Killed behind the supervisor's back: the pidfd reports it, the policy
-	// restarts it (an adopted process's status is unknown: a failure).
+	// Killed behind the supervisor's back: the pidfd reports it and, once
+	// reaped, how it ended (Linux 6.15); the policy restarts it.
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -388,8 +388,12 @@ func TestAdoptAfterDetach(t *testing.T) {
 		return false
 	})
 	st := second.Status()
-	if st.Restarts != 1 || !strings.HasPrefix(st.LastExit, "unknown") {
-		t.Errorf("after the adopted process died: %+v; want 1 restart, unknown exit", st)
+	want := "signal: killed (adopted; read from its pidfd)"
+	if !exitInfoSupported(t) {
+		want = statusUnknown
+	}
+	if st.Restarts != 1 || st.LastExit != want {
+		t.Errorf("after the adopted process died: %+v; want 1 restart, last exit %q", st, want)
 	}
 	if got := procStatus(t, now, "Cpus_allowed_list"); got != pin.String() {
 		t.Errorf("restarted process Cpus_allowed_list = %q, want %q", got, pin)
@@ -449,8 +453,125 @@ func TestAdoptGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDone(t, s)
-	if st := s.Status(); st.State != Failed || !strings.HasPrefix(st.LastExit, "unknown") {
-		t.Errorf("adopting nothing: %+v, want failed/unknown", st)
+	if st := s.Status(); st.State != Exited || st.LastExit != statusUnknown {
+		t.Errorf("adopting nothing: %+v, want exited (status unknown)", st)
+	}
+}
+
+// exitInfoSupported probes whether the kernel gives an exited process's
+// status through its pidfd (PIDFD_INFO_EXIT, Linux 6.15).
+func exitInfoSupported(t *testing.T) bool {
+	t.Helper()
+	p, err := os.StartProcess("/bin/true", []string{"true"}, &os.ProcAttr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := linux.PidfdOpen(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if _, err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = linux.PidfdExitStatus(fd)
+	if err != nil && !errors.Is(err, linux.ErrNotSupported) {
+		t.Fatalf("PidfdExitStatus of a reaped child: %v", err)
+	}
+	return err == nil
+}
+
+// adoptTrigger starts `sh` that exits with code once trigger exists, detaches
+// it and adopts it with policy; it returns the adopted Sub and the shell's pid
+// (this process is its parent and must reap it).
+func adoptTrigger(t *testing.T, policy Policy, code int, trigger string) (*Sub, int) {
+	t.Helper()
+	g, _ := testGroup(t)
+	spec := groupSpec(g, "sh", "-c", fmt.Sprintf(`while ! [ -e %s ]; do sleep 0.02; done; exit %d`, trigger, code))
+	spec.Restart, spec.MaxRestarts = policy, 2
+	first, err := Start(context.Background(), spec, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sh int
+	waitFor(t, "the shell", func() bool {
+		for _, p := range first.Status().Pids {
+			if comm(p) == "sh" {
+				sh = p
+				return true
+			}
+		}
+		return false
+	})
+	first.Detach()
+	pids, err := g.Procs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Adopt(context.Background(), spec, pids, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = second.Stop(context.Background()) })
+	return second, sh
+}
+
+// TestAdoptedExitStatus: an adopted process that exits is reported by its
+// real exit status where the kernel gives it: a clean exit is exited, not
+// failed, and on-failure does not restart it; exit 3 is a failure.
+func TestAdoptedExitStatus(t *testing.T) {
+	if !exitInfoSupported(t) {
+		t.Skip("the kernel gives no exit status through a pidfd (PIDFD_INFO_EXIT, Linux 6.15)")
+	}
+	for _, tc := range []struct {
+		policy Policy
+		code   int
+		state  State
+		exit   string
+	}{
+		{Never, 0, Exited, "exit status 0 (adopted; read from its pidfd)"},
+		{OnFailure, 0, Exited, "exit status 0 (adopted; read from its pidfd)"},
+		{Never, 3, Failed, "exit status 3 (adopted; read from its pidfd)"},
+	} {
+		t.Run(fmt.Sprintf("%s-exit%d", tc.policy, tc.code), func(t *testing.T) {
+			trigger := filepath.Join(t.TempDir(), "go")
+			s, sh := adoptTrigger(t, tc.policy, tc.code, trigger)
+			reaped := make(chan error, 1)
+			go func() { // the parent (this process) reaps it, as init would
+				var ws syscall.WaitStatus
+				_, err := syscall.Wait4(sh, &ws, 0, nil)
+				reaped <- err
+			}()
+			if err := os.WriteFile(trigger, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			waitDone(t, s)
+			if err := <-reaped; err != nil {
+				t.Fatal(err)
+			}
+			if st := s.Status(); st.State != tc.state || st.LastExit != tc.exit || st.Restarts != 0 {
+				t.Errorf("status %+v, want %s with %q and no restart", st, tc.state, tc.exit)
+			}
+		})
+	}
+}
+
+// TestAdoptedExitStatusUnknown: when the kernel has no status for the
+// adopted process (here: its parent does not reap it in time), it is
+// "exited (status unknown)", not failed.
+func TestAdoptedExitStatusUnknown(t *testing.T) {
+	trigger := filepath.Join(t.TempDir(), "go")
+	s, sh := adoptTrigger(t, Never, 0, trigger)
+	if err := os.WriteFile(trigger, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, s)
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(sh, &ws, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); st.State != Exited || st.LastExit != statusUnknown {
+		t.Errorf("status %+v, want exited with %q", st, statusUnknown)
 	}
 }
 
