@@ -9,7 +9,8 @@
 // the supervisor's terminal does not reach them, and with no parent-death
 // signal: they survive the supervisor. Their stdout and stderr go to a log
 // file opened with O_APPEND, never to a pipe, so a dead supervisor cannot
-// kill them with SIGPIPE.
+// kill them with SIGPIPE. They inherit no other file descriptor: every
+// descriptor above 2 is marked close-on-exec before a start.
 package supervise
 
 import (
@@ -523,6 +524,14 @@ func (s *Sub) spawn() (*generation, error) {
 	}
 	defer out.Close() // the child has its own copy
 
+	// The child gets stdin (/dev/null), stdout and stderr, nothing else: a
+	// descriptor this process inherited without close-on-exec (a lock file
+	// held by whoever started the daemon, ...) must not reach subsystems.
+	// Marked here, before every start, it also covers descriptors opened
+	// since the daemon started; the v1 shim marks them again child-side.
+	if err := linux.CloseOnExecFrom(3); err != nil {
+		return nil, fmt.Errorf("supervise %s: %w", sp.Name, err)
+	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), sp.Env...)
 	cmd.Dir = sp.Dir

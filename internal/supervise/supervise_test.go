@@ -666,3 +666,84 @@ func TestV2CloneIntoCgroup(t *testing.T) {
 		})
 	}
 }
+
+// TestSubsystemGetsOnlyStdio: a descriptor this process holds without
+// close-on-exec (a lock file, as a wrapper that started the daemon may
+// leave) does not reach a subsystem, whichever way it is started: no
+// cgroup, the v1 exec shim, or CLONE_INTO_CGROUP on v2 (the hybrid host's
+// controller-less v2 mount).
+func TestSubsystemGetsOnlyStdio(t *testing.T) {
+	lock := filepath.Join(t.TempDir(), "daemon.lock")
+	fd, err := syscall.Open(lock, syscall.O_RDWR|syscall.O_CREAT, 0o600) // no O_CLOEXEC
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Flock(fd, syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	type variant struct {
+		name string
+		spec func(t *testing.T) Spec
+	}
+	variants := []variant{
+		{"no-cgroup", func(t *testing.T) Spec { return Spec{Name: "fds", Command: []string{"sleep", "100"}} }},
+		{"cgroup-shim", func(t *testing.T) Spec { g, _ := testGroup(t); return groupSpec(g, "sleep", "100") }},
+	}
+	if os.Geteuid() == 0 && cgroups.HostMode() == cgroups.ModeHybrid {
+		variants = append(variants, variant{"v2-clone-into-cgroup", func(t *testing.T) Spec {
+			m, err := cgroups.New(cgroups.Options{Root: cgroups.DefaultRoot + "/unified", Mode: cgroups.ModeV2, V2Controllers: []string{}})
+			if err != nil {
+				t.Skipf("no usable v2 mount: %v", err)
+			}
+			top := fmt.Sprintf("vcored-test-%d", os.Getpid())
+			g, err := m.Create(top+"/"+t.Name(), cgroups.Resources{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if root, err := m.Load(top); err == nil {
+					if err := root.Delete(); err != nil {
+						t.Errorf("cleanup: %v", err)
+					}
+				}
+			})
+			spec := groupSpec(g, "sleep", "100")
+			spec.Shim = "/nonexistent/shim" // proves the shim is not used
+			return spec
+		}})
+	}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			// Each start marks the descriptors close-on-exec in this process:
+			// clear the flag again so every variant starts from a leak.
+			if _, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_SETFD, 0); errno != 0 {
+				t.Fatal(errno)
+			}
+			if cloexec, err := linux.FDCloseOnExec(fd); err != nil || cloexec {
+				t.Fatalf("lock fd %d close-on-exec = %v, %v before the start", fd, cloexec, err)
+			}
+			s, err := Start(context.Background(), v.spec(t), testLog(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Stop(context.Background())
+			pid := running(t, s, 1, "sleep")[0]
+			ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fds []string
+			for _, e := range ents {
+				target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+				fds = append(fds, e.Name()+"->"+target)
+			}
+			if len(ents) != 3 || ents[0].Name() != "0" || ents[1].Name() != "1" || ents[2].Name() != "2" {
+				t.Errorf("subsystem %d has fds %v, want only 0, 1, 2 (the lock file is fd %d)", pid, fds, fd)
+			}
+			if err := s.Stop(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
