@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/vcored/vcored/internal/api"
 	"github.com/vcored/vcored/internal/hw"
@@ -89,6 +90,14 @@ func collectStatus(ctx context.Context, socket string) (*statusReport, error) {
 func printStatus(e *env, rep *statusReport) {
 	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "%s pid %d, pager %s\n\n", rep.Info.Role, rep.Info.Pid, rep.Info.PagerMode)
+	if d := rep.Info.Degraded; d != nil {
+		fmt.Fprintf(w, "DEGRADED since %s: the ledger cannot be written (claims are refused until it can): %s\n",
+			d.Since.Format(time.RFC3339), d.Reason)
+		if len(d.Pending) > 0 {
+			fmt.Fprintf(w, "  not yet written (retried): %s\n", strings.Join(d.Pending, ", "))
+		}
+		fmt.Fprintln(w)
+	}
 	if len(rep.Partitions) > 0 {
 		fmt.Fprintln(w, "PARTITION\tCPUS\tMEMS\tMEMORY\tSTATE\tHOLDER\tCGROUP")
 		for _, p := range rep.Partitions {
@@ -99,6 +108,12 @@ func printStatus(e *env, rep *statusReport) {
 			state := p.State
 			if p.GraceLeft != "" {
 				state += " (reclaim in " + p.GraceLeft + ")"
+			}
+			if p.Pending != "" {
+				state += " (" + p.Pending + " not yet written to the ledger)"
+			}
+			if r := runningSummary(p.Running); r != "" {
+				state += " — " + r
 			}
 			fmt.Fprintf(w, "node%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Node, dash(p.CPUs), dash(p.Mems),
 				hw.Bytes(p.MemoryBytes).Human(), state, holder, dash(p.Cgroup))
@@ -134,6 +149,41 @@ func printStatus(e *env, rep *statusReport) {
 		fmt.Fprintf(w, "error: %s\n", err)
 	}
 	w.Flush()
+}
+
+// runningSummary says what still runs in a partition whose vcore is gone:
+// "2 subsystems still running (a: pids 10,11; b: pid 12)".
+func runningSummary(rs []api.Running) string {
+	if len(rs) == 0 {
+		return ""
+	}
+	var parts []string
+	n := 0
+	for _, r := range rs {
+		pids := make([]string, len(r.Pids))
+		for i, p := range r.Pids {
+			pids[i] = fmt.Sprint(p)
+		}
+		word := "pids"
+		if len(pids) == 1 {
+			word = "pid"
+		}
+		name := r.Subsystem
+		if name == "" {
+			name = "partition cgroup"
+		} else {
+			n++
+		}
+		parts = append(parts, fmt.Sprintf("%s: %s %s", name, word, strings.Join(pids, ",")))
+	}
+	what := fmt.Sprintf("%d subsystems still running", n)
+	switch {
+	case n == 1:
+		what = "1 subsystem still running"
+	case n == 0:
+		what = "processes still running"
+	}
+	return what + " (" + strings.Join(parts, "; ") + ")"
 }
 
 func dash(s string) string {

@@ -117,7 +117,14 @@ func targetCPUAndNode(t *testing.T, m *Manager) (hw.CPUSet, hw.NodeSet) {
 // has happened (comm changed).
 func startJoined(t *testing.T, g *Group, argv ...string) *exec.Cmd {
 	t.Helper()
+	return startJoinedWith(t, g, nil, argv...)
+}
+
+// startJoinedWith is startJoined handing extra files to the shim (fd 3 on).
+func startJoinedWith(t *testing.T, g *Group, extra []*os.File, argv ...string) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], argv...)
+	cmd.ExtraFiles = extra
 	cmd.Env = append(os.Environ(), helperEnv+"="+strings.Join(g.ProcsFiles(), ":"))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
