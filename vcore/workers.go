@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hw"
@@ -77,6 +78,17 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 			Msg: fmt.Sprintf("pid %d (cgroup %q) is not a process of a subsystem of the vcore of node %d", pid, path, v.cfg.Node)})
 		return
 	}
+	if n := sub.conns.Add(1); n > int64(sub.maxConnections()) {
+		sub.conns.Add(-1)
+		msg := fmt.Sprintf("subsystem %s already has %d worker connections open (max_connections = %d in the vcore's configuration)",
+			sub.cfg.Name, n-1, sub.maxConnections())
+		if sub.limitLogOK() {
+			v.log.Warn("refused a worker connection", "subsystem", sub.cfg.Name, "pid", pid, "reason", msg)
+		}
+		refuseOverLimit(sub, c, msg)
+		return
+	}
+	defer sub.conns.Add(-1)
 	w := &worker{conn: c, pid: pid, sub: sub}
 	defer v.workerClosed(w)
 	for {
@@ -117,6 +129,27 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 		}
 	}
 }
+
+// refuseOverLimit answers a worker connection over max_connections with
+// Error{limit}. The refusal answers the worker's Hello, awaited for a second:
+// sent before it, the Error would be lost to a worker whose Hello then meets
+// a closed socket. Only a few refusals of a subsystem wait at once; beyond
+// them the Error is sent at once.
+func refuseOverLimit(sub *subsystem, c *wire.Conn, msg string) {
+	if sub.refusing.Add(1) <= maxRefusing {
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		if f, err := c.Recv(); err == nil {
+			f.CloseFDs()
+		}
+	}
+	sub.refusing.Add(-1)
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = c.SendMsg(&wire.Error{Code: wire.CodeLimit, Msg: msg})
+}
+
+// maxRefusing bounds the over-limit connections of one subsystem that wait
+// for their Hello before being refused.
+const maxRefusing = 8
 
 // attach registers a worker's region and answers AttachOK or AttachErr.
 func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
@@ -217,6 +250,13 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		v.mu.Unlock()
 		w.sub.quota.Release(int64(charged))
 		refuse(wire.CodeNotFound, "the worker's userfaultfd is no longer held")
+		return
+	}
+	if n := v.regionsLocked(w.sub); n >= w.sub.maxRegions() {
+		v.mu.Unlock()
+		w.sub.quota.Release(int64(charged))
+		refuse(wire.CodeLimit, "subsystem %s already has %d regions registered (max_regions = %d in the vcore's configuration); detach some first",
+			w.sub.cfg.Name, n, w.sub.maxRegions())
 		return
 	}
 	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local}
