@@ -1,12 +1,19 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,15 +33,19 @@ type limitResult struct {
 }
 
 // TestLimitHelperProcess is not a test. Run by a vcore as a subsystem's
-// command (VCORED_BIN is passed so the harness builds nothing), it waits for
-// the file $LIMIT_GO, then makes $LIMIT_N attempts — "regions": attach a
-// one-page region of dataspace "local" each, keeping them; "conns": open a
-// worker connection each and say Hello, keeping them — writes $LIMIT_RESULT
-// and holds everything until it is stopped.
+// command, it waits for the file $LIMIT_GO, then makes $LIMIT_N attempts —
+// "regions": attach a one-page region of dataspace "local" each, keeping
+// them; "conns": open a worker connection each and say Hello, keeping them —
+// writes $LIMIT_RESULT and holds everything until it is stopped. Mode
+// "http" is run by a test as another user: see idleHTTPHelper.
 func TestLimitHelperProcess(t *testing.T) {
 	mode := os.Getenv(limitHelperEnv)
 	if mode == "" {
 		t.Skip("helper process only")
+	}
+	if mode == "http" {
+		idleHTTPHelper()
+		return
 	}
 	var n int
 	fmt.Sscan(os.Getenv("LIMIT_N"), &n)
@@ -114,8 +125,8 @@ name = %q
 command = [%q, "-test.run=^TestLimitHelperProcess$", "-test.count=1"]
 memory = "64MiB"
 restart = "never"
-env = { %s = %q, LIMIT_N = "%d", LIMIT_GO = %q, LIMIT_RESULT = %q, VCORED_BIN = %q }
-%s`, name, os.Args[0], limitHelperEnv, mode, n, goFile, result, vcoredBin, extra)
+env = { %s = %q, LIMIT_N = "%d", LIMIT_GO = %q, LIMIT_RESULT = %q }
+%s`, name, os.Args[0], limitHelperEnv, mode, n, goFile, result, extra)
 	return sub, goFile, result
 }
 
@@ -220,4 +231,110 @@ func TestLimitConnections(t *testing.T) {
 		t.Errorf("vcore descriptors: %d before the helper, %d after; want at most 8 more", before, after)
 	}
 	t.Logf("vcore fds: %d before, %d after 4 held and 36 refused connections", before, after)
+}
+
+// idleHTTPHelper opens $LIMIT_N connections to $LIMIT_SOCKET, makes one
+// keep-alive HTTP request on each and keeps them open (idle), prints how
+// many got 200, 503 or an error ("ok=… refused=… errors=…", then the first
+// refusal), prints "holding" and waits for its stdin to close.
+func idleHTTPHelper() {
+	var n int
+	fmt.Sscan(os.Getenv("LIMIT_N"), &n)
+	var ok, refused, failed int
+	var firstRefusal string
+	var conns []net.Conn
+	for range n {
+		c, err := net.Dial("unix", os.Getenv("LIMIT_SOCKET"))
+		if err != nil {
+			failed++
+			continue
+		}
+		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(c, "GET /v1/info HTTP/1.1\r\nHost: vcored\r\n\r\n"); err != nil {
+			failed++
+			continue
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			failed++
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+			ok++
+		case http.StatusServiceUnavailable:
+			refused++
+			if firstRefusal == "" {
+				firstRefusal = strings.TrimSpace(string(body))
+			}
+		default:
+			failed++
+		}
+	}
+	fmt.Printf("ok=%d refused=%d errors=%d\nrefusal=%s\nholding\n", ok, refused, failed, firstRefusal)
+	io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// TestLimitGroupMemberConnections: a member of core's socket group holding
+// idle HTTP connections is capped at 256 (the rest get a 503 naming the
+// cap), core's descriptors stay bounded, and root — a real vcore claiming
+// its partition — still gets in. (Before, 19,986 idle connections of a
+// group member took core to its fd limit and a vcore's claim failed.)
+func TestLimitGroupMemberConnections(t *testing.T) {
+	c := newCluster(t)
+	g, err := user.LookupGroupId("65534")
+	if err != nil {
+		t.Skipf("no group 65534 for user nobody: %v", err)
+	}
+	core := c.startCore(c.coreConfig(fmt.Sprintf("socket_group = %q", g.Name)))
+	os.Chmod(c.dir, 0o755)
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := c.path("e2e.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	before := countFDs(t, core.cmd.Process.Pid)
+	const n = 300
+	cmd := exec.Command(bin, "-test.run=^TestLimitHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), limitHelperEnv+"=http", fmt.Sprintf("LIMIT_N=%d", n), "LIMIT_SOCKET="+c.coreSocket())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.Dir = c.dir
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	var out []string
+	for sc := bufio.NewScanner(stdout); sc.Scan() && sc.Text() != "holding"; {
+		out = append(out, sc.Text())
+	}
+	if len(out) < 2 || out[0] != fmt.Sprintf("ok=%d refused=%d errors=0", wire.DefaultMaxConnsPerUID, n-wire.DefaultMaxConnsPerUID) ||
+		!strings.Contains(out[1], "uid 65534 already has 256 connections open") {
+		t.Fatalf("group member's %d idle connections: %q; want %d served, the rest refused naming the per-uid cap", n, out, wire.DefaultMaxConnsPerUID)
+	}
+	after := countFDs(t, core.cmd.Process.Pid)
+	t.Logf("core fds: %d before, %d with the group member's %d connections held", before, after, n)
+	if after > before+wire.DefaultMaxConnsPerUID+8 {
+		t.Errorf("core descriptors: %d before, %d after; want at most %d more", before, after, wire.DefaultMaxConnsPerUID+8)
+	}
+	// Root still gets in: a vcore claims its partition and serves.
+	c.startVCore(0, c.vcoreConfig(0, ""))
+	partition(t, c)
 }
