@@ -288,3 +288,76 @@ func TestListenRemovesCreatedDir(t *testing.T) {
 		t.Errorf("Close removed a directory holding another file")
 	}
 }
+
+// TestListenerAcceptEMFILE: while accept fails for want of descriptors, the
+// listener backs off and logs the failure at most once a second (before, a
+// line every 50 ms), and serves the waiting clients once descriptors are
+// free again.
+func TestListenerAcceptEMFILE(t *testing.T) {
+	var logs logBuf
+	l, err := Listen(filepath.Join(t.TempDir(), "emfile.sock"), 0o600, -1, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Clients wait in the backlog; Serve has not started accepting.
+	var clients []net.Conn
+	for range 3 {
+		c, err := net.Dial("unix", l.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	var saved syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
+		t.Fatal(err)
+	}
+	full := saved
+	full.Cur = uint64(countFDs()) // not one descriptor more
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &full); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer restore()
+	start := time.Now()
+	stop := echoServer(t, l)
+	defer stop()
+	time.Sleep(2 * time.Second)
+	restore()
+	elapsed := time.Since(start)
+	fails := strings.Count(logs.String(), "accept failed")
+	if fails == 0 {
+		t.Fatalf("no accept failure logged with no descriptors left:\n%s", logs.String())
+	}
+	if max := int(elapsed/time.Second) + 1; fails > max {
+		t.Errorf("%d accept failures logged in %v, want at most %d (one a second)", fails, elapsed, max)
+	}
+	if !strings.Contains(logs.String(), "too many open files") {
+		t.Errorf("log does not say why:\n%s", logs.String())
+	}
+	// Descriptors are back: the waiting clients are served.
+	for _, c := range clients {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(c, "GET /peer HTTP/1.1\r\nHost: vcored\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("waiting client after the descriptors came back: %v", err)
+		}
+		resp.Body.Close()
+	}
+}
