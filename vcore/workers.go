@@ -131,13 +131,13 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 }
 
 // refuseOverLimit answers a worker connection over max_connections with
-// Error{limit}. The refusal answers the worker's Hello, awaited for a second:
+// Error{limit}. The refusal answers the worker's Hello, awaited 2 seconds:
 // sent before it, the Error would be lost to a worker whose Hello then meets
 // a closed socket. Only a few refusals of a subsystem wait at once; beyond
 // them the Error is sent at once.
 func refuseOverLimit(sub *subsystem, c *wire.Conn, msg string) {
 	if sub.refusing.Add(1) <= maxRefusing {
-		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		if f, err := c.Recv(); err == nil {
 			f.CloseFDs()
 		}

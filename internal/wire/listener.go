@@ -80,7 +80,7 @@ func (lim Limits) withDefaults() Limits {
 // it an over-limit connection is closed without a word.
 const (
 	maxRefusing = 32
-	refusePeek  = 500 * time.Millisecond
+	refusePeek  = 2 * time.Second
 )
 
 // Listener is a daemon's one unix socket. It serves the framed protocol and
