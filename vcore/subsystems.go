@@ -98,6 +98,27 @@ func (s *subsystem) limitLogOK() bool {
 	return now-last >= int64(time.Second) && s.limLog.CompareAndSwap(last, now)
 }
 
+// refuseOverLimit answers a worker connection over max_connections with
+// Error{limit}. The refusal answers the worker's Hello, awaited 2 seconds:
+// sent before it, the Error would be lost to a worker whose Hello then meets
+// a closed socket. Only a few refusals of a subsystem wait at once; beyond
+// them the Error is sent at once.
+func refuseOverLimit(sub *subsystem, c *wire.Conn, msg string) {
+	if sub.refusing.Add(1) <= maxRefusing {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if f, err := c.Recv(); err == nil {
+			f.CloseFDs()
+		}
+	}
+	sub.refusing.Add(-1)
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = c.SendMsg(&wire.Error{Code: wire.CodeLimit, Msg: msg})
+}
+
+// maxRefusing bounds the over-limit connections of one subsystem that wait
+// for their Hello before being refused.
+const maxRefusing = 8
+
 func (v *VCore) subByName(name string) *subsystem {
 	for _, s := range v.subs {
 		if s.cfg.Name == name {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"time"
 
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hw"
@@ -129,27 +128,6 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 		}
 	}
 }
-
-// refuseOverLimit answers a worker connection over max_connections with
-// Error{limit}. The refusal answers the worker's Hello, awaited 2 seconds:
-// sent before it, the Error would be lost to a worker whose Hello then meets
-// a closed socket. Only a few refusals of a subsystem wait at once; beyond
-// them the Error is sent at once.
-func refuseOverLimit(sub *subsystem, c *wire.Conn, msg string) {
-	if sub.refusing.Add(1) <= maxRefusing {
-		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		if f, err := c.Recv(); err == nil {
-			f.CloseFDs()
-		}
-	}
-	sub.refusing.Add(-1)
-	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = c.SendMsg(&wire.Error{Code: wire.CodeLimit, Msg: msg})
-}
-
-// maxRefusing bounds the over-limit connections of one subsystem that wait
-// for their Hello before being refused.
-const maxRefusing = 8
 
 // attach registers a worker's region and answers AttachOK or AttachErr.
 func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
