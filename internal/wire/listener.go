@@ -229,7 +229,7 @@ func (l *Listener) Path() string { return l.path }
 // Serve accepts connections until ctx ends or Close is called, then closes
 // the listener and waits for every goroutine it started. Each connection's
 // peer is checked first (see Access; refusals are logged and the connection
-// closed). A connection that starts with Magic has the magic consumed and is
+// closed), then counted against the Limits (see SetLimits). A connection that starts with Magic has the magic consumed and is
 // passed, as a *Conn, to wireHandler in its own goroutine; the Conn is closed
 // when wireHandler returns, or earlier when the listener shuts down (so a
 // handler blocked in Recv returns). Any other connection is served by
