@@ -29,6 +29,17 @@ const (
 	MaxPagerThreads = 1024
 )
 
+// Per-subsystem resource bounds: their defaults and the largest values
+// accepted (sanity limits against typos).
+const (
+	DefaultMaxConnections = 64   // worker connections to the vcore at once
+	DefaultMaxRegions     = 4096 // registered regions at once
+	DefaultPidsMax        = 4096 // pids.max of the subsystem's cgroup; 0 = "max"
+	MaxMaxConnections     = 1 << 16
+	MaxMaxRegions         = 1 << 20
+	MaxPidsMax            = 1 << 22 // the kernel's PID_MAX_LIMIT
+)
+
 // Environment variables vcore sets for every subsystem; a subsystem's env
 // table may not set them.
 var reservedEnv = []string{"VCORE_SOCKET", "VCORE_NODE", "VCORE_SUBSYSTEM"}
@@ -101,6 +112,12 @@ type Subsystem struct {
 	// Local are the dataspaces declared for this subsystem, served by the
 	// vcore's pagers from node-local memory ([[subsystem.dataspace]]).
 	Local []Dataspace
+	// MaxConnections caps the subsystem's worker connections to the vcore,
+	// MaxRegions its registered regions; beyond them the vcore refuses with
+	// a "limit" error. PidsMax is its cgroup's pids.max (0: no limit).
+	MaxConnections int
+	MaxRegions     int
+	PidsMax        int
 }
 
 // CPURequest is a subsystem's CPU demand: a Count picked from the partition
@@ -201,6 +218,9 @@ func decodeSubsystem(t *table) Subsystem {
 		MaxRestarts:    DefaultMaxRestarts,
 		BackoffInitial: DefaultBackoffInitial,
 		BackoffMax:     DefaultBackoffMax,
+		MaxConnections: DefaultMaxConnections,
+		MaxRegions:     DefaultMaxRegions,
+		PidsMax:        DefaultPidsMax,
 	}
 	if t.required("name", "a unique name") {
 		t.setString("name", &s.Name, checkName)
@@ -247,6 +267,10 @@ func decodeSubsystem(t *table) Subsystem {
 	if s.BackoffInitial > s.BackoffMax {
 		t.d.add(t.key("backoff_max"), ErrConflict, nil, "backoff_max %v is below backoff_initial %v", s.BackoffMax, s.BackoffInitial)
 	}
+	// Resource bounds (see the README's [[subsystem]] keys).
+	t.setInt("max_connections", &s.MaxConnections, 1, MaxMaxConnections)
+	t.setInt("max_regions", &s.MaxRegions, 1, MaxMaxRegions)
+	t.setInt("pids_max", &s.PidsMax, 0, MaxPidsMax)
 	if et := t.sub("env"); et != nil {
 		s.Env = map[string]string{}
 		for k := range et.m {
