@@ -46,9 +46,14 @@ func (v *VCore) connect(ctx context.Context) (*wire.Conn, wire.ClaimOK, error) {
 		if ctx.Err() != nil {
 			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: connect to core: %w", ctx.Err())
 		}
-		if time.Now().Add(delay).After(deadline) {
+		// Keep trying until the deadline itself (the last wait is cut short
+		// to end there), not until the next backoff would pass it: that gave
+		// up as much as a second early.
+		left := time.Until(deadline)
+		if left <= 0 {
 			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: core is not reachable at %s (tried for %v): %w", v.cfg.CoreSocket, v.opts.DialTimeout, err)
 		}
+		wait := min(delay, left)
 		// Said once when the wait starts, then every waitLogEvery: a vcore
 		// started before core is not silent until it gives up.
 		switch {
@@ -60,12 +65,12 @@ func (v *VCore) connect(ctx context.Context) (*wire.Conn, wire.ClaimOK, error) {
 				"waited", time.Since(start).Round(time.Second), "gives_up_after", v.opts.DialTimeout)
 			lastLog = time.Now()
 		default:
-			v.log.Debug("core not reachable yet; retrying", "socket", v.cfg.CoreSocket, "err", err, "in", delay)
+			v.log.Debug("core not reachable yet; retrying", "socket", v.cfg.CoreSocket, "err", err, "in", wait)
 		}
 		select {
 		case <-ctx.Done():
 			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: connect to core: %w", ctx.Err())
-		case <-time.After(delay):
+		case <-time.After(wait):
 		}
 		delay = min(2*delay, time.Second)
 	}
