@@ -11,5 +11,5 @@
 // machine's topology (nodes, CPUs, memory) and, for a vcore, against the core
 // file it will register with.
 //
-// The README's Configuration section documents every key.
+// docs/CONFIG.md documents every key (a test keeps it complete).
 package config
