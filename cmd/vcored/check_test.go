@@ -89,8 +89,8 @@ func TestCheckWrongTopology(t *testing.T) {
 		t.Fatalf("exit %d, want %d\n%s%s", code, exitUsage, out, errs)
 	}
 	for _, want := range []string{
-		"two-node/core.toml:7: reserved_cpus: CPU 8 is not an online CPU of this machine (online: 0-1)",
-		"two-node/node1.toml:3: node: node 1 does not exist (online nodes: 0)",
+		"two-node/core.toml:8: reserved_cpus: CPU 8 is not an online CPU of this machine (online: 0-1)",
+		"two-node/node1.toml:4: node: node 1 does not exist (online nodes: 0)",
 	} {
 		if !strings.Contains(errs, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, errs)
