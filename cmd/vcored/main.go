@@ -177,7 +177,7 @@ func versionString(bi *debug.BuildInfo) string {
 		}
 		b.WriteString("\n")
 	} else {
-		b.WriteString("revision unknown (built without VCS stamping: outside a git checkout, or with -buildvcs=false)\n")
+		b.WriteString("revision unknown (built without VCS stamping: outside a git checkout, in a git worktree, or with -buildvcs=false)\n")
 	}
 	return b.String()
 }
