@@ -293,3 +293,45 @@ func removeCgroup(name string) {
 		}
 	}
 }
+
+// TestDaemonsNeedRootForReal runs `vcored core` and `vcored vcore` (this
+// test binary as vcored) as user nobody: exit 2 and the reason, before the
+// configuration is even read.
+func TestDaemonsNeedRootForReal(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a command as another user")
+	}
+	dir, err := os.MkdirTemp("", fmt.Sprintf("vcored-cmd-%d-", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil { // go test's build directory is private to root
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "vcored.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmdName := range []string{"core", "vcore"} {
+		var out bytes.Buffer
+		cmd := exec.Command(bin, cmdName, "--config", "/nonexistent/vcored.toml")
+		cmd.Env = []string{"VCORED_TEST_MAIN=1", "PATH=/usr/bin:/bin"}
+		cmd.Dir = dir
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != exitUsage {
+			t.Fatalf("%s as nobody: %v, want exit %d\n%s", cmdName, err, exitUsage, out.String())
+		}
+		want := "vcored " + cmdName + ": must run as root (it creates cgroups"
+		if !strings.HasPrefix(out.String(), want) || !strings.Contains(out.String(), "you are uid 65534") {
+			t.Errorf("%s as nobody said %q, want %q...", cmdName, out.String(), want)
+		}
+	}
+}
