@@ -146,6 +146,10 @@ func TestDaemonsNeedRoot(t *testing.T) {
 		if code != exitUsage || !strings.HasPrefix(errs, want) || !strings.Contains(errs, "you are uid 1000") || strings.Contains(errs, "nonexistent") {
 			t.Errorf("%s as uid 1000: exit %d, stderr %q, want exit 2 and %q", cmd, code, errs, want)
 		}
+		// As root, a missing file is said in the file:line format of config errors.
+		if code, _, errs := runAs(0, cmd, "--config", "/nonexistent/vcored.toml"); code != exitUsage || errs != "vcored "+cmd+": /nonexistent/vcored.toml: no such file\n" {
+			t.Errorf("%s, missing file: exit %d, stderr %q", cmd, code, errs)
+		}
 		// --help still works for everyone.
 		if code, out, _ := runAs(1000, cmd, "--help"); code != exitOK || !strings.Contains(out, "usage: vcored "+cmd) {
 			t.Errorf("%s --help as uid 1000: exit %d", cmd, code)

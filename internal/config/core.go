@@ -108,7 +108,7 @@ func DefaultCore() *Core {
 func LoadCore(path string) (*Core, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: read core file: %w", err)
+		return nil, Errors{ReadError(path, err)} // "path: no such file", like every other problem
 	}
 	return ParseCore(path, data)
 }

@@ -128,7 +128,7 @@ func (r CPURequest) String() string {
 func LoadVCore(path string) (*VCore, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: read vcore file: %w", err)
+		return nil, Errors{ReadError(path, err)} // "path: no such file", like every other problem
 	}
 	return ParseVCore(path, data)
 }
