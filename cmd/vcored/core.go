@@ -34,6 +34,9 @@ func runCore(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	for _, n := range m.Notes {
+		log.Info("topology inferred", "note", n)
+	}
 	c, err := core.New(core.Options{Config: cfg, Machine: m, PagerMode: *mode, Log: log.With("daemon", "core")})
 	if errors.Is(err, core.ErrConfig) {
 		return asUsage(err)
