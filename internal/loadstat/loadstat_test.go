@@ -20,14 +20,14 @@ const psiFile = "some avg10=12.50 avg60=5.00 avg300=1.00 total=2500000\nfull avg
 // mount at unified, cpuacct on its own.
 func hybridTree() fstest.MapFS {
 	return fstest.MapFS{
-		"sys/fs/cgroup/unified/cgroup.controllers":        file(""),
-		"sys/fs/cgroup/unified/inv2/cpu.stat":             file("usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n"),
-		"sys/fs/cgroup/unified/inv2/cpu.pressure":         file(psiFile),
-		"sys/fs/cgroup/cpuacct/cpuacct.usage":             file("99\n"),
-		"sys/fs/cgroup/cpuacct/acct/cpuacct.usage":        file("2000000000\n"),
-		"sys/fs/cgroup/cpuset/cgroup.procs":               file("1\n"),
+		"sys/fs/cgroup/unified/cgroup.controllers":         file(""),
+		"sys/fs/cgroup/unified/inv2/cpu.stat":              file("usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n"),
+		"sys/fs/cgroup/unified/inv2/cpu.pressure":          file(psiFile),
+		"sys/fs/cgroup/cpuacct/cpuacct.usage":              file("99\n"),
+		"sys/fs/cgroup/cpuacct/acct/cpuacct.usage":         file("2000000000\n"),
+		"sys/fs/cgroup/cpuset/cgroup.procs":                file("1\n"),
 		"sys/fs/cgroup/cpuset/vcored/node0/w/cgroup.procs": file("10\n11\n12\n"),
-		"sys/fs/cgroup/memory/cgroup.procs":               file("1\n"),
+		"sys/fs/cgroup/memory/cgroup.procs":                file("1\n"),
 		// utime 150 + stime 50 ticks; the name has spaces and parentheses.
 		"proc/10/stat":      file("10 (my (odd) name) S 1 10 10 0 -1 4194560 100 0 0 0 150 50 7 7 20 0 1 0 100 1000 10 18446744073709551615\n"),
 		"proc/11/stat":      file("11 (b) R 1 11 11 0 -1 0 0 0 0 0 100 0 0 0 20 0 1 0 100 1000 10 0\n"),
