@@ -3,9 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -32,7 +33,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() != 0 {
 		return usagef("unexpected arguments: %v", fs.Args())
 	}
-	rep, err := collectStatus(ctx, *socket)
+	rep, err := collectStatus(ctx, *socket, e.geteuid())
 	if err != nil {
 		return err
 	}
@@ -47,15 +48,11 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 
 // collectStatus asks the daemon at socket who it is; for a core it also
 // asks every vcore it knows for its subsystems.
-func collectStatus(ctx context.Context, socket string) (*statusReport, error) {
+func collectStatus(ctx context.Context, socket string, euid int) (*statusReport, error) {
 	c := api.NewClient(socket)
 	rep := &statusReport{Subsystems: map[string][]api.Subsystem{}}
 	if err := c.Get(ctx, "/v1/info", &rep.Info); err != nil {
-		if os.Geteuid() != 0 {
-			return nil, fmt.Errorf("no daemon answers on %s (vcored accepts root and members of core's socket_group only; you are uid %d): %w",
-				socket, os.Geteuid(), err)
-		}
-		return nil, fmt.Errorf("no daemon answers on %s: %w", socket, err)
+		return nil, dialError(socket, euid, err)
 	}
 	var vcoreSockets []string
 	switch rep.Info.Role {
@@ -85,6 +82,25 @@ func collectStatus(ctx context.Context, socket string) (*statusReport, error) {
 		rep.Subsystems[s] = subs
 	}
 	return rep, nil
+}
+
+// dialError explains why nobody answered on socket: nothing listens there
+// (no socket file, or one left behind by a daemon that is gone), the socket
+// file's permissions, or the daemon refusing this user.
+func dialError(socket string, euid int, err error) error {
+	const start = "start core with 'vcored core --config /etc/vcored/core.toml' (or 'systemctl start vcored-core'), " +
+		"or give the socket of a running daemon with --socket"
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("no daemon listening at %s (no such socket); is it running? %s", socket, start)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("no daemon listening at %s (the socket file is left from a daemon that has exited); is it running? %s", socket, start)
+	case errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("%s: permission denied: vcored accepts root and members of core's socket_group only (you are uid %d): %w", socket, euid, err)
+	case euid != 0:
+		return fmt.Errorf("no answer on %s (vcored accepts root and members of core's socket_group only; you are uid %d): %w", socket, euid, err)
+	}
+	return fmt.Errorf("no daemon answers on %s: %w", socket, err)
 }
 
 func printStatus(e *env, rep *statusReport) {

@@ -51,7 +51,7 @@ func DefaultVCoreSocket(n hw.Node) string { return fmt.Sprintf("/run/vcored/vcor
 func DefaultVCoreStateDir(n hw.Node) string { return fmt.Sprintf("%s/vcore%d", DefaultStateDir, n) }
 
 // VCore is one vcore daemon's configuration (e.g. node0.toml). See
-// the README's Configuration section.
+// docs/CONFIG.md.
 type VCore struct {
 	// File is the name the configuration was read from (used in messages).
 	File string
@@ -145,7 +145,7 @@ func (r CPURequest) String() string {
 func LoadVCore(path string) (*VCore, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: read vcore file: %w", err)
+		return nil, Errors{ReadError(path, err)} // "path: no such file", like every other problem
 	}
 	return ParseVCore(path, data)
 }
@@ -154,9 +154,16 @@ func LoadVCore(path string) (*VCore, error) {
 // keys take their defaults. The error, if any, is an Errors listing every
 // problem; the VCore is nil then.
 func ParseVCore(name string, data []byte) (*VCore, error) {
+	v, _, err := parseVCore(name, data)
+	return v, err
+}
+
+// parseVCore is ParseVCore that also returns the decoder (for the keys it
+// asked for).
+func parseVCore(name string, data []byte) (*VCore, *decoder, error) {
 	d, t, err := parseTOML(name, data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	v := &VCore{
 		File:        name,
@@ -206,9 +213,9 @@ func ParseVCore(name string, data []byte) (*VCore, error) {
 		d.add("memory", ErrConflict, nil, "the subsystems' memory adds up to %s, more than the vcore's %s", sum, v.Memory)
 	}
 	if err := d.errs.asError(); err != nil {
-		return nil, err
+		return nil, d, err
 	}
-	return v, nil
+	return v, d, nil
 }
 
 // decodeSubsystem reads one [[subsystem]] table.
