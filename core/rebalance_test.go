@@ -54,7 +54,9 @@ func (f *fakeLoad) NodeMemFree(n hw.Node) (hw.Bytes, error) {
 	return 0, errors.New("no meminfo")
 }
 
-func (f *fakeLoad) MachinePressure() (loadstat.PSI, error) { return loadstat.PSI{}, loadstat.ErrNoPressure }
+func (f *fakeLoad) MachinePressure() (loadstat.PSI, error) {
+	return loadstat.PSI{}, loadstat.ErrNoPressure
+}
 
 // twoNodeParts: the partitions of TwoSocketSMT2 (CPU 0 reserved), a and b
 // on node 0, c on node 1.
