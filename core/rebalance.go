@@ -41,6 +41,12 @@ type sampleSubsystem struct {
 	Cgroup string // relative cgroup path
 	CPUs   int    // its cpuset's size
 	Memory hw.Bytes
+	// From its vcore, when it answered: movable = true in the vcore file,
+	// and the faults its pager resolved (cumulative; a dataspace several
+	// subsystems attach is split evenly between them).
+	Movable    bool
+	Faults     float64
+	HaveFaults bool
 }
 
 // rebalancer samples every live partition's load each interval, asks
@@ -56,20 +62,22 @@ type rebalancer struct {
 	parts    func() []samplePartition
 	log      *slog.Logger
 
-	mu      sync.Mutex // held for a whole sample (file reads only, no socket I/O)
-	prev    map[string]loadstat.CPUSample
-	state   policy.RebalanceState
-	status  api.Rebalance
-	advised map[string]time.Time // advice key → first advised
+	mu         sync.Mutex // held for a sample's reads of cgroup and proc files (the vcores are asked before)
+	prev       map[string]loadstat.CPUSample
+	prevFaults map[string]faultSample
+	state      policy.RebalanceState
+	status     api.Rebalance
+	advised    map[string]time.Time // advice key → first advised
 }
 
 func newRebalancer(mode config.Rebalance, interval time.Duration, load loadReader, parts func() []samplePartition,
 	now func() time.Time, log *slog.Logger) *rebalancer {
 	return &rebalancer{
 		mode: mode, interval: interval, cfg: policy.DefaultRebalanceConfig(), now: now, load: load, parts: parts, log: log,
-		prev:    map[string]loadstat.CPUSample{},
-		advised: map[string]time.Time{},
-		status:  api.Rebalance{Mode: string(mode), Interval: interval.String(), Advice: []api.RebalanceAdvice{}, Partitions: []api.RebalancePartition{}},
+		prev:       map[string]loadstat.CPUSample{},
+		prevFaults: map[string]faultSample{},
+		advised:    map[string]time.Time{},
+		status:     api.Rebalance{Mode: string(mode), Interval: interval.String(), Advice: []api.RebalanceAdvice{}, Partitions: []api.RebalancePartition{}},
 	}
 }
 
@@ -77,12 +85,18 @@ func adviceKey(a policy.Advice) string {
 	return a.Subsystem + " " + strconv.Itoa(int(a.From)) + ">" + strconv.Itoa(int(a.To)) + " " + a.Mode
 }
 
+// faultSample is a subsystem's cumulative fault count at one moment.
+type faultSample struct {
+	at     time.Time
+	faults float64
+}
+
 // sample takes one sample and updates the advice.
 func (r *rebalancer) sample() {
+	parts := r.parts() // may ask the vcores over their sockets: no lock held
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	at := r.now()
-	parts := r.parts()
 	snap := policy.LoadSnapshot{At: at}
 	st := api.Rebalance{Mode: string(r.mode), Interval: r.interval.String(), SampledAt: &at, Samples: r.status.Samples + 1,
 		Advice: []api.RebalanceAdvice{}, Partitions: []api.RebalancePartition{}}
@@ -101,8 +115,17 @@ func (r *rebalancer) sample() {
 		pl.MemFree, ap.MemFreeBytes = free, uint64(free)
 		for _, s := range p.Subsystems {
 			seen[s.Cgroup] = true
-			as := api.RebalanceSubsystem{Name: s.Name, Cgroup: s.Cgroup, CPUs: s.CPUs, MemoryBytes: uint64(s.Memory)}
-			sl := policy.SubsystemLoad{Name: s.Name, CPUs: s.CPUs, Memory: s.Memory, ConfiguredNode: p.Node}
+			as := api.RebalanceSubsystem{Name: s.Name, Cgroup: s.Cgroup, CPUs: s.CPUs, MemoryBytes: uint64(s.Memory), Movable: s.Movable}
+			sl := policy.SubsystemLoad{Name: s.Name, CPUs: s.CPUs, Memory: s.Memory, ConfiguredNode: p.Node, Movable: s.Movable}
+			if s.HaveFaults {
+				if prev, ok := r.prevFaults[s.Cgroup]; ok && at.After(prev.at) && s.Faults >= prev.faults {
+					sl.FaultRate = (s.Faults - prev.faults) / at.Sub(prev.at).Seconds()
+				}
+				r.prevFaults[s.Cgroup] = faultSample{at: at, faults: s.Faults}
+			} else {
+				delete(r.prevFaults, s.Cgroup)
+			}
+			as.FaultRate = sl.FaultRate
 			cur, err := r.load.CPU(s.Cgroup, at)
 			if err != nil {
 				as.Error = err.Error()
@@ -130,6 +153,11 @@ func (r *rebalancer) sample() {
 	for g := range r.prev {
 		if !seen[g] {
 			delete(r.prev, g)
+		}
+	}
+	for g := range r.prevFaults {
+		if !seen[g] {
+			delete(r.prevFaults, g)
 		}
 	}
 	d, next := policy.Rebalance(r.cfg, snap, r.state)
@@ -251,6 +279,7 @@ func (c *Core) rebalanceParts() []samplePartition {
 			continue
 		}
 		ents, _ := os.ReadDir(g.Dirs()[0])
+		var subs []sampleSubsystem
 		for _, e := range ents {
 			if !e.IsDir() {
 				continue
@@ -264,8 +293,10 @@ func (c *Core) rebalanceParts() []samplePartition {
 			if st, err := sub.Stats(); err == nil {
 				s.CPUs, s.Memory = st.CPUs.Len(), st.MemoryLimit
 			}
-			p.Subsystems = append(p.Subsystems, s)
+			subs = append(subs, s)
 		}
+		c.askVCore(le.Socket, subs)
+		p.Subsystems = append(p.Subsystems, subs...)
 	}
 	slices.Sort(nodes)
 	out := make([]samplePartition, 0, len(nodes))
@@ -273,4 +304,54 @@ func (c *Core) rebalanceParts() []samplePartition {
 		out = append(out, *byNode[n])
 	}
 	return out
+}
+
+// vcoreAskTimeout bounds the sampler's status requests to a vcore.
+const vcoreAskTimeout = time.Second
+
+// askVCore fills in what only the vcore knows about its subsystems: the
+// movable key of its file, and its pager's fault counts, attributed to each
+// subsystem through the dataspaces it lists (a dataspace listed by several
+// subsystems is split evenly). A vcore that does not answer within
+// vcoreAskTimeout leaves them unknown (not movable, no fault rate).
+func (c *Core) askVCore(socket string, subs []sampleSubsystem) {
+	if socket == "" || len(subs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), vcoreAskTimeout)
+	defer cancel()
+	cl := api.NewClient(socket)
+	var status []api.Subsystem
+	if err := cl.Get(ctx, "/v1/subsystems", &status); err != nil {
+		c.log.Debug("rebalance: vcore did not say which subsystems are movable", "socket", socket, "err", err)
+		return
+	}
+	var pg api.Pager
+	pagerErr := cl.Get(ctx, "/v1/pager", &pg)
+	byCgroup := map[string]api.Subsystem{}
+	listed := map[string]int{} // dataspace → subsystems listing it
+	for _, st := range status {
+		byCgroup[st.Cgroup] = st
+		for _, d := range st.Dataspaces {
+			listed[d]++
+		}
+	}
+	faults := map[string]uint64{}
+	for _, d := range pg.Dataspaces {
+		faults[d.Dataspace] = d.Faults
+	}
+	for i := range subs {
+		st, ok := byCgroup[subs[i].Cgroup]
+		if !ok {
+			continue
+		}
+		subs[i].Movable = st.Movable
+		if pagerErr != nil {
+			continue
+		}
+		subs[i].HaveFaults = true
+		for _, d := range st.Dataspaces {
+			subs[i].Faults += float64(faults[d]) / float64(listed[d])
+		}
+	}
 }

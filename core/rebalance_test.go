@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/vcored/vcored/internal/api"
 	"github.com/vcored/vcored/internal/config"
 	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/loadstat"
@@ -230,4 +234,91 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "")
+}
+
+// TestRebalancerMovableAndFaults: a subsystem its vcore reports movable is
+// advised a restart move, and fault counts become rates.
+func TestRebalancerMovableAndFaults(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	load := &fakeLoad{usage: map[string]time.Duration{}, rate: map[string]float64{"vcored/node0/a": 3, "vcored/node0/b": 1},
+		free: map[hw.Node]hw.Bytes{0: 8 * hw.GiB, 1: 8 * hw.GiB}}
+	parts := twoNodeParts(t)
+	parts[0].Subsystems[0].Movable = true
+	parts[0].Subsystems[0].HaveFaults = true
+	r := newRebalancer(config.RebalanceAdvise, time.Second, load, func() []samplePartition { return parts }, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+	for range r.cfg.Samples + 1 {
+		now = now.Add(10 * time.Second)
+		load.advance(10 * time.Second)
+		parts[0].Subsystems[0].Faults += 5000 // 500 faults/s
+		r.sample()
+	}
+	st := r.Status()
+	if len(st.Advice) != 1 || st.Advice[0].Subsystem != "node0/a" || st.Advice[0].Mode != policy.MoveRestart {
+		t.Fatalf("advice %+v, want node0/a by restart", st.Advice)
+	}
+	if a := st.Partitions[0].Subsystems[0]; a.FaultRate != 500 || !a.Movable {
+		t.Errorf("node0/a: fault rate %v movable %t, want 500 and true", a.FaultRate, a.Movable)
+	}
+	if b := st.Partitions[0].Subsystems[1]; b.FaultRate != 0 || b.Movable {
+		t.Errorf("node0/b: %+v", b)
+	}
+}
+
+// TestAskVCore: movable and fault counts come from the vcore's status API;
+// a dataspace listed by two subsystems is split between them; a vcore that
+// does not answer leaves both unknown, within the timeout.
+func TestAskVCore(t *testing.T) {
+	dir := t.TempDir()
+	sock := dir + "/vcore.sock"
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/subsystems", func(w http.ResponseWriter, _ *http.Request) {
+		api.WriteJSON(w, []api.Subsystem{
+			{Name: "a", Cgroup: "vcored/node0/a", Movable: true, Dataspaces: []string{"local-a", "shared"}},
+			{Name: "b", Cgroup: "vcored/node0/b", Dataspaces: []string{"shared"}},
+		})
+	})
+	mux.HandleFunc("GET /v1/pager", func(w http.ResponseWriter, _ *http.Request) {
+		api.WriteJSON(w, api.Pager{Dataspaces: []api.DataspaceStats{{Dataspace: "local-a", Faults: 100}, {Dataspace: "shared", Faults: 50}}})
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	c := &Core{log: slog.New(slog.DiscardHandler)}
+	subs := []sampleSubsystem{{Name: "node0/a", Cgroup: "vcored/node0/a"}, {Name: "node0/b", Cgroup: "vcored/node0/b"}, {Name: "node0/gone", Cgroup: "vcored/node0/gone"}}
+	c.askVCore(sock, subs)
+	want := []sampleSubsystem{
+		{Name: "node0/a", Cgroup: "vcored/node0/a", Movable: true, Faults: 125, HaveFaults: true},
+		{Name: "node0/b", Cgroup: "vcored/node0/b", Faults: 25, HaveFaults: true},
+		{Name: "node0/gone", Cgroup: "vcored/node0/gone"},
+	}
+	if !reflect.DeepEqual(subs, want) {
+		t.Errorf("askVCore:\n got %+v\nwant %+v", subs, want)
+	}
+
+	// A socket that accepts and never answers.
+	mute, err := net.Listen("unix", dir+"/mute.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Close()
+	go func() {
+		for {
+			conn, err := mute.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+		}
+	}()
+	subs = []sampleSubsystem{{Name: "node0/a", Cgroup: "vcored/node0/a"}}
+	start := time.Now()
+	c.askVCore(dir+"/mute.sock", subs)
+	if took := time.Since(start); took > 10*vcoreAskTimeout || subs[0].Movable || subs[0].HaveFaults {
+		t.Errorf("mute vcore: took %v, subsystem %+v", took, subs[0])
+	}
 }

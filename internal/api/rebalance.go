@@ -55,5 +55,7 @@ type RebalanceSubsystem struct {
 	Source      string  `json:"source,omitempty"`
 	CPUs        int     `json:"cpus"`
 	MemoryBytes uint64  `json:"memory_bytes"`
+	FaultRate   float64 `json:"fault_rate"` // page faults its vcore's pager resolved per second
+	Movable     bool    `json:"movable"`
 	Error       string  `json:"error,omitempty"`
 }

@@ -19,12 +19,14 @@ import (
 
 const rebalanceAdvise = "rebalance = \"advise\"\nrebalance_interval = \"200ms\"\n"
 
-// burner is a subsystem that keeps one CPU busy.
+// burner is a subsystem that keeps one CPU busy when nothing else wants it:
+// at nice 19 it yields to its vcore (which shares the partition's CPUs) and
+// to everything else on a busy test machine.
 func burner(name string) string {
 	return fmt.Sprintf(`
 [[subsystem]]
 name = %q
-command = ["sh", "-c", "while :; do :; done"]
+command = ["nice", "-n", "19", "sh", "-c", "while :; do :; done"]
 cpus = 1
 memory = "32MiB"
 `, name)
@@ -43,12 +45,13 @@ func rebalanceSubsystem(st api.Rebalance, name string) (api.RebalanceSubsystem, 
 
 // TestRebalanceAdviseSamplesLoad: core with rebalance = "advise" samples
 // the real CPU use of the subsystems of a live partition (a busy loop shows
-// up, a sleeper does not) and, with one partition, advises nothing: there
-// is nowhere to move. The metrics carry the sampled load.
+// up, a sleeper does not), learns from the vcore which subsystem is
+// movable, and with one partition advises nothing: there is nowhere to
+// move. The metrics carry the sampled load.
 func TestRebalanceAdviseSamplesLoad(t *testing.T) {
 	c := newCluster(t)
 	c.startCore(c.coreConfig(rebalanceAdvise))
-	c.startVCore(0, c.vcoreConfig(0, sleeper+burner("burner")))
+	c.startVCore(0, c.vcoreConfig(0, sleeper+burner("burner")+"movable = true\n"))
 	sleeperPid(t, c.vcoreSocket(0))
 
 	var last api.Rebalance
@@ -56,7 +59,9 @@ func TestRebalanceAdviseSamplesLoad(t *testing.T) {
 		last = get[api.Rebalance](t, c.coreSocket(), "/v1/rebalance")
 		b, ok1 := rebalanceSubsystem(last, "node0/burner")
 		s, ok2 := rebalanceSubsystem(last, "node0/sleeper")
-		return ok1 && ok2 && b.Usage >= 0.2 && s.Usage < 0.05 && b.Error == "", fmt.Sprintf("%+v", last)
+		// At nice 19 on a shared machine the burner may get only a few
+		// per cent of its CPU; the sleeper gets none.
+		return ok1 && ok2 && b.Usage >= 0.01 && s.Usage < b.Usage/2 && b.Error == "", fmt.Sprintf("%+v", last)
 	})
 	t.Logf("sample %d: imbalance %.2f, waiting %q, partitions %+v", last.Samples, last.Imbalance, last.Waiting, last.Partitions)
 	if last.Mode != "advise" || len(last.Advice) != 0 || !strings.Contains(last.Waiting, "nowhere to move") {
@@ -66,8 +71,11 @@ func TestRebalanceAdviseSamplesLoad(t *testing.T) {
 		t.Errorf("partition %+v: want node 0 with free memory and load", p)
 	}
 	b, _ := rebalanceSubsystem(last, "node0/burner")
-	if b.CPUs != 1 || b.MemoryBytes != 32<<20 || b.Cgroup != c.cgroup+"/node0/burner" || b.Source == "" {
-		t.Errorf("burner %+v: want 1 CPU, 32MiB, cgroup %s/node0/burner, a source", b, c.cgroup)
+	if b.CPUs != 1 || b.MemoryBytes != 32<<20 || b.Cgroup != c.cgroup+"/node0/burner" || b.Source == "" || !b.Movable {
+		t.Errorf("burner %+v: want 1 CPU, 32MiB, cgroup %s/node0/burner, a source, movable (from the vcore)", b, c.cgroup)
+	}
+	if s, _ := rebalanceSubsystem(last, "node0/sleeper"); s.Movable {
+		t.Errorf("sleeper %+v: movable without the key", s)
 	}
 	metrics := getText(t, c.coreSocket(), "/metrics")
 	for _, want := range []string{"vcored_rebalance_imbalance ", `vcored_rebalance_partition_load{node="0"} `} {
