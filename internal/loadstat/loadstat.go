@@ -305,7 +305,7 @@ func (r *Reader) psi(name string) (PSI, error) {
 				continue
 			}
 			f, err := strconv.ParseFloat(v, 64)
-			if err != nil || f < 0 || f > 100 {
+			if err != nil || !(f >= 0 && f <= 100) { // NaN too
 				return PSI{}, malformed(name, line, k+" must be a percentage")
 			}
 			*dst = f / 100

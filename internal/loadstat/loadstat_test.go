@@ -93,6 +93,7 @@ func TestMalformed(t *testing.T) {
 		{"cpu.stat usage not a number", "sys/fs/cgroup/unified/inv2/cpu.stat", "usage_usec x\n", "inv2"},
 		{"pressure without some", "sys/fs/cgroup/unified/inv2/cpu.pressure", "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n", "inv2"},
 		{"pressure short", "sys/fs/cgroup/unified/inv2/cpu.pressure", "some avg10=0.00 total=0\n", "inv2"},
+		{"pressure NaN", "sys/fs/cgroup/unified/inv2/cpu.pressure", "some avg10=NaN avg60=0.00 avg300=0.00 total=0\n", "inv2"},
 		{"pressure bad percent", "sys/fs/cgroup/unified/inv2/cpu.pressure", "some avg10=101.00 avg60=0.00 avg300=0.00 total=0\n", "inv2"},
 		{"cpuacct.usage not a number", "sys/fs/cgroup/cpuacct/acct/cpuacct.usage", "-1\n", "acct"},
 		{"cgroup.procs not pids", "sys/fs/cgroup/cpuset/vcored/node0/w/cgroup.procs", "ten\n", "vcored/node0/w"},
