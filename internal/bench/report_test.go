@@ -286,16 +286,22 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		return out
 	}
 	got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 16}))
-	want := []string{"local", "central", "raw_floor", "kernel", "raw_cross", "local_fa16", "raw_floor_fa16"}
+	want := []string{"local", "central", "raw_floor", "raw_xproc", "raw_cross", "kernel", "local_fa16", "raw_floor_fa16"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
 	got = names(Plan(Config{Pattern: PatternRandom, FaultAround: 16, Modes: []string{ModeRaw, ModeKernel}}))
-	want = []string{"raw_floor", "kernel", "raw_cross", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"}
+	want = []string{"raw_floor", "raw_xproc", "raw_cross", "kernel", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"}
 	if !slices.Equal(got, want) {
 		t.Errorf("filtered plan %v, want %v", got, want)
 	}
-	if got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 1})); len(got) != 5 {
+	// A mode may be named on its own, not only by its family.
+	got = names(Plan(Config{Pattern: PatternSeq, FaultAround: 16, Modes: []string{ModeLocal, ModeRawXproc}}))
+	want = []string{"local", "raw_xproc", "local_fa16"}
+	if !slices.Equal(got, want) {
+		t.Errorf("plan of local,raw_xproc %v, want %v", got, want)
+	}
+	if got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 1})); len(got) != len(Registry) {
 		t.Errorf("plan without fault-around %v", got)
 	}
 }
