@@ -211,9 +211,9 @@ type Ratios struct {
 	// both on the faulting CPU.
 	RawXprocOverRawMedian    float64 `json:"raw_xproc_over_raw_median"`
 	RawFaultAroundOverKernel float64 `json:"raw_fault_around_per_page_over_kernel"`
-	RawOverKernelMedian       float64 `json:"raw_over_kernel_median"`
-	LocalIPIsPerFault         float64 `json:"local_ipis_per_fault"`
-	CentralIPIsPerFault       float64 `json:"central_ipis_per_fault"`
+	RawOverKernelMedian      float64 `json:"raw_over_kernel_median"`
+	LocalIPIsPerFault        float64 `json:"local_ipis_per_fault"`
+	CentralIPIsPerFault      float64 `json:"central_ipis_per_fault"`
 }
 
 // Target is one of the bench's goals with the measured value.
@@ -564,10 +564,10 @@ func positive(f func(r *Report) float64) func(r *Report) (float64, bool) {
 // targetSpecs are the goals, in report order. New modes add rows here.
 var targetSpecs = []targetSpec{
 	{key: "local_over_raw_xproc_median", name: "local median ÷ raw_xproc median (framework over its floor)",
-		goal: fmt.Sprintf("≤ %.2f", TargetLocalOverRawXprocMedian),
+		goal:  fmt.Sprintf("≤ %.2f", TargetLocalOverRawXprocMedian),
 		value: positive(func(r *Report) float64 { return r.Ratios.LocalOverRawXprocMedian }), pass: atMost(TargetLocalOverRawXprocMedian)},
 	{key: "local_over_raw_xproc_p99", name: "local p99 ÷ raw_xproc p99",
-		goal: fmt.Sprintf("≤ %.1f", TargetLocalOverRawXprocP99),
+		goal:  fmt.Sprintf("≤ %.1f", TargetLocalOverRawXprocP99),
 		value: positive(func(r *Report) float64 { return r.Ratios.LocalOverRawXprocP99 }), pass: atMost(TargetLocalOverRawXprocP99)},
 	{key: "local_over_raw_median", name: "local median ÷ raw floor median", goal: fmt.Sprintf("≤ %.1f", TargetLocalOverRaw),
 		value: positive(func(r *Report) float64 { return r.Ratios.LocalOverRawMedian }), pass: atMost(TargetLocalOverRaw)},
