@@ -617,6 +617,11 @@ func targets(r *Report) []Target {
 	return out
 }
 
+// TargetList lists every target the bench checks, unmeasured (for --help).
+func TargetList() []Target {
+	return targets(&Report{})
+}
+
 // Missed returns the measured targets the run missed.
 func (r *Report) Missed() []Target {
 	var out []Target
