@@ -16,9 +16,10 @@ import (
 
 // runBench implements `vcored bench`: it starts core and the vcores itself
 // with configs fitted to this machine, runs workers under local pagers,
-// the central pager, a raw userfaultfd floor and plain kernel first touch,
-// interleaved, and prints the table, the ratios and the targets. See
-// docs/BENCHMARKS.md.
+// the central pager, the reference floors (bench.Registry) and plain
+// kernel first touch, interleaved, and prints the table, the ratios, the
+// targets and a summary line. --check turns a missed target into exit 1.
+// See docs/BENCHMARKS.md.
 func runBench(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "bench", benchSynopsis)
 	flagsUsage := fs.Usage

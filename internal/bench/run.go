@@ -29,7 +29,7 @@ type Config struct {
 	Machine *topology.Machine
 	// Description is the Machine part of the report.
 	Description Machine
-	// Workers per vcore (and per partition for the raw/kernel modes).
+	// Workers per vcore (and per partition for the directly run modes).
 	Workers int
 	// Pages each worker touches per dataspace.
 	Pages   int

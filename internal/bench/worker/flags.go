@@ -45,7 +45,7 @@ type Flags struct {
 func BindFlags(fs *flag.FlagSet) *Flags {
 	f := &Flags{}
 	f.mode = fs.String("mode", "uffd", "uffd: dataspaces served by vcored (needs $VCORE_SOCKET); raw: minimal in-process userfaultfd handler; xproc: the same handler in a process of its own; kernel: plain anonymous memory")
-	fs.Var(&f.names, "dataspace", "dataspace `NAME` to attach (repeatable or comma-separated); in raw/kernel mode a label per region")
+	fs.Var(&f.names, "dataspace", "dataspace `NAME` to attach (repeatable or comma-separated); in raw/xproc/kernel mode a label per region")
 	f.pages = fs.Int("pages", 0, "pages per dataspace")
 	f.size = fs.String("size", "", "bytes per dataspace, e.g. 64MiB (instead of --pages)")
 	f.pattern = fs.String("pattern", "seq", "touch order: seq, random or stride")

@@ -41,7 +41,7 @@ type AttachFunc func(ctx context.Context, name string, size int) (Mapping, error
 // Config is what one worker run does.
 type Config struct {
 	Mode bench.WorkerMode
-	// Dataspaces are attached (uffd mode) in order; in raw and kernel mode
+	// Dataspaces are attached (uffd mode) in order; in raw, xproc and kernel mode
 	// each name is one anonymous region of its own.
 	Dataspaces []string
 	// Pages per dataspace (each of the page size).
