@@ -156,6 +156,11 @@ func check(cfg *Config) error {
 		return fmt.Errorf("%w: uffd mode needs an attach function", bench.ErrUsage)
 	case cfg.Mode == bench.WorkerXproc && len(cfg.HandlerCommand) == 0:
 		return fmt.Errorf("%w: xproc mode needs the command that runs the handler process", bench.ErrUsage)
+	case cfg.Rounds > 1 && (cfg.Mode == bench.WorkerRaw || cfg.Mode == bench.WorkerXproc):
+		// The raw handler resolves each page once: after MADV_DONTNEED it
+		// would only wake the re-faulting toucher, which faults again, for
+		// ever (it spun a CPU).
+		return fmt.Errorf("%w: rounds %d: the raw handler serves each page once (rounds apply to uffd and kernel modes)", bench.ErrUsage, cfg.Rounds)
 	case cfg.Mode == bench.WorkerKernel && cfg.Verify.Kind == "pattern":
 		return fmt.Errorf("%w: kernel mode memory is zero-filled; verify pattern needs uffd or raw", bench.ErrUsage)
 	}

@@ -160,3 +160,18 @@ func TestHandlerStoppedOnEarlyReturn(t *testing.T) {
 		t.Errorf("children left: %v", c)
 	}
 }
+
+// TestRawRoundsRefused: several rounds in raw or xproc mode are a usage
+// error, not a toucher that re-faults for ever on a page the handler
+// believes present (it spun a CPU at 100%).
+func TestRawRoundsRefused(t *testing.T) {
+	for _, mode := range []bench.WorkerMode{bench.WorkerRaw, bench.WorkerXproc} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		_, err := Run(ctx, Config{Mode: mode, Dataspaces: []string{"a"}, Pages: 4, CPU: -1, Rounds: 2,
+			HandlerCommand: []string{os.Args[0], "worker"}})
+		cancel()
+		if !errors.Is(err, bench.ErrUsage) {
+			t.Errorf("%s with 2 rounds: %v, want a usage error", mode, err)
+		}
+	}
+}
