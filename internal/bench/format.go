@@ -77,6 +77,11 @@ func (r *Report) WriteText(w io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(w, "(latency: one timed 8-byte first touch per page, timer included; IPIs: CAL+RES+TLB on all CPUs over the touch loops ÷ faults)")
+	for _, spec := range Registry {
+		if _, ok := r.Modes[spec.Name]; ok {
+			fmt.Fprintf(w, "  %-10s %s\n", spec.Name, spec.Doc)
+		}
+	}
 
 	// Per-CPU IPIs and placement per node when there is more than one.
 	for _, name := range r.ModeOrder() {

@@ -100,7 +100,7 @@ func TestRunRawAndKernelForReal(t *testing.T) {
 	if err := rep.WriteText(&text); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"raw_floor", "raw_xproc", "kernel_seq", "targets (", "not measured", "summary: local vs central not measured"} {
+	for _, want := range []string{"raw_floor", "raw_xproc", "kernel_seq", "targets (", "not measured", "summary: local vs central not measured", "raw_xproc  floor of any pager outside the worker"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, text.String())
 		}
