@@ -39,8 +39,8 @@ vmtest4:
 	$(MAKE) vmtest NODES=4
 
 # NRI end-to-end test dependencies (internal/nrie2e): a real containerd v2
-# with ctr and the runc shim built from containerd's Go module, Debian's runc,
-# and crictl. Idempotent: a pinned binary already in $(GOBIN) whose
+# with ctr and the runc shim built from containerd's Go module, Debian's runc
+# and busybox-static (the test image's shell), and crictl. Idempotent: a pinned binary already in $(GOBIN) whose
 # --version reports the pinned version is not rebuilt.
 CONTAINERD_VERSION ?= v2.4.2
 CRICTL_VERSION     ?= v1.37.0
@@ -48,7 +48,9 @@ GOBIN_DIR          := $(shell $(GO) env GOPATH)/bin
 
 .PHONY: nri-deps
 nri-deps:
-	@command -v runc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends runc >/dev/null; }
+	@debs=""; command -v runc >/dev/null || debs="runc"; command -v busybox >/dev/null || debs="$$debs busybox-static"; \
+	if [ -n "$$debs" ]; then echo "nri-deps: installing$$debs"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$debs >/dev/null; fi
 	@if $(GOBIN_DIR)/containerd --version 2>/dev/null | grep -q ' $(CONTAINERD_VERSION) ' && \
 	    $(GOBIN_DIR)/ctr --version 2>/dev/null | grep -q ' $(CONTAINERD_VERSION)$$' && \
 	    test -x $(GOBIN_DIR)/containerd-shim-runc-v2; then \

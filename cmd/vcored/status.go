@@ -18,6 +18,7 @@ type statusReport struct {
 	Partitions []api.Partition            `json:"partitions,omitempty"`
 	VCores     []api.VCore                `json:"vcores,omitempty"`
 	Subsystems map[string][]api.Subsystem `json:"subsystems"` // keyed by vcore socket
+	Containers map[string][]api.External  `json:"containers,omitempty"` // placed by `vcored nri`, keyed by vcore socket
 	Errors     []string                   `json:"errors,omitempty"`
 }
 
@@ -82,6 +83,7 @@ func collectStatus(ctx context.Context, socket string) (*statusReport, error) {
 			continue
 		}
 		rep.Subsystems[s] = subs
+		collectContainers(ctx, rep, s)
 	}
 	return rep, nil
 }
@@ -130,6 +132,7 @@ func printStatus(e *env, rep *statusReport) {
 		}
 		fmt.Fprintln(w)
 	}
+	printContainers(w, rep)
 	for _, err := range rep.Errors {
 		fmt.Fprintf(w, "error: %s\n", err)
 	}
