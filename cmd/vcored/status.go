@@ -17,7 +17,7 @@ type statusReport struct {
 	Info       api.Info                   `json:"info"`
 	Partitions []api.Partition            `json:"partitions,omitempty"`
 	VCores     []api.VCore                `json:"vcores,omitempty"`
-	Subsystems map[string][]api.Subsystem `json:"subsystems"` // keyed by vcore socket
+	Subsystems map[string][]api.Subsystem `json:"subsystems"`           // keyed by vcore socket
 	Containers map[string][]api.External  `json:"containers,omitempty"` // placed by `vcored nri`, keyed by vcore socket
 	Errors     []string                   `json:"errors,omitempty"`
 }

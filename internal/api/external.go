@@ -66,7 +66,9 @@ type StatusError struct {
 	Msg  string
 }
 
-func (e *StatusError) Error() string { return fmt.Sprintf("%d %s: %s", e.Code, http.StatusText(e.Code), e.Msg) }
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%d %s: %s", e.Code, http.StatusText(e.Code), e.Msg)
+}
 
 // Do sends method path with body (JSON, may be nil) and decodes a 2xx
 // answer into v (may be nil). A non-2xx answer is a *StatusError carrying
