@@ -53,6 +53,9 @@ func TestMain(m *testing.M) {
 		if err != nil && skip == "" {
 			skip = fmt.Sprintf("%s not found in PATH or %s (run `make nri-deps`)", name, gobin)
 		}
+		if o := os.Getenv("NRIE2E_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); o != "" {
+			p = o
+		}
 		tools[name] = p
 	}
 	os.Exit(m.Run())
@@ -100,6 +103,8 @@ type env struct {
 	partCPUs hw.CPUSet
 	ctrd     *proc
 	plugin   *proc
+	// crictlConfig is an empty crictl config (the flags say everything).
+	crictlConfig string
 }
 
 type proc struct {
@@ -288,6 +293,8 @@ state = %[2]q
     sandbox = %[7]q
 [plugins.'io.containerd.cri.v1.runtime']
   enable_selinux = false
+  # the test may run where lowering oom_score_adj is not allowed
+  restrict_oom_score_adj = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -300,6 +307,7 @@ state = %[2]q
 `, e.path("ctrd-root"), e.path("ctrd-state"), e.path("containerd.sock"), e.path("containerd.sock.ttrpc"),
 		e.path("nri.sock"), e.path("nri-plugins"), image, tools["runc"])
 	e.write("containerd.toml", cfg)
+	e.crictlConfig = e.write("crictl.yaml", "")
 	path := filepath.Dir(tools["containerd-shim-runc-v2"]) + ":" + os.Getenv("PATH")
 	e.ctrd = e.start("containerd", []string{"PATH=" + path}, tools["containerd"], "--config", e.path("containerd.toml"))
 	e.eventually(60*time.Second, "containerd's CRI answers", func() (bool, string) {
@@ -337,9 +345,15 @@ func (e *env) crictlErr(args ...string) (string, error) {
 	ep := "unix://" + e.path("containerd.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	a := append([]string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "60s"}, args...)
-	out, err := exec.CommandContext(ctx, tools["crictl"], a...).CombinedOutput()
-	return string(out), err
+	a := append([]string{"--config", e.crictlConfig, "--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "60s"}, args...)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, tools["crictl"], a...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String() + stderr.String(), err
+	}
+	return stdout.String(), nil
 }
 
 // cleanup removes pods, stops the daemons and checks nothing is left.
@@ -367,7 +381,14 @@ func (e *env) cleanup() {
 	if left := mountsUnder(e.dir); len(left) > 0 {
 		e.t.Errorf("mounts left under %s: %v", e.dir, left)
 	}
-	left := removeCgroups(e.cgParent)
+	// The pods' parent cgroup is the test's (kubelet's in a cluster); a
+	// container's or sandbox's cgroup under it would be a leak.
+	var left []string
+	for _, cg := range removeCgroups(e.cgParent) {
+		if strings.Contains(strings.TrimPrefix(cg, cgroups.DefaultRoot+"/"), e.cgParent+"/") {
+			left = append(left, cg)
+		}
+	}
 	if len(left) > 0 {
 		e.t.Errorf("cgroups left behind (removed now): %v", left)
 	}

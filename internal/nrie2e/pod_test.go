@@ -24,7 +24,6 @@ const (
 func (e *env) podConfig(name string, annotations map[string]string) string {
 	b, _ := json.Marshal(map[string]any{
 		"metadata":      map[string]any{"name": name, "namespace": "e2e", "uid": name + "-uid", "attempt": 0},
-		"hostname":      name,
 		"log_directory": e.path("logs/" + name),
 		"annotations":   annotations,
 		"linux": map[string]any{
@@ -139,7 +138,9 @@ func TestNRIPlacement(t *testing.T) {
 			return strings.Contains(out, "WORKER-OK"), tail(out, 400)
 		})
 	}
-	if got := pagesOf(vcoreGet[api.Pager](e, "/v1/pager"), "buf"); got < uint64(k*dsPages) {
+	pg := vcoreGet[api.Pager](e, "/v1/pager")
+	t.Logf("vcore pager: %+v", pg.Dataspaces)
+	if got := pagesOf(pg, "buf"); got < uint64(k*dsPages) {
 		t.Errorf("the vcore's pager mapped %d pages of buf, want >= %d (%d workers x %d pages)", got, k*dsPages, k, dsPages)
 	}
 
@@ -199,6 +200,7 @@ func TestNRIPlacement(t *testing.T) {
 	if err != nil {
 		t.Errorf("vcored status: %v\n%s", err, out)
 	}
+	t.Logf("vcored status:\n%s", out)
 	for i := range k {
 		if !strings.Contains(out, fmt.Sprintf("e2e/nri-a/worker%d", i)) {
 			t.Errorf("vcored status does not list e2e/nri-a/worker%d:\n%s", i, out)
@@ -214,6 +216,7 @@ func TestNRIPlacement(t *testing.T) {
 	if err == nil {
 		t.Fatalf("a container asking for %d CPUs was created: %s", want, msg)
 	}
+	t.Logf("crictl create of a %d-CPU container: %s", want, msg)
 	if !strings.Contains(msg, fmt.Sprintf("needs %d exclusive CPUs", want)) || !strings.Contains(msg, "cannot place container big") {
 		t.Errorf("crictl create failed without the reason: %s", msg)
 	}
