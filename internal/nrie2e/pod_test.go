@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -226,6 +229,60 @@ func TestNRIPlacement(t *testing.T) {
 	e.crictl("stopp", bigPod)
 	e.crictl("rmp", bigPod)
 
+	// The metrics name the containers.
+	metrics, err := httpGetUnix(e.vcoreSocket(), "/metrics")
+	if line := grepLines(metrics, "vcored_container_cpus{"); err != nil || !strings.Contains(line, `container="worker0"`) || !strings.Contains(line, `pod="nri-a"`) {
+		t.Errorf("vcore metrics lack vcored_container_cpus for worker0 (%v):\n%s", err, grepLines(metrics, "vcored_container"))
+	}
+
+	// Restarts lose no placement. A vcore restart: the new vcore reads the
+	// registry back and serves a new worker in the running container.
+	before := vcoreGet[[]api.External](e, "/v1/external")
+	vc := e.procByName("vcore0")
+	vc.stop(20 * time.Second)
+	vc2 := e.start("vcore0", nil, e.bin, "vcore", "--config", e.path("vcore0.toml"))
+	e.waitAPI(vc2, e.vcoreSocket())
+	assertSamePlacements(t, before, vcoreGet[[]api.External](e, "/v1/external"), "after a vcore restart")
+	t.Logf("vcore restarted: %d placements kept", len(before))
+	execOut, err := e.crictlErr("exec", placed[0], "/vcored", "worker", "--mode", "uffd", "--dataspace", "buf",
+		"--pages", fmt.Sprint(dsPages), "--read", "--verify", fmt.Sprintf("pattern:%d", dsSeed), "--result", "/tmp/result2.json")
+	if err != nil {
+		e.dumpLogs()
+		t.Fatalf("a worker exec'd in %s after the vcore restart: %v\n%s", placed[0], err, execOut)
+	}
+	if got := pagesOf(vcoreGet[api.Pager](e, "/v1/pager"), "buf"); got < dsPages {
+		t.Errorf("the restarted vcore's pager mapped %d pages of buf, want >= %d", got, dsPages)
+	}
+	// A core restart.
+	core := e.procByName("core")
+	core.stop(20 * time.Second)
+	core2 := e.start("core", nil, e.bin, "core", "--config", e.path("core.toml"))
+	e.waitAPI(core2, e.path("core.sock"))
+	assertSamePlacements(t, before, vcoreGet[[]api.External](e, "/v1/external"), "after a core restart")
+	t.Logf("core restarted: placements kept")
+	// A plugin restart: Synchronize keeps what runs...
+	e.plugin.stop(10 * time.Second)
+	e.startPlugin()
+	assertSamePlacements(t, before, vcoreGet[[]api.External](e, "/v1/external"), "after a plugin restart")
+	// ...and releases what went away while it was down.
+	e.plugin.stop(10 * time.Second)
+	e.crictl("stop", "--timeout", "1", placed[0])
+	e.crictl("rm", placed[0])
+	if n := len(vcoreGet[[]api.External](e, "/v1/external")); n != k {
+		t.Errorf("with the plugin down, the vcore lists %d placements, want still %d", n, k)
+	}
+	e.startPlugin()
+	t.Logf("plugin restarted after %s was removed", placed[0][:12])
+	if n := len(vcoreGet[[]api.External](e, "/v1/external")); n != k-1 {
+		t.Errorf("after the plugin's Synchronize the vcore lists %d placements, want %d (the removed container released)", n, k-1)
+	}
+	// The freed CPU goes to a new container of the pod.
+	again := e.crictl("create", podID, e.ctrConfig("nri-a", "again", 1, map[string]string{"vcored.io/partition": "node0"}, "/bin/sleep", "100000"), podCfg)
+	e.crictl("start", again)
+	if n := len(vcoreGet[[]api.External](e, "/v1/external")); n != k {
+		t.Errorf("after creating another container the vcore lists %d placements, want %d", n, k)
+	}
+
 	// Deleting the pod frees the CPUs.
 	e.crictl("stopp", podID)
 	e.crictl("rmp", podID)
@@ -241,4 +298,56 @@ func execOut(bin string, args ...string) (string, error) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
 	return string(out), err
+}
+
+// procByName is the last process started under name.
+func (e *env) procByName(name string) *proc {
+	for i := len(e.procs) - 1; i >= 0; i-- {
+		if e.procs[i].name == name {
+			return e.procs[i]
+		}
+	}
+	e.t.Fatalf("no process %s", name)
+	return nil
+}
+
+// assertSamePlacements compares containers and CPUs.
+func assertSamePlacements(t *testing.T, want, got []api.External, when string) {
+	t.Helper()
+	key := func(l []api.External) string {
+		var b strings.Builder
+		for _, x := range l {
+			fmt.Fprintf(&b, "%s:%s:%s;", x.ID[:12], x.Container, x.CPUSet)
+		}
+		return b.String()
+	}
+	if key(want) != key(got) {
+		t.Errorf("placements %s: %s, want %s", when, key(got), key(want))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for line := range strings.SplitSeq(s, "\n") {
+		if strings.Contains(line, sub) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// httpGetUnix fetches path from a daemon socket as text.
+func httpGetUnix(sock, path string) (string, error) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}}}
+	resp, err := c.Get("http://vcored" + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
