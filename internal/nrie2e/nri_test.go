@@ -32,6 +32,9 @@ import (
 
 const image = "docker.io/vcored/e2e:latest"
 
+// shimDir is where containerd's shims put their sockets (fixed).
+const shimDir = "/run/containerd"
+
 // tools found by TestMain; skip is set when one is missing.
 var (
 	tools = map[string]string{}
@@ -103,6 +106,8 @@ type env struct {
 	partCPUs hw.CPUSet
 	ctrd     *proc
 	plugin   *proc
+	// removeShimDir: /run/containerd did not exist before the test.
+	removeShimDir bool
 	// crictlConfig is an empty crictl config (the flags say everything).
 	crictlConfig string
 }
@@ -301,11 +306,17 @@ state = %[2]q
       runtime_type = "io.containerd.runc.v2"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
         BinaryName = %[8]q
+        Root = %[9]q
         SystemdCgroup = false
 [plugins.'io.containerd.grpc.v1.cri']
   disable_tcp_service = true
 `, e.path("ctrd-root"), e.path("ctrd-state"), e.path("containerd.sock"), e.path("containerd.sock.ttrpc"),
-		e.path("nri.sock"), e.path("nri-plugins"), image, tools["runc"])
+		e.path("nri.sock"), e.path("nri-plugins"), image, tools["runc"], e.path("runc-root"))
+	// The shims put their sockets in /run/containerd/s whatever the
+	// config says: remove it at the end if this test made it.
+	if _, err := os.Stat(shimDir); os.IsNotExist(err) {
+		e.removeShimDir = true
+	}
 	e.write("containerd.toml", cfg)
 	e.crictlConfig = e.write("crictl.yaml", "")
 	path := filepath.Dir(tools["containerd-shim-runc-v2"]) + ":" + os.Getenv("PATH")
@@ -391,6 +402,19 @@ func (e *env) cleanup() {
 	}
 	if len(left) > 0 {
 		e.t.Errorf("cgroups left behind (removed now): %v", left)
+	}
+	if e.removeShimDir {
+		var files []string
+		filepath.Walk(shimDir, func(p string, info os.FileInfo, err error) error {
+			if err == nil && !info.IsDir() {
+				files = append(files, p)
+			}
+			return nil
+		})
+		if len(files) > 0 {
+			e.t.Errorf("shim sockets left in %s: %v", shimDir, files)
+		}
+		os.RemoveAll(shimDir)
 	}
 	if !e.t.Failed() {
 		os.RemoveAll(e.dir)
