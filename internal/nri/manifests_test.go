@@ -40,11 +40,11 @@ type k8sMeta struct {
 }
 
 type podSpec struct {
-	HostPID        bool        `yaml:"hostPID"`
+	HostPID        bool           `yaml:"hostPID"`
 	InitContainers []k8sContainer `yaml:"initContainers"`
 	Containers     []k8sContainer `yaml:"containers"`
 	Volumes        []struct {
-		Name      string `yaml:"name"`
+		Name      string                 `yaml:"name"`
 		HostPath  *struct{ Path string } `yaml:"hostPath"`
 		ConfigMap *struct{ Name string } `yaml:"configMap"`
 	} `yaml:"volumes"`
