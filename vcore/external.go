@@ -139,6 +139,11 @@ func checkExternal(req *api.ExternalRequest) error {
 	if req.CPUs < 1 {
 		problems = append(problems, fmt.Sprintf("cpus %d: need at least 1", req.CPUs))
 	}
+	if req.CPUSet != "" {
+		if set, err := hw.ParseCPUSet(req.CPUSet); err != nil || set.Len() != req.CPUs {
+			problems = append(problems, fmt.Sprintf("cpuset %q is not a list of %d CPUs", req.CPUSet, req.CPUs))
+		}
+	}
 	if req.Memory == 0 {
 		problems = append(problems, "memory 0: a placed container needs a memory limit")
 	}
@@ -254,9 +259,18 @@ func (v *VCore) addExternal(req api.ExternalRequest) (api.External, int, error) 
 	if req.CPUs > free.Len() {
 		return api.External{}, http.StatusConflict, fmt.Errorf("node %d: %s needs %d exclusive CPUs, the partition has %d free (%s)", v.cfg.Node, externalName(req), req.CPUs, free.Len(), cpuList(free))
 	}
-	cpus, err := policy.PickCPUs(v.m, free, req.CPUs)
-	if err != nil {
-		return api.External{}, http.StatusConflict, fmt.Errorf("node %d: pick %d CPUs from %s: %v", v.cfg.Node, req.CPUs, cpuList(free), err)
+	var cpus hw.CPUSet
+	if req.CPUSet != "" {
+		// A running container registered again keeps its CPUs.
+		cpus = hw.MustParse[hw.CPU](req.CPUSet) // checked by checkExternal
+		if !cpus.IsSubsetOf(free) {
+			return api.External{}, http.StatusConflict, fmt.Errorf("node %d: %s asks for CPUs %s, the partition has %s free", v.cfg.Node, externalName(req), cpus, cpuList(free))
+		}
+	} else {
+		var err error
+		if cpus, err = policy.PickCPUs(v.m, free, req.CPUs); err != nil {
+			return api.External{}, http.StatusConflict, fmt.Errorf("node %d: pick %d CPUs from %s: %v", v.cfg.Node, req.CPUs, cpuList(free), err)
+		}
 	}
 	e := v.newExternal(req, cpus, time.Now().UTC().Truncate(time.Second))
 	v.ext.byID[req.ID] = e
@@ -431,7 +445,7 @@ func (v *VCore) externalStatus(e *external) api.External {
 	return api.External{
 		ExternalRequest: e.req,
 		Node:            int(v.cfg.Node),
-		CPUSet:          e.cpus.String(),
+		Assigned:        e.cpus.String(),
 		Mems:            mems.String(),
 		Socket:          v.cfg.Socket,
 		QuotaUsedBytes:  uint64(e.sub.quota.Used()),

@@ -53,7 +53,7 @@ func TestExternalRegistry(t *testing.T) {
 	if err != nil || code != http.StatusCreated {
 		t.Fatalf("add b: %d %v", code, err)
 	}
-	ca, cb := hw.MustParse[hw.CPU](a.CPUSet), hw.MustParse[hw.CPU](b.CPUSet)
+	ca, cb := hw.MustParse[hw.CPU](a.Assigned), hw.MustParse[hw.CPU](b.Assigned)
 	subCPUs := hw.MustParse[hw.CPU]("0,8")
 	if ca.Len() != 2 || cb.Len() != 2 || !ca.IsSubsetOf(part) || !cb.IsSubsetOf(part) ||
 		!ca.Intersect(cb).IsEmpty() || !ca.Union(cb).Intersect(subCPUs).IsEmpty() {
@@ -69,8 +69,8 @@ func TestExternalRegistry(t *testing.T) {
 
 	// The same request again is a no-op; another with the same id is refused.
 	again, code, err := v.addExternal(extReq("a", 2, 128*hw.MiB))
-	if err != nil || code != http.StatusOK || again.CPUSet != a.CPUSet {
-		t.Errorf("a again: %d %v %s", code, err, again.CPUSet)
+	if err != nil || code != http.StatusOK || again.Assigned != a.Assigned {
+		t.Errorf("a again: %d %v %s", code, err, again.Assigned)
 	}
 	if _, code, err := v.addExternal(extReq("a", 1, 128*hw.MiB)); code != http.StatusConflict || err == nil {
 		t.Errorf("a with other settings: %d %v", code, err)
@@ -78,6 +78,19 @@ func TestExternalRegistry(t *testing.T) {
 	// Capacity: 2 CPUs left, 1 GiB - 256 - 2x128 MiB = 512 MiB.
 	if c := v.ExternalCapacity(); c.FreeCPUs != 2 || c.FreeMemory != uint64(512*hw.MiB) {
 		t.Errorf("capacity %+v, want 2 CPUs and 512MiB", c)
+	}
+	// Asking for given CPUs (re-registration): free ones are granted,
+	// taken ones refused.
+	if _, code, err := v.addExternal(func() api.ExternalRequest { r := extReq("c", 2, 64*hw.MiB); r.CPUSet = a.Assigned; return r }()); code != http.StatusConflict || err == nil || !strings.Contains(err.Error(), "asks for CPUs") {
+		t.Errorf("c on a's CPUs: %d %v", code, err)
+	}
+	free := v.ExternalCapacity().FreeCPUSet
+	c, code, err := v.addExternal(func() api.ExternalRequest { r := extReq("c", 2, 64*hw.MiB); r.CPUSet = free; return r }())
+	if err != nil || code != http.StatusCreated || c.Assigned != free {
+		t.Errorf("c on the free CPUs %s: %d %v %s", free, code, err, c.Assigned)
+	}
+	if !v.removeExternal("c") {
+		t.Error("remove c")
 	}
 	refusals := []struct {
 		req  api.ExternalRequest
@@ -93,6 +106,7 @@ func TestExternalRegistry(t *testing.T) {
 		{func() api.ExternalRequest { r := extReq("c", 1, 64*hw.MiB); r.Dataspaces[0].Size = 100; return r }(), http.StatusBadRequest, "not a positive multiple of 4 KiB"},
 		{func() api.ExternalRequest { r := extReq("c/../x", 1, 64*hw.MiB); return r }(), http.StatusBadRequest, "is not a container id"},
 		{extReq("c", 1, 0), http.StatusBadRequest, "needs a memory limit"},
+		{func() api.ExternalRequest { r := extReq("c", 2, 64*hw.MiB); r.CPUSet = "1"; return r }(), http.StatusBadRequest, "is not a list of 2 CPUs"},
 	}
 	for _, r := range refusals {
 		_, code, err := v.addExternal(r.req)
@@ -119,7 +133,7 @@ func TestExternalRegistry(t *testing.T) {
 
 	// A restarted vcore of the partition keeps both placements.
 	v2 := externalVCore(t, dir, "0-3,8-11")
-	if got := v2.Externals(); len(got) != 2 || got[0].CPUSet != a.CPUSet || got[1].CPUSet != b.CPUSet {
+	if got := v2.Externals(); len(got) != 2 || got[0].Assigned != a.Assigned || got[1].Assigned != b.Assigned {
 		t.Errorf("after a restart: %+v", got)
 	}
 	// One whose CPUs left the partition is dropped.

@@ -87,7 +87,7 @@ func printContainers(w io.Writer, rep *statusReport) {
 			if len(id) > 13 {
 				id = id[:13]
 			}
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s/%s\t%d\n", name, id, c.Node, c.CPUSet, c.Mems,
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s/%s\t%d\n", name, id, c.Node, c.Assigned, c.Mems,
 				hw.Bytes(c.Memory).Human(), hw.Bytes(c.QuotaUsedBytes).Human(), hw.Bytes(c.QuotaLimitBytes).Human(), c.Workers)
 		}
 		fmt.Fprintln(w)

@@ -33,6 +33,9 @@ type ExternalRequest struct {
 	Container string `json:"container,omitempty"`
 	// CPUs is how many exclusive CPUs of the partition it gets (>= 1).
 	CPUs int `json:"cpus"`
+	// CPUSet, if set, asks for exactly these CPUs (a running container
+	// registered again keeps the CPUs it runs on); they must be free.
+	CPUSet string `json:"cpuset,omitempty"`
 	// Memory is accounted in the partition (its memory limit), > 0.
 	Memory uint64 `json:"memory"`
 	// Dataspaces are its workers' local dataspaces; Shared names core-owned
@@ -46,7 +49,7 @@ type ExternalRequest struct {
 type External struct {
 	ExternalRequest
 	Node            int       `json:"node"`
-	CPUSet          string    `json:"cpuset"` // the CPUs it was given
+	Assigned        string    `json:"assigned"` // the CPUs it was given
 	Mems            string    `json:"mems"`
 	Socket          string    `json:"socket"` // the vcore's socket on the host
 	QuotaUsedBytes  uint64    `json:"quota_used_bytes"`

@@ -209,7 +209,7 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *nriapi.PodSandbox, c 
 		return nil, nil, fmt.Errorf("vcored: cannot place container %s of pod %s/%s: %w", c.GetName(), pod.GetNamespace(), pod.GetName(), err)
 	}
 	adj := &nriapi.ContainerAdjustment{}
-	adj.SetLinuxCPUSetCPUs(e.CPUSet)
+	adj.SetLinuxCPUSetCPUs(e.Assigned)
 	adj.SetLinuxCPUSetMems(e.Mems)
 	if c.GetLinux().GetResources().GetMemory().GetLimit().GetValue() <= 0 {
 		adj.SetLinuxMemoryLimit(int64(e.Memory))
@@ -227,7 +227,7 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *nriapi.PodSandbox, c 
 		Type:        "bind",
 		Options:     []string{"rbind", "ro", "nosuid", "nodev", "noexec"},
 	})
-	p.log.Info("placed a container", "pod", pod.GetNamespace()+"/"+pod.GetName(), "container", c.GetName(), "id", c.GetId(), "node", e.Node, "cpus", e.CPUSet, "memory", hw.Bytes(e.Memory))
+	p.log.Info("placed a container", "pod", pod.GetNamespace()+"/"+pod.GetName(), "container", c.GetName(), "id", c.GetId(), "node", e.Node, "cpus", e.Assigned, "memory", hw.Bytes(e.Memory))
 	return adj, nil, nil
 }
 
@@ -292,9 +292,8 @@ func (p *Plugin) place(ctx context.Context, pod *nriapi.PodSandbox, c *nriapi.Co
 		return api.External{}, err
 	}
 	if cpus != "" {
-		set, err := hw.ParseCPUSet(cpus)
-		if err == nil {
-			req.CPUs = set.Len()
+		if set, err := hw.ParseCPUSet(cpus); err == nil && !set.IsEmpty() {
+			req.CPUs, req.CPUSet = set.Len(), set.String()
 		}
 	}
 	caps := p.capacities(ctx)

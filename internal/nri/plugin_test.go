@@ -113,7 +113,7 @@ func startFakeVCore(t *testing.T, node, freeCPUs int, freeMem uint64) *fakeVCore
 			return
 		}
 		w.WriteHeader(201)
-		api.WriteJSON(w, api.External{ExternalRequest: req, Node: node, CPUSet: "1", Mems: "0", Socket: f.sock})
+		api.WriteJSON(w, api.External{ExternalRequest: req, Node: node, Assigned: "1", Mems: "0", Socket: f.sock})
 	})
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
@@ -194,5 +194,21 @@ func TestCreateContainerPlacement(t *testing.T) {
 	adj, _, err = p.CreateContainer(context.Background(), &nriapi.PodSandbox{Name: "plain"}, container("c", 0))
 	if err != nil || adj != nil || len(n0.posts())+len(n1.posts())+len(n2.posts()) != before {
 		t.Errorf("plain pod: adj %v, err %v", adj, err)
+	}
+}
+
+// TestSharedCPUs: with --shared-cpus, containers of pods without the
+// annotation are confined to those CPUs; placed ones are not.
+func TestSharedCPUs(t *testing.T) {
+	n0 := startFakeVCore(t, 0, 2, 1<<30)
+	p := New(Config{VCores: []string{n0.sock}, SharedCPUs: "0"})
+	adj, _, err := p.CreateContainer(context.Background(), &nriapi.PodSandbox{Name: "plain"}, container("c", 0))
+	if err != nil || adj.GetLinux().GetResources().GetCpu().GetCpus() != "0" || len(n0.posts()) != 0 {
+		t.Errorf("plain pod with shared CPUs: adj %v, err %v, %d requests", adj, err, len(n0.posts()))
+	}
+	pod := &nriapi.PodSandbox{Name: "p", Annotations: map[string]string{AnnotationPartition: "node0"}}
+	adj, _, err = p.CreateContainer(context.Background(), pod, container("c", 100000))
+	if err != nil || adj.GetLinux().GetResources().GetCpu().GetCpus() != "1" {
+		t.Errorf("placed pod: adj %v, err %v", adj, err)
 	}
 }

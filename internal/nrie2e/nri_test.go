@@ -136,19 +136,22 @@ func (e *env) start(name string, env []string, bin string, args ...string) *proc
 	return p
 }
 
-// stop sends SIGTERM, then SIGKILL to the group after grace.
-func (p *proc) stop(grace time.Duration) {
+// stop sends SIGTERM, then SIGKILL to the group after grace; it says
+// whether SIGKILL was needed.
+func (p *proc) stop(grace time.Duration) (killed bool) {
 	select {
 	case <-p.done:
-		return
+		return false
 	default:
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
+		return false
 	case <-time.After(grace):
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
+		return true
 	}
 }
 
@@ -337,7 +340,7 @@ func (e *env) startPlugin() {
 	e.t.Helper()
 	e.plugin = e.start("nri-plugin", []string{"VCORED_DEBUG=1"}, e.bin, "nri", "--nri-socket", e.path("nri.sock"), "--core-socket", e.path("core.sock"))
 	e.eventually(30*time.Second, "the plugin synchronized with containerd", func() (bool, string) {
-		return strings.Contains(e.plugin.log.String(), "synchronized"), tail(e.plugin.log.String(), 300)
+		return strings.Contains(e.plugin.log.String(), "msg=synchronized"), tail(e.plugin.log.String(), 300)
 	})
 }
 
@@ -369,6 +372,9 @@ func (e *env) crictlErr(args ...string) (string, error) {
 
 // cleanup removes pods, stops the daemons and checks nothing is left.
 func (e *env) cleanup() {
+	if e.t.Failed() {
+		e.dumpLogs()
+	}
 	if e.ctrd != nil {
 		if out, err := e.crictlErr("pods", "-q"); err == nil {
 			for id := range strings.FieldsSeq(out) {

@@ -165,8 +165,8 @@ func TestNRIPlacement(t *testing.T) {
 			t.Fatalf("container %s is not in /v1/external", id)
 		}
 		cpus, err := hw.ParseCPUSet(procStatus(pid, "Cpus_allowed_list"))
-		if err != nil || cpus.Len() != 1 || !cpus.IsSubsetOf(e.partCPUs) || cpus.String() != ext.CPUSet {
-			t.Errorf("container %s: Cpus_allowed_list %s, want 1 CPU of the partition %s = the vcore's %s", id, cpus, e.partCPUs, ext.CPUSet)
+		if err != nil || cpus.Len() != 1 || !cpus.IsSubsetOf(e.partCPUs) || cpus.String() != ext.Assigned {
+			t.Errorf("container %s: Cpus_allowed_list %s, want 1 CPU of the partition %s = the vcore's %s", id, cpus, e.partCPUs, ext.Assigned)
 		}
 		if !union.Intersect(cpus).IsEmpty() {
 			t.Errorf("container %s: CPUs %s overlap another placed container's %s", id, cpus, union)
@@ -264,8 +264,22 @@ func TestNRIPlacement(t *testing.T) {
 	e.plugin.stop(10 * time.Second)
 	e.startPlugin()
 	assertSamePlacements(t, before, vcoreGet[[]api.External](e, "/v1/external"), "after a plugin restart")
+	// A containerd restart: the plugin reconnects and synchronizes again.
+	syncs := strings.Count(e.plugin.log.String(), "msg=synchronized")
+	t0 := time.Now()
+	killed := e.ctrd.stop(30 * time.Second)
+	t.Logf("containerd stopped in %s (SIGKILL needed: %v)", time.Since(t0).Round(time.Millisecond), killed)
+	e.startContainerd()
+	t.Logf("containerd up again after %s", time.Since(t0).Round(time.Millisecond))
+	e.eventually(60*time.Second, "the plugin synchronized with the restarted containerd", func() (bool, string) {
+		return strings.Count(e.plugin.log.String(), "msg=synchronized") > syncs, tail(e.plugin.log.String(), 300)
+	})
+	assertSamePlacements(t, before, vcoreGet[[]api.External](e, "/v1/external"), "after a containerd restart")
+	t.Logf("containerd restarted: the plugin reconnected after %s, placements kept", time.Since(t0).Round(time.Millisecond))
 	// ...and releases what went away while it was down.
-	e.plugin.stop(10 * time.Second)
+	t0 = time.Now()
+	killed = e.plugin.stop(10 * time.Second)
+	t.Logf("plugin stopped in %s (SIGKILL: %v)", time.Since(t0).Round(time.Millisecond), killed)
 	e.crictl("stop", "--timeout", "1", placed[0])
 	e.crictl("rm", placed[0])
 	if n := len(vcoreGet[[]api.External](e, "/v1/external")); n != k {
@@ -317,7 +331,7 @@ func assertSamePlacements(t *testing.T, want, got []api.External, when string) {
 	key := func(l []api.External) string {
 		var b strings.Builder
 		for _, x := range l {
-			fmt.Fprintf(&b, "%s:%s:%s;", x.ID[:12], x.Container, x.CPUSet)
+			fmt.Fprintf(&b, "%s:%s:%s;", x.ID[:12], x.Container, x.Assigned)
 		}
 		return b.String()
 	}
