@@ -99,8 +99,9 @@ func (v *VCore) serveExternal(mux *http.ServeMux) {
 			api.WriteError(w, code, "%v", err)
 			return
 		}
+		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(code)
-		api.WriteJSON(w, e)
+		_ = json.NewEncoder(w).Encode(e)
 	})
 	mux.HandleFunc("DELETE /v1/external/{id}", func(w http.ResponseWriter, r *http.Request) {
 		if !rootPeer(w, r) {
