@@ -231,6 +231,29 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *nriapi.PodSandbox, c 
 	return adj, nil, nil
 }
 
+// UpdateContainer keeps a placed container on its CPUs and node when its
+// resources are updated (the kubelet's update carries no cpuset of ours).
+func (p *Plugin) UpdateContainer(ctx context.Context, pod *nriapi.PodSandbox, c *nriapi.Container, _ *nriapi.LinuxResources) ([]*nriapi.ContainerUpdate, error) {
+	if Wanted(pod, c) == "" {
+		return nil, nil
+	}
+	for _, sock := range p.vcoreSockets(ctx) {
+		var list []api.External
+		if err := client(sock).Get(ctx, "/v1/external", &list); err != nil {
+			continue
+		}
+		for _, e := range list {
+			if e.ID == c.GetId() {
+				u := &nriapi.ContainerUpdate{ContainerId: c.GetId()}
+				u.SetLinuxCPUSetCPUs(e.Assigned)
+				u.SetLinuxCPUSetMems(e.Mems)
+				return []*nriapi.ContainerUpdate{u}, nil
+			}
+		}
+	}
+	return nil, nil
+}
+
 // StopContainer releases the container's CPUs.
 func (p *Plugin) StopContainer(ctx context.Context, pod *nriapi.PodSandbox, c *nriapi.Container) ([]*nriapi.ContainerUpdate, error) {
 	if Wanted(pod, c) != "" {

@@ -227,6 +227,12 @@ func TestNRIPlacement(t *testing.T) {
 		}
 	}
 
+	// A resource update that would widen the cpuset keeps the placement.
+	e.crictl("update", "--cpuset-cpus", e.machine.AllowedCPUs.String(), "--cpu-quota", "100000", placed[0])
+	if got, want := procStatus(e.inspect(placed[0]).Info.Pid, "Cpus_allowed_list"), exts[0].Assigned; got != want {
+		t.Errorf("after crictl update --cpuset-cpus %s: Cpus_allowed_list %q, want the placement's %q", e.machine.AllowedCPUs, got, want)
+	}
+
 	// Too many CPUs: creation fails with the reason; nothing leaks.
 	bigCfg := e.podConfig("nri-big", map[string]string{"vcored.io/partition": "auto"})
 	bigPod := e.crictl("runp", bigCfg)
