@@ -357,6 +357,15 @@ func (e *env) crictl(args ...string) string {
 	return strings.TrimSpace(out)
 }
 
+// crictlLogs is a container's stdout and stderr.
+func (e *env) crictlLogs(id string) string {
+	ep := "unix://" + e.path("containerd.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, tools["crictl"], "--config", e.crictlConfig, "--runtime-endpoint", ep, "logs", id).CombinedOutput()
+	return string(out)
+}
+
 func (e *env) crictlErr(args ...string) (string, error) {
 	ep := "unix://" + e.path("containerd.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -154,8 +154,8 @@ func TestNRIPlacement(t *testing.T) {
 	// Every worker verified its pages.
 	for _, id := range placed {
 		e.eventually(3*time.Minute, "worker "+id+" printed WORKER-OK", func() (bool, string) {
-			out, _ := e.crictlErr("logs", id)
-			return strings.Contains(out, "WORKER-OK"), tail(out, 400)
+			out := e.crictlLogs(id)
+			return strings.Contains(out, "WORKER-OK"), tail(out, 600)
 		})
 	}
 	pg := vcoreGet[api.Pager](e, "/v1/pager")
