@@ -129,7 +129,7 @@ func TestNRIPlacement(t *testing.T) {
 	podCfg := e.podConfig("nri-a", podAnn)
 	podID := e.crictl("runp", podCfg)
 
-	script := fmt.Sprintf("/vcored worker --mode uffd --dataspace buf --pages %d --read --verify pattern:%d --result /tmp/result.json && echo WORKER-OK; exec sleep 100000", dsPages, dsSeed)
+	script := fmt.Sprintf("/vcored worker --mode uffd --dataspace buf --pages %d --read --verify pattern:%d --result /tmp/result.json && echo WORKER-OK || echo WORKER-FAILED; exec sleep 100000", dsPages, dsSeed)
 	var placed []string
 	for i := range k {
 		name := fmt.Sprintf("worker%d", i)
@@ -155,6 +155,10 @@ func TestNRIPlacement(t *testing.T) {
 	for _, id := range placed {
 		e.eventually(3*time.Minute, "worker "+id+" printed WORKER-OK", func() (bool, string) {
 			out := e.crictlLogs(id)
+			if strings.Contains(out, "WORKER-FAILED") {
+				e.dumpLogs()
+				t.Fatalf("the worker in %s failed:\n%s", id, tail(out, 2000))
+			}
 			return strings.Contains(out, "WORKER-OK"), tail(out, 600)
 		})
 	}
