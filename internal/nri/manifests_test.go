@@ -201,6 +201,9 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Error("the vcores container does not start /etc/vcored/node<N>.toml")
 		}
 	}
+	if len(spec.InitContainers) != 1 || !strings.Contains(strings.Join(spec.InitContainers[0].Command, " "), "vcored check $files") {
+		t.Error("the DaemonSet does not run `vcored check` on the node's files first")
+	}
 	if hostMount(spec, byName["core"], core.Socket) == "" || hostMount(spec, byName["core"], core.StateDir) == "" {
 		t.Error("core's socket and state_dir must be on host paths")
 	}
