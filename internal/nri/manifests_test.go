@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -203,6 +204,14 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if len(spec.InitContainers) != 1 || !strings.Contains(strings.Join(spec.InitContainers[0].Command, " "), "vcored check $files") {
 		t.Error("the DaemonSet does not run `vcored check` on the node's files first")
+	}
+	// The shell scripts parse (POSIX sh).
+	for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
+		if len(c.Command) == 3 && c.Command[0] == "/bin/sh" && c.Command[1] == "-c" {
+			if out, err := exec.Command("sh", "-n", "-c", c.Command[2]).CombinedOutput(); err != nil {
+				t.Errorf("%s: the script does not parse: %v\n%s", c.Name, err, out)
+			}
+		}
 	}
 	if hostMount(spec, byName["core"], core.Socket) == "" || hostMount(spec, byName["core"], core.StateDir) == "" {
 		t.Error("core's socket and state_dir must be on host paths")
