@@ -290,6 +290,8 @@ state = %[2]q
   address = %[4]q
 [debug]
   level = "info"
+[plugins.'io.containerd.internal.v1.opt']
+  path = %[10]q
 [plugins.'io.containerd.nri.v1.nri']
   disable = false
   socket_path = %[5]q
@@ -316,7 +318,7 @@ state = %[2]q
 [plugins.'io.containerd.grpc.v1.cri']
   disable_tcp_service = true
 `, e.path("ctrd-root"), e.path("ctrd-state"), e.path("containerd.sock"), e.path("containerd.sock.ttrpc"),
-		e.path("nri.sock"), e.path("nri-plugins"), image, tools["runc"], e.path("runc-root"))
+		e.path("nri.sock"), e.path("nri-plugins"), image, tools["runc"], e.path("runc-root"), e.path("opt"))
 	// The shims put their sockets in /run/containerd/s whatever the
 	// config says: remove it at the end if this test made it.
 	if _, err := os.Stat(shimDir); os.IsNotExist(err) {
