@@ -35,6 +35,10 @@ const image = "docker.io/vcored/e2e:latest"
 // shimDir is where containerd's shims put their sockets (fixed).
 const shimDir = "/run/containerd"
 
+// hostPaths are containerd's default places outside the test's temp dir:
+// the config moves each of them, and the test checks none appears.
+var hostPaths = []string{"/var/lib/containerd", "/opt/containerd", "/etc/containerd", "/run/nri", "/var/run/nri", "/etc/nri", "/opt/nri"}
+
 // tools found by TestMain; skip is set when one is missing.
 var (
 	tools = map[string]string{}
@@ -106,6 +110,8 @@ type env struct {
 	partCPUs hw.CPUSet
 	ctrd     *proc
 	plugin   *proc
+	// absent are the hostPaths that did not exist before containerd ran.
+	absent []string
 	// removeShimDir: /run/containerd did not exist before the test.
 	removeShimDir bool
 	// crictlConfig is an empty crictl config (the flags say everything).
@@ -319,6 +325,11 @@ state = %[2]q
   disable_tcp_service = true
 `, e.path("ctrd-root"), e.path("ctrd-state"), e.path("containerd.sock"), e.path("containerd.sock.ttrpc"),
 		e.path("nri.sock"), e.path("nri-plugins"), image, tools["runc"], e.path("runc-root"), e.path("opt"))
+	for _, p := range hostPaths {
+		if _, err := os.Stat(p); os.IsNotExist(err) {
+			e.absent = append(e.absent, p)
+		}
+	}
 	// The shims put their sockets in /run/containerd/s whatever the
 	// config says: remove it at the end if this test made it.
 	if _, err := os.Stat(shimDir); os.IsNotExist(err) {
@@ -434,6 +445,12 @@ func (e *env) cleanup() {
 			e.t.Errorf("shim sockets left in %s: %v", shimDir, files)
 		}
 		os.RemoveAll(shimDir)
+	}
+	for _, p := range e.absent {
+		if _, err := os.Stat(p); err == nil {
+			e.t.Errorf("containerd left %s behind (removed now)", p)
+			os.RemoveAll(p)
+		}
 	}
 	if !e.t.Failed() {
 		os.RemoveAll(e.dir)
