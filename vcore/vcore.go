@@ -138,6 +138,8 @@ type VCore struct {
 	fwdSeq  uint64
 	pending map[uint64]pendingForward
 	fwdLat  map[string]*hist.Histogram
+
+	ext externals // containers placed by the NRI plugin (external.go)
 }
 
 // New checks opts.Config against the machine and returns a VCore ready to

@@ -71,6 +71,9 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 			sub = v.subByName(name)
 		}
 	}
+	if sub == nil && err == nil {
+		sub = v.externalOf(path) // a container placed by the NRI plugin
+	}
 	if sub == nil {
 		v.log.Warn("refused a connection: not a process of this vcore's subsystems", "pid", pid, "uid", c.Peer().Uid, "cgroup", path, "err", err)
 		_ = c.SendMsg(&wire.Error{Code: wire.CodeDenied,
@@ -104,7 +107,7 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 		}
 		switch x := m.(type) {
 		case *wire.Hello:
-			if x.Role != wire.RoleWorker || x.Pid != pid {
+			if x.Role != wire.RoleWorker || !v.helloPidOK(w, x.Pid) {
 				_ = c.SendMsg(&wire.Error{Code: wire.CodeDenied, Msg: fmt.Sprintf("Hello as %s pid %d from pid %d", x.Role, x.Pid, pid)})
 				return
 			}
