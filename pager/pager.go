@@ -529,6 +529,49 @@ func (p *Pager) RemoveRegion(id uint64, start uintptr) error {
 	return nil
 }
 
+// ForgetRange drops from uffd id's table every region that overlaps
+// [start, start+length) and returns them. Unlike RemoveRegion it leaves the
+// kernel registration alone: another holder of the fd (the vcore, for core)
+// owns it and may already have registered a new region there. Forgotten
+// faults there are left pending, as faults outside every region are.
+func (p *Pager) ForgetRange(id uint64, start, length uintptr) ([]Region, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, err := p.entryLocked(id)
+	if err != nil {
+		return nil, err
+	}
+	old := e.table()
+	var gone []Region
+	table := make([]*region, 0, len(old))
+	for _, r := range old {
+		if r.Start < start+length && start < r.end {
+			gone = append(gone, r.Region)
+			continue
+		}
+		table = append(table, r)
+	}
+	if len(gone) > 0 {
+		e.regions.Store(&table)
+	}
+	return gone, nil
+}
+
+// Regions returns uffd id's current region table, by start address.
+func (p *Pager) Regions(id uint64) ([]Region, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, err := p.entryLocked(id)
+	if err != nil {
+		return nil, err
+	}
+	var out []Region
+	for _, r := range e.table() {
+		out = append(out, r.Region)
+	}
+	return out, nil
+}
+
 func (p *Pager) entryLocked(id uint64) (*uffdEntry, error) {
 	if p.closed {
 		return nil, fmt.Errorf("%w (uffd %d)", ErrClosed, id)

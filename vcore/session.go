@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hist"
 	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
@@ -273,7 +274,8 @@ func (v *VCore) serveAll(on bool) {
 }
 
 // sendUffdLocked sends UffdAdd (with a dup of the fd) and the RegionAdds
-// that did not fit. Called with mu held.
+// that did not fit, after declaring the local dataspaces they name. Called
+// with mu held.
 func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
 	dup, err := v.pgr.Uffd(u.id)
 	if err != nil {
@@ -281,6 +283,16 @@ func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
 	}
 	defer dup.Close()
 	regions := u.wireRegions()
+	for _, r := range regions {
+		if r.Forward {
+			continue
+		}
+		if sub := v.regionSub(u, r); sub != nil {
+			if err := v.declareLocked(conn, sub, r.Dataspace); err != nil {
+				return err
+			}
+		}
+	}
 	first := regions[:min(len(regions), maxRegionsInAdd)]
 	add := &wire.UffdAdd{UffdID: u.id, WorkerPid: u.pid, Serve: v.grant.Pager == wire.PagerCentral, Regions: first}
 	if err := conn.SendMsg(add, dup.FD()); err != nil {
@@ -291,6 +303,57 @@ func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
 			return fmt.Errorf("vcore: RegionAdd %d: %w", u.id, err)
 		}
 	}
+	return nil
+}
+
+// regionSub is the subsystem whose local dataspace r names.
+func (v *VCore) regionSub(u *uffdState, r wire.Region) *subsystem {
+	if u.sub != nil && (r.Subsystem == "" || r.Subsystem == u.sub.cfg.Name) {
+		return u.sub
+	}
+	return v.subByName(r.Subsystem)
+}
+
+// dsKey names a local dataspace: its subsystem and name.
+type dsKey struct{ sub, name string }
+
+// declaredSet is what core was told on one connection (DataspaceAdd is
+// sent once per dataspace and session).
+type declaredSet struct {
+	conn *wire.Conn
+	set  map[dsKey]bool
+}
+
+// declareLocked sends DataspaceAdd for sub's local dataspace name on conn
+// unless it was sent there already. File content travels as the vcore's
+// open read-only descriptor. A dataspace this vcore has no source for (a
+// taken-back region of a subsystem it does not run) is not declared: core
+// keeps what the previous vcore declared. Called with mu held.
+func (v *VCore) declareLocked(conn *wire.Conn, sub *subsystem, name string) error {
+	if v.declared.conn != conn {
+		v.declared = declaredSet{conn: conn, set: map[dsKey]bool{}}
+	}
+	key := dsKey{sub.cfg.Name, name}
+	if v.declared.set[key] {
+		return nil
+	}
+	d, ok := sub.localDataspace(name)
+	src := sub.source(name)
+	if !ok || src == nil {
+		return nil
+	}
+	m := &wire.DataspaceAdd{Subsystem: sub.cfg.Name, Name: name, Content: content.KindOf(src), Size: uint64(d.Size)}
+	if m.Content == wire.ContentPattern {
+		m.Seed = d.Seed
+	}
+	var fds []int
+	if f, ok := content.FileOf(src); ok {
+		fds = append(fds, int(f.Fd()))
+	}
+	if err := conn.SendMsg(m, fds...); err != nil {
+		return fmt.Errorf("vcore: DataspaceAdd %s/%s: %w", sub.cfg.Name, name, err)
+	}
+	v.declared.set[key] = true
 	return nil
 }
 
@@ -396,20 +459,23 @@ func (v *VCore) takeBackRegion(id uint64, r wire.Region) {
 }
 
 // addTakenRegionLocked registers a region of a taken-back uffd and reserves
-// its quota (a local region of a known subsystem). Called with mu held.
+// its quota (a local region of a known subsystem). A local region of a
+// dataspace this vcore has no source for is forwarded: core serves it from
+// what the previous vcore declared. Called with mu held.
 func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
 	pr := pager.Region{Start: uintptr(r.Start), Length: uintptr(r.Length), Dataspace: r.Dataspace, Offset: r.Offset, Forward: r.Forward}
-	local := !r.Forward
-	if local {
-		src := st.sub.source(r.Dataspace)
-		if src == nil {
-			var err error
-			if src, err = v.wireSource(r); err != nil {
-				v.log.Error("take back region", "uffd", st.id, "dataspace", r.Dataspace, "err", err)
-				return
-			}
+	local := false
+	if !r.Forward {
+		if sub := v.regionSub(st, r); sub != nil {
+			pr.Content = sub.source(r.Dataspace)
 		}
-		pr.Content = src
+		if pr.Content == nil {
+			pr.Forward = true
+			v.log.Warn("taken-back region of a dataspace this vcore does not have: core serves it", "uffd", st.id,
+				"subsystem", r.Subsystem, "dataspace", r.Dataspace)
+		} else {
+			local = true
+		}
 	}
 	if err := v.pgr.AddRegion(st.id, pr); err != nil {
 		v.log.Error("take back region", "uffd", st.id, "dataspace", r.Dataspace, "err", err)

@@ -132,6 +132,7 @@ type VCore struct {
 	uffds     map[uint64]*uffdState
 	seq       uint64
 	releaseOK chan struct{} // closed when core acks Release
+	declared  declaredSet   // local dataspaces declared to core on conn
 
 	// fwdMu guards the forwarded faults in flight and their latencies.
 	fwdMu   sync.Mutex
