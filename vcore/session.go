@@ -428,7 +428,7 @@ func (v *VCore) takeBack(tb *wire.TakeBack, fd int) {
 		v.log.Warn("TakeBack of a uffd already held", "uffd", tb.UffdID)
 		return
 	}
-	st := &uffdState{id: tb.UffdID, pid: tb.WorkerPid, regions: map[uintptr]*regionState{}}
+	st := &uffdState{id: tb.UffdID, pid: tb.WorkerPid, regions: map[uintptr]*regionState{}, taken: true}
 	if p, err := cgroupOf(v.procfs, tb.WorkerPid); err == nil {
 		if name, ok := subsystemOf(p, v.groups); ok {
 			st.sub = v.subByName(name)
@@ -487,4 +487,60 @@ func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
 		rs.charged = r.Length
 	}
 	st.regions[uintptr(r.Start)] = rs
+}
+
+// adoptTakenLocked finds the uffd of w's process that this vcore took back
+// from core (a worker has one uffd; it reconnects after its vcore died and
+// sends it again). The worker's connection then uses that entry, whose
+// regions are what core served meanwhile, instead of a second entry for
+// the same uffd whose stale table could serve a page of a detached
+// dataspace. Called with mu held.
+func (v *VCore) adoptTakenLocked(w *worker) *uffdState {
+	for _, st := range v.uffds {
+		if st.pid == w.pid && st.taken {
+			st.taken = false
+			if st.sub == nil {
+				st.sub = w.sub
+			}
+			w.uffd = st.id
+			v.log.Info("worker reconnected: it keeps the uffd taken back from core", "uffd", st.id, "pid", w.pid)
+			return st
+		}
+	}
+	return nil
+}
+
+// dropStaleLocked forgets the regions of st that overlap r, a range the
+// worker just mapped and attached: whatever was registered there belongs
+// to a mapping that is gone (its Detach or UNMAP event was lost with a dead
+// vcore). Core is told (RegionRemove). It reports whether it dropped any.
+// Called with mu held.
+func (v *VCore) dropStaleLocked(st *uffdState, r wire.Region) bool {
+	dropped := false
+	for start, rs := range st.regions {
+		if !rs.wire.Overlaps(r) {
+			continue
+		}
+		if err := v.pgr.RemoveRegion(st.id, start); err != nil && !errors.Is(err, pager.ErrNoRegion) {
+			v.log.Warn("remove a stale region", "uffd", st.id, "start", fmt.Sprintf("%#x", start), "err", err)
+		}
+		delete(st.regions, start)
+		if st.sub != nil {
+			st.sub.quota.Release(int64(rs.charged))
+		}
+		v.sendLocked(&wire.RegionRemove{UffdID: st.id, Start: rs.wire.Start, Length: rs.wire.Length})
+		v.log.Info("dropped a stale region under a new attach", "uffd", st.id, "start", fmt.Sprintf("%#x", rs.wire.Start),
+			"dataspace", rs.wire.Dataspace, "new_dataspace", r.Dataspace)
+		dropped = true
+	}
+	// A region the pager cut (an UNMAP it read) may start elsewhere.
+	if cur, err := v.pgr.Regions(st.id); err == nil {
+		for _, pr := range cur {
+			if pr.Start < uintptr(r.Start+r.Length) && uintptr(r.Start) < pr.End() {
+				_ = v.pgr.RemoveRegion(st.id, pr.Start)
+				dropped = true
+			}
+		}
+	}
+	return dropped
 }

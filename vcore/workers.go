@@ -21,6 +21,7 @@ type uffdState struct {
 	pid     int
 	sub     *subsystem // nil: a taken-back uffd whose worker's subsystem is unknown
 	regions map[uintptr]*regionState
+	taken   bool // taken back from core and not yet reclaimed by the worker's new connection
 }
 
 // regionState is one registered region of a uffd.
@@ -222,7 +223,11 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		return
 	}
 	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local}
-	if err := v.pgr.AddRegion(st.id, pr); err != nil {
+	err := v.pgr.AddRegion(st.id, pr)
+	if errors.Is(err, pager.ErrOverlap) && v.dropStaleLocked(st, region) {
+		err = v.pgr.AddRegion(st.id, pr)
+	}
+	if err != nil {
 		v.mu.Unlock()
 		w.sub.quota.Release(int64(charged))
 		code := wire.CodeInternal
@@ -257,6 +262,10 @@ func (v *VCore) takeUffd(w *worker, fd int) error {
 	if v.stopping {
 		linux.CloseFDs([]int{fd})
 		return errStopping
+	}
+	if st := v.adoptTakenLocked(w); st != nil {
+		linux.CloseFDs([]int{fd}) // the same uffd, taken back from core
+		return nil
 	}
 	id := v.newIDLocked(w.pid)
 	serve := v.grant.Pager == wire.PagerLocal || v.conn == nil
