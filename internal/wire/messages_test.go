@@ -149,7 +149,7 @@ func TestUnmarshalRejects(t *testing.T) {
 		{"claimok fault-around", &ClaimOK{}, `{"pager":"local","fault_around":0}`},
 		{"region zero length", &RegionAdd{}, `{"uffd_id":1,"region":{"start":4096,"length":0,"dataspace":"a","content":"zero"}}`},
 		{"region wraps", &RegionAdd{}, `{"uffd_id":1,"region":{"start":18446744073709547520,"length":8192,"dataspace":"a","content":"zero"}}`},
-		{"region subsystem", &UffdAdd{}, `{"uffd_id":1,"regions":[{"start":0,"length":1,"dataspace":"a","subsystem":"`+strings.Repeat("s", 256)+`"}]}`},
+		{"region subsystem", &UffdAdd{}, `{"uffd_id":1,"regions":[{"start":0,"length":1,"dataspace":"a","subsystem":"` + strings.Repeat("s", 256) + `"}]}`},
 		{"region no dataspace", &TakeBack{}, `{"uffd_id":1,"regions":[{"start":0,"length":1,"content":"zero"}]}`},
 		{"attach no name", &Attach{}, `{"addr":4096,"length":4096}`},
 		{"attach no length", &Attach{}, `{"name":"a","addr":4096}`},
