@@ -544,3 +544,67 @@ func (v *VCore) dropStaleLocked(st *uffdState, r wire.Region) bool {
 	}
 	return dropped
 }
+
+// regionsChanged brings the vcore's region records, and core's, in line
+// with the pager's table after the worker unmapped or moved registered
+// memory without a Detach (the pager read the UNMAP/REMAP event): a
+// region that is gone or was cut is removed (RegionRemove), the pieces
+// that remain or moved are added (RegionAdd), and the quota follows.
+func (v *VCore) regionsChanged(id uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st := v.uffds[id]
+	if st == nil {
+		return
+	}
+	cur, err := v.pgr.Regions(id)
+	if err != nil {
+		return
+	}
+	have := map[uintptr]pager.Region{}
+	for _, pr := range cur {
+		have[pr.Start] = pr
+	}
+	var gone []*regionState
+	for start, rs := range st.regions {
+		if pr, ok := have[start]; ok && uint64(pr.Length) == rs.wire.Length && pr.Offset == rs.wire.Offset {
+			delete(have, start) // unchanged
+			continue
+		}
+		gone = append(gone, rs)
+		delete(st.regions, start)
+		if st.sub != nil {
+			st.sub.quota.Release(int64(rs.charged))
+		}
+		v.sendLocked(&wire.RegionRemove{UffdID: id, Start: rs.wire.Start, Length: rs.wire.Length})
+	}
+	for _, pr := range have { // pieces of cut or moved regions
+		var parent *regionState
+		for _, g := range gone {
+			if g.wire.Dataspace == pr.Dataspace {
+				parent = g
+				break
+			}
+		}
+		if parent == nil {
+			continue
+		}
+		w := parent.wire
+		w.Start, w.Length, w.Offset = uint64(pr.Start), uint64(pr.Length), pr.Offset
+		rs := &regionState{wire: w, local: parent.local}
+		if parent.charged > 0 && st.sub != nil {
+			st.sub.quota.Force(int64(w.Length))
+			rs.charged = w.Length
+		}
+		st.regions[pr.Start] = rs
+		if sub := v.regionSub(st, w); rs.local && sub != nil && v.conn != nil {
+			if err := v.declareLocked(v.conn, sub, w.Dataspace); err != nil {
+				v.log.Warn("declare a dataspace to core", "dataspace", w.Dataspace, "err", err)
+			}
+		}
+		v.sendLocked(&wire.RegionAdd{UffdID: id, Region: w})
+	}
+	if len(gone) > 0 {
+		v.log.Debug("regions changed by the worker's unmap", "uffd", id, "removed", len(gone), "regions", len(st.regions))
+	}
+}

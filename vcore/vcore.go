@@ -224,7 +224,9 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 		Threads:     v.cfg.PagerThreads,
 		FaultAround: v.faultAround(),
 		Forward:     v.forward,
-		Log:         v.log.With("part", "pager"),
+		// An UNMAP the pager read changes core's view too.
+		RegionsChanged: func(id uint64) { go v.regionsChanged(id) },
+		Log:            v.log.With("part", "pager"),
 	}); err != nil {
 		return fmt.Errorf("vcore: start the pager: %w", err)
 	}
