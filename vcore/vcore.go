@@ -293,18 +293,23 @@ func (v *VCore) prepare() error {
 }
 
 func (v *VCore) openSource(d config.Dataspace) (content.Source, error) {
-	switch d.Content {
-	case config.ContentPattern:
-		return content.Pattern(d.Seed), nil
-	case config.ContentFile:
-		src, c, err := content.File(d.Source)
-		if err != nil {
-			return nil, err
-		}
-		v.closers = append(v.closers, c)
-		return src, nil
+	var (
+		src content.Source
+		c   io.Closer
+		err error
+	)
+	if d.Content == config.ContentFile {
+		src, c, err = content.File(d.Source) // the vcore's own configuration names the file
+	} else {
+		src, c, err = content.Open(d.Content, d.Seed, nil)
 	}
-	return content.Zero(), nil
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		v.closers = append(v.closers, c)
+	}
+	return src, nil
 }
 
 // shutdown stops the subsystems, deletes their cgroups, releases the lease
