@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
 	"github.com/vcored/vcored/internal/wire"
 	"github.com/vcored/vcored/pager"
@@ -294,4 +296,29 @@ func TestDataspaceAddFile(t *testing.T) {
 func closed(fd int) bool {
 	var st syscall.Stat_t
 	return syscall.Fstat(fd, &st) == syscall.EBADF
+}
+
+// TestReclaimNeedsSameNode: an orphaned lease (whose uffds a re-claim
+// receives) goes back only to a claim of the same holder for the same node
+// and CPUs.
+func TestReclaimNeedsSameNode(t *testing.T) {
+	l, err := OpenLedger(filepath.Join(t.TempDir(), "ledger.json"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := Claim{Node: 0, CPUs: hw.MustParse[hw.CPU]("1"), Holder: "/run/v.sock", Pid: 10}
+	if _, _, err := l.Grant(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.Orphan(a.Holder); !ok {
+		t.Fatal("not orphaned")
+	}
+	other := a
+	other.Node = 1
+	if _, _, err := l.Grant(other); !errors.Is(err, ErrConflict) {
+		t.Errorf("re-claim on another node: %v, want a conflict", err)
+	}
+	if _, re, err := l.Grant(a); err != nil || !re {
+		t.Errorf("re-claim on the same node: reclaimed=%v err=%v", re, err)
+	}
 }
