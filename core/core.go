@@ -60,12 +60,15 @@ type Core struct {
 	reg    *metrics.Registry
 
 	dataspaces map[string]*dataspace
+	rb         *rebalancer // nil unless rebalance = "advise"
 
 	mu       sync.Mutex
 	sessions map[string]*session        // live vcore sessions by VCoreID
 	held     map[string]map[uint64]bool // uffd ids core holds, by VCoreID (value: served by core)
+	owner    map[uint64]string          // the VCoreID that added each held uffd id
 	failover map[string]bool            // VCoreIDs whose faults core serves because the vcore is gone
 	regions  map[uint64][]wire.Region   // regions of held uffds, as the vcore described them
+	locals   map[string]*holderContent  // vcores' declared local dataspaces, by VCoreID
 	counters struct {
 		forwarded, forwardErrors, claims, refused, reclaimed uint64
 	}
@@ -78,16 +81,8 @@ type dataspace struct {
 	closer io.Closer
 }
 
-// kind is the dataspace's content kind as the wire protocol names it.
-func (d *dataspace) kind() string {
-	switch {
-	case d.cfg.Source != "":
-		return "file"
-	case d.cfg.Content == config.ContentPattern:
-		return "pattern"
-	}
-	return "zero"
-}
+// kind is the dataspace's content kind.
+func (d *dataspace) kind() content.Kind { return content.KindOf(d.src) }
 
 // New checks the configuration against the machine and computes the
 // partition plan. It creates nothing: every side effect happens in Run.
@@ -134,8 +129,10 @@ func New(o Options) (*Core, error) {
 		dataspaces: map[string]*dataspace{},
 		sessions:   map[string]*session{},
 		held:       map[string]map[uint64]bool{},
+		owner:      map[uint64]string{},
 		failover:   map[string]bool{},
 		regions:    map[uint64][]wire.Region{},
+		locals:     map[string]*holderContent{},
 	}, nil
 }
 
@@ -153,16 +150,23 @@ func (c *Core) Run(ctx context.Context) (err error) {
 				ds.closer.Close()
 			}
 		}
+		c.mu.Lock()
+		for h := range c.locals {
+			c.dropLocalsLocked(h)
+		}
+		c.mu.Unlock()
 	}()
+	// Core-owned dataspaces come from core's configuration only; each source
+	// file is opened once, here.
 	for _, d := range c.cfg.Dataspaces {
-		ds := &dataspace{cfg: d, src: content.Zero()}
-		switch {
-		case d.Source != "":
-			if ds.src, ds.closer, err = content.File(d.Source); err != nil {
-				return fmt.Errorf("core: dataspace %q: %w", d.Name, err)
-			}
-		case d.Content == config.ContentPattern:
-			ds.src = content.Pattern(d.Seed)
+		ds := &dataspace{cfg: d}
+		if d.Source != "" {
+			ds.src, ds.closer, err = content.File(d.Source)
+		} else {
+			ds.src, ds.closer, err = content.Open(content.Kind(d.Content), d.Seed, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("core: dataspace %q: %w", d.Name, err)
 		}
 		c.dataspaces[d.Name] = ds
 	}
@@ -175,8 +179,17 @@ func (c *Core) Run(ctx context.Context) (err error) {
 	c.log.Info("core starting", "pid", os.Getpid(), "pager", c.mode, "reserved_cpus", c.cfg.ReservedCPUs.String(),
 		"nodes", c.m.NodeIDs().String(), "socket", c.cfg.Socket)
 
-	if c.ledger, err = OpenLedger(filepath.Join(c.cfg.StateDir, "ledger.json"), nil); err != nil {
+	var dropped []error
+	c.ledger, dropped, err = OpenLedger(filepath.Join(c.cfg.StateDir, "ledger.json"), nil,
+		&LedgerLimits{Plan: c.plan, CgroupParent: c.cfg.CgroupParent})
+	if err != nil {
 		return err
+	}
+	for _, d := range dropped {
+		c.log.Warn("ledger entry does not fit this machine or cgroup_parent; dropped (core never acts on it)", "err", d)
+	}
+	if d, bad := c.ledger.Degraded(); bad {
+		c.log.Error("ledger cannot be written; retrying", "err", d.Reason)
 	}
 	if c.cg, err = cgroups.New(cgroups.Options{}); err != nil {
 		return fmt.Errorf("core: cgroups: %w", err)
@@ -206,6 +219,7 @@ func (c *Core) Run(ctx context.Context) (err error) {
 		defer wg.Done()
 		c.reconcileLoop(rctx)
 	}()
+	c.startRebalance(rctx, &wg)
 	err = ln.Serve(ctx, c.serveWire, c.httpHandler())
 	cancel()
 	wg.Wait()
@@ -253,16 +267,29 @@ func (c *Core) reconcileLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		c.retryLedger()
 		for _, le := range c.ledger.Leases() {
 			grace := c.cfg.OrphanGrace
 			if le.State == StateUnconfirmed {
 				grace = c.cfg.RejoinGrace
 			}
-			if le.State == StateLive || le.OrphanedAt.IsZero() || time.Since(le.OrphanedAt) < grace {
+			if le.State == StateLive || le.Pending != "" || le.OrphanedAt.IsZero() || time.Since(le.OrphanedAt) < grace {
 				continue
 			}
 			c.reclaim(ctx, le)
 		}
+	}
+}
+
+// retryLedger writes the ledger's pending changes when it is degraded, and
+// logs when it recovers.
+func (c *Core) retryLedger() {
+	d, bad := c.ledger.Degraded()
+	if !bad {
+		return
+	}
+	if ok, _ := c.ledger.Retry(); ok {
+		c.log.Info("ledger written again; pending changes applied", "pending", d.Pending, "degraded_for", time.Since(d.Since).Round(time.Millisecond))
 	}
 }
 
@@ -278,11 +305,17 @@ func (c *Core) reclaim(ctx context.Context, le Lease) {
 	ids := c.held[le.Holder]
 	delete(c.held, le.Holder)
 	delete(c.failover, le.Holder)
+	for id := range ids {
+		delete(c.owner, id)
+	}
 	c.counters.reclaimed++
 	c.mu.Unlock()
 	log := c.log.With("node", le.Node, "holder", le.Holder, "cgroup", le.Cgroup)
 	log.Warn("no vcore returned within the grace period: stopping the partition", "state", le.State)
-	if c.cg.Exists(le.Cgroup) {
+	if err := CgroupUnder(c.cfg.CgroupParent, le.Cgroup); err != nil {
+		// Never signal or delete outside cgroup_parent: drop the lease only.
+		log.Error("lease names a cgroup outside cgroup_parent; its processes and cgroup are left alone", "err", err)
+	} else if c.cg.Exists(le.Cgroup) {
 		g, err := c.cg.Load(le.Cgroup)
 		if err == nil {
 			err = stopGroup(ctx, g, 5*time.Second)
@@ -294,6 +327,9 @@ func (c *Core) reclaim(ctx context.Context, le Lease) {
 			log.Error("reclaiming the partition failed; will retry", "err", err)
 			c.mu.Lock()
 			c.held[le.Holder] = ids
+			for id := range ids {
+				c.owner[id] = le.Holder
+			}
 			c.mu.Unlock()
 			return
 		}
@@ -304,8 +340,15 @@ func (c *Core) reclaim(ctx context.Context, le Lease) {
 		delete(c.regions, id)
 		c.mu.Unlock()
 	}
+	c.mu.Lock()
+	c.dropLocalsLocked(le.Holder)
+	c.mu.Unlock()
 	if _, err := c.ledger.Release(le.Holder); err != nil {
-		log.Error("release lease", "err", err)
+		if errors.Is(err, ErrLedgerWrite) {
+			log.Error("partition reclaimed; freeing the lease is pending until the ledger can be written", "err", err)
+		} else {
+			log.Error("release lease", "err", err)
+		}
 		return
 	}
 	log.Info("partition reclaimed and lease freed")

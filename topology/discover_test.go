@@ -52,6 +52,9 @@ func describe(m *Machine) string {
 		b.WriteString(" " + g.String())
 	}
 	fmt.Fprintf(&b, "\nallowed cpus %s nodes %s\n", set(m.AllowedCPUs), set(m.AllowedNodes))
+	for _, n := range m.Notes {
+		fmt.Fprintf(&b, "note %s\n", n)
+	}
 	return b.String()
 }
 
@@ -198,6 +201,191 @@ cpu 8 offline node -1 pkg -1 core -1 sib - llc -
 cpu 9 offline node -1 pkg -1 core -1 sib - llc -
 llc 0-2 4-6
 allowed cpus 0-2,4-6 nodes 0,2
+`, "xeon-nul-padded": `
+nodes 0
+node 0 cpus 0-11 total 67401109504 free 61554978816 dist 10 huge 2MiB:64/64 1GiB:0/0
+cpu 0 online node 0 pkg 0 core 0 sib 0,6 llc 0-11
+cpu 1 online node 0 pkg 0 core 1 sib 1,7 llc 0-11
+cpu 2 online node 0 pkg 0 core 2 sib 2,8 llc 0-11
+cpu 3 online node 0 pkg 0 core 8 sib 3,9 llc 0-11
+cpu 4 online node 0 pkg 0 core 9 sib 4,10 llc 0-11
+cpu 5 online node 0 pkg 0 core 10 sib 5,11 llc 0-11
+cpu 6 online node 0 pkg 0 core 0 sib 0,6 llc 0-11
+cpu 7 online node 0 pkg 0 core 1 sib 1,7 llc 0-11
+cpu 8 online node 0 pkg 0 core 2 sib 2,8 llc 0-11
+cpu 9 online node 0 pkg 0 core 8 sib 3,9 llc 0-11
+cpu 10 online node 0 pkg 0 core 9 sib 4,10 llc 0-11
+cpu 11 online node 0 pkg 0 core 10 sib 5,11 llc 0-11
+llc 0-11
+allowed cpus 0-11 nodes 0
+`,
+	"rhel5-masks-no-node-online": `
+nodes 0-1
+node 0 cpus 0-3 total 8589934592 free 6442450944 dist 10,20 huge -
+node 1 cpus 4-7 total 8589934592 free 7516192768 dist 20,10 huge -
+cpu 0 online node 0 pkg 0 core 0 sib 0 llc 0-3
+cpu 1 online node 0 pkg 0 core 1 sib 1 llc 0-3
+cpu 2 online node 0 pkg 0 core 2 sib 2 llc 0-3
+cpu 3 online node 0 pkg 0 core 3 sib 3 llc 0-3
+cpu 4 online node 1 pkg 1 core 0 sib 4 llc 4-7
+cpu 5 online node 1 pkg 1 core 1 sib 5 llc 4-7
+cpu 6 online node 1 pkg 1 core 2 sib 6 llc 4-7
+cpu 7 online node 1 pkg 1 core 3 sib 7 llc 4-7
+llc 0-3 4-7
+allowed cpus 0-7 nodes 0-1
+note no devices/system/node/online (older kernel): the online nodes are the nodeN directories (0-1)
+note no devices/system/cpu/possible: the possible CPUs are the present and online ones (0-7)
+`,
+	"node0-offline-possible-distance": `
+nodes 1
+node 1 cpus 0-3 total 4123926528 free 3596308480 dist 10 huge 2MiB:0/0 1GiB:0/0
+cpu 0 online node 1 pkg 0 core 0 sib 0 llc 0-3
+cpu 1 online node 1 pkg 0 core 1 sib 1 llc 0-3
+cpu 2 online node 1 pkg 0 core 2 sib 2 llc 0-3
+cpu 3 online node 1 pkg 0 core 3 sib 3 llc 0-3
+llc 0-3
+allowed cpus 0-3 nodes 1
+note distance rows not indexed by online node: node 1: one per possible node (0-1)
+`,
+	"kvm-partial-caches": `
+nodes 0-1
+node 0 cpus 0-3 total 4127195136 free 3737714688 dist 10,20 huge 2MiB:0/0 1GiB:0/0
+node 1 cpus 4-7 total 4227858432 free 4093640704 dist 20,10 huge 2MiB:0/0 1GiB:0/0
+cpu 0 online node 0 pkg 0 core 0 sib 0 llc 0-3
+cpu 1 online node 0 pkg 0 core 1 sib 1 llc 0-3
+cpu 2 online node 0 pkg 0 core 2 sib 2 llc 0-3
+cpu 3 online node 0 pkg 0 core 3 sib 3 llc 0-3
+cpu 4 online node 1 pkg 1 core 0 sib 4 llc 4-7
+cpu 5 online node 1 pkg 1 core 1 sib 5 llc 4-7
+cpu 6 online node 1 pkg 1 core 2 sib 6 llc 4-7
+cpu 7 online node 1 pkg 1 core 3 sib 7 llc 4-7
+llc 0-3 4-7
+allowed cpus 0-7 nodes 0-1
+note no last-level cache information for cpus 3-7 (cpus 4-5: no L3 cache, highest L2; cpus 3,6-7: no cache directory): cpus 3 join the L3 group that lists them; cpus 4-7 use their package (within their node) as LLC group
+`,
+	"arm64-no-package-private-l2": `
+nodes 0-1
+node 0 cpus 0-3 total 68381835264 free 65548582912 dist 10,16 huge 2MiB:0/0 1GiB:0/0
+node 1 cpus 4-7 total 68652367872 free 67108864000 dist 16,10 huge 2MiB:0/0 1GiB:0/0
+cpu 0 online node 0 pkg -1 core 0 sib 0 llc 0-3
+cpu 1 online node 0 pkg -1 core 1 sib 1 llc 0-3
+cpu 2 online node 0 pkg -1 core 2 sib 2 llc 0-3
+cpu 3 online node 0 pkg -1 core 3 sib 3 llc 0-3
+cpu 4 online node 1 pkg -1 core 4 sib 4 llc 4-7
+cpu 5 online node 1 pkg -1 core 5 sib 5 llc 4-7
+cpu 6 online node 1 pkg -1 core 6 sib 6 llc 4-7
+cpu 7 online node 1 pkg -1 core 7 sib 7 llc 4-7
+llc 0-3 4-7
+allowed cpus 0-7 nodes 0-1
+note cpus 0-7 report physical_package_id -1: their package is unknown
+note no last-level cache information for cpus 0-7 (cpus 0-7: only core-private caches, up to L2): cpus 0-7 use their node as LLC group (package unknown)
+`,
+	"cxl-memory-only-node": `
+nodes 0,2
+node 0 cpus 0-6 total 33382465536 free 30769414144 dist 10,50 huge 2MiB:8/8 1GiB:0/0
+node 2 cpus - total 137438953472 free 137216000000 dist 50,10 huge - cpuless
+cpu 0 online node 0 pkg 0 core 0 sib 0,4 llc 0-6
+cpu 1 online node 0 pkg 0 core 1 sib 1,5 llc 0-6
+cpu 2 online node 0 pkg 0 core 2 sib 2,6 llc 0-6
+cpu 3 online node 0 pkg 0 core 3 sib 3 llc 0-6
+cpu 4 online node 0 pkg 0 core 0 sib 0,4 llc 0-6
+cpu 5 online node 0 pkg 0 core 1 sib 1,5 llc 0-6
+cpu 6 online node 0 pkg 0 core 2 sib 2,6 llc 0-6
+cpu 7 offline node -1 pkg -1 core -1 sib - llc -
+cpu 8 offline node -1 pkg -1 core -1 sib - llc -
+cpu 9 offline node -1 pkg -1 core -1 sib - llc -
+cpu 10 offline node -1 pkg -1 core -1 sib - llc -
+cpu 11 offline node -1 pkg -1 core -1 sib - llc -
+cpu 12 offline node -1 pkg -1 core -1 sib - llc -
+cpu 13 offline node -1 pkg -1 core -1 sib - llc -
+cpu 14 offline node -1 pkg -1 core -1 sib - llc -
+cpu 15 offline node -1 pkg -1 core -1 sib - llc -
+llc 0-6
+allowed cpus 0-6 nodes 0,2
+note no devices/system/cpu/online: the online CPUs (0-6) are devices/system/cpu/present less those whose cpuN/online says 0
+`,
+	"power9-lpar-no-distance": `
+nodes 0-1
+node 0 cpus 0-3,8-11 total 34359738368 free 31138512896 dist 10,20 huge 16MiB:0/0 16GiB:0/0
+node 1 cpus 16-19,24-27 total 34359738368 free 32212254720 dist 20,10 huge 16MiB:0/0 16GiB:0/0
+cpu 0 online node 0 pkg -1 core 0 sib 0-3 llc 0-3
+cpu 1 online node 0 pkg -1 core 0 sib 0-3 llc 0-3
+cpu 2 online node 0 pkg -1 core 0 sib 0-3 llc 0-3
+cpu 3 online node 0 pkg -1 core 0 sib 0-3 llc 0-3
+cpu 4 offline node -1 pkg -1 core -1 sib - llc -
+cpu 5 offline node -1 pkg -1 core -1 sib - llc -
+cpu 6 offline node -1 pkg -1 core -1 sib - llc -
+cpu 7 offline node -1 pkg -1 core -1 sib - llc -
+cpu 8 online node 0 pkg -1 core 8 sib 8-11 llc 8-11
+cpu 9 online node 0 pkg -1 core 8 sib 8-11 llc 8-11
+cpu 10 online node 0 pkg -1 core 8 sib 8-11 llc 8-11
+cpu 11 online node 0 pkg -1 core 8 sib 8-11 llc 8-11
+cpu 12 offline node -1 pkg -1 core -1 sib - llc -
+cpu 13 offline node -1 pkg -1 core -1 sib - llc -
+cpu 14 offline node -1 pkg -1 core -1 sib - llc -
+cpu 15 offline node -1 pkg -1 core -1 sib - llc -
+cpu 16 online node 1 pkg -1 core 16 sib 16-19 llc 16-19
+cpu 17 online node 1 pkg -1 core 16 sib 16-19 llc 16-19
+cpu 18 online node 1 pkg -1 core 16 sib 16-19 llc 16-19
+cpu 19 online node 1 pkg -1 core 16 sib 16-19 llc 16-19
+cpu 20 offline node -1 pkg -1 core -1 sib - llc -
+cpu 21 offline node -1 pkg -1 core -1 sib - llc -
+cpu 22 offline node -1 pkg -1 core -1 sib - llc -
+cpu 23 offline node -1 pkg -1 core -1 sib - llc -
+cpu 24 online node 1 pkg -1 core 24 sib 24-27 llc 24-27
+cpu 25 online node 1 pkg -1 core 24 sib 24-27 llc 24-27
+cpu 26 online node 1 pkg -1 core 24 sib 24-27 llc 24-27
+cpu 27 online node 1 pkg -1 core 24 sib 24-27 llc 24-27
+cpu 28 offline node -1 pkg -1 core -1 sib - llc -
+cpu 29 offline node -1 pkg -1 core -1 sib - llc -
+cpu 30 offline node -1 pkg -1 core -1 sib - llc -
+cpu 31 offline node -1 pkg -1 core -1 sib - llc -
+llc 0-3 8-11 16-19 24-27
+allowed cpus 0-3,8-11,16-19,24-27 nodes 0-1
+note nodes 0-1 have no distance file: their distances are taken from the other nodes' rows, else 10 to themselves and 20 to the others
+note cpus 0-3,8-11,16-19,24-27 report physical_package_id -1: their package is unknown
+`,
+	"s390x-no-numa": `
+nodes 0
+node 0 cpus 0-3 total 4294967296 free 0 dist 10 huge -
+cpu 0 online node 0 pkg 0 core 0 sib 0-1 llc 0-3
+cpu 1 online node 0 pkg 0 core 0 sib 0-1 llc 0-3
+cpu 2 online node 0 pkg 0 core 1 sib 2-3 llc 0-3
+cpu 3 online node 0 pkg 0 core 1 sib 2-3 llc 0-3
+cpu 4 offline node -1 pkg -1 core -1 sib - llc -
+cpu 5 offline node -1 pkg -1 core -1 sib - llc -
+cpu 6 offline node -1 pkg -1 core -1 sib - llc -
+cpu 7 offline node -1 pkg -1 core -1 sib - llc -
+cpu 8 offline node -1 pkg -1 core -1 sib - llc -
+cpu 9 offline node -1 pkg -1 core -1 sib - llc -
+cpu 10 offline node -1 pkg -1 core -1 sib - llc -
+cpu 11 offline node -1 pkg -1 core -1 sib - llc -
+cpu 12 offline node -1 pkg -1 core -1 sib - llc -
+cpu 13 offline node -1 pkg -1 core -1 sib - llc -
+cpu 14 offline node -1 pkg -1 core -1 sib - llc -
+cpu 15 offline node -1 pkg -1 core -1 sib - llc -
+llc 0-3
+allowed cpus 0-3 nodes 0
+note no devices/system/node (kernel without NUMA support): one node 0 holds every online CPU
+note node 0 size is its 16 online memory blocks of 256MiB; free memory is unknown
+note no last-level cache information for cpus 0-3 (cpus 0-3: only core-private caches, up to L2): cpus 0-3 use their package (within their node) as LLC group
+`,
+	"hotplug-cpus-unlisted": `
+nodes 0-1
+node 0 cpus 0-3 total 16710184960 free 15564800000 dist 10,21 huge 2MiB:0/0 1GiB:0/0
+node 1 cpus 4-6 total 16907517952 free 16384000000 dist 21,10 huge 2MiB:0/0 1GiB:0/0
+cpu 0 online node 0 pkg 0 core 0 sib 0 llc 0-3
+cpu 1 online node 0 pkg 0 core 1 sib 1 llc 0-3
+cpu 2 online node 0 pkg 0 core 2 sib 2 llc 0-3
+cpu 3 online node 0 pkg 0 core 3 sib 3 llc 0-3
+cpu 4 online node 1 pkg 1 core 0 sib 4 llc 4-7
+cpu 5 online node 1 pkg 1 core 1 sib 5 llc 4-7
+cpu 6 online node 1 pkg 1 core 2 sib 6 llc 4-7
+cpu 7 online node -1 pkg 1 core 3 sib 7 llc 4-7
+llc 0-3 4-7
+allowed cpus 0-6 nodes 0-1
+note online cpus 3 are in no node's cpulist: placed by their cpuN/nodeM links
+note online cpus 7 are in no node's cpulist and name no node: node -1, left out of the allowed CPUs
 `,
 }
 
@@ -221,6 +409,7 @@ func TestDiscoverFixtures(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Discover: %v", err)
 			}
+			checkConsistent(t, m)
 			got, want := describe(m), strings.TrimPrefix(fixtureWant[name], "\n")
 			if got != want {
 				t.Errorf("Discover(%s) differs from the expectation:\n%s", name, lineDiff(got, want))

@@ -2,9 +2,11 @@ package topology
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/vcored/vcored/internal/hw"
@@ -61,9 +63,53 @@ func Host() (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
+	if m.memUnknown {
+		// No NUMA sysfs: the one node is the whole machine.
+		if err := fillFromMeminfo(os.DirFS("/proc"), &m.Nodes[0]); err != nil {
+			return nil, err
+		}
+		m.Notes = append(m.Notes, "node 0 size and free memory are the machine's, from /proc/meminfo")
+	}
 	// The model is description only: a host that does not report it is fine.
 	if info, err := sysinfo.CPU(context.Background()); err == nil {
 		m.Model, m.MHz = info.Model, info.MHz
 	}
 	return m, nil
+}
+
+// fillFromMeminfo sets a node's MemTotal and MemFree from the meminfo file
+// of a procfs root ("MemTotal:       16318540 kB").
+func fillFromMeminfo(procfs fs.FS, n *Node) error {
+	const name = "meminfo"
+	b, err := fs.ReadFile(procfs, name)
+	if err != nil {
+		return fmt.Errorf("topology: %w", err)
+	}
+	var haveTotal, haveFree bool
+	for line := range strings.Lines(clean(string(b))) {
+		f := strings.Fields(line)
+		var dst *hw.Bytes
+		switch {
+		case len(f) == 0:
+			continue
+		case f[0] == "MemTotal:":
+			dst, haveTotal = &n.MemTotal, true
+		case f[0] == "MemFree:":
+			dst, haveFree = &n.MemFree, true
+		default:
+			continue
+		}
+		if len(f) != 3 || f[2] != "kB" {
+			return malformed(name, line, errors.New(`want "Key: <number> kB"`))
+		}
+		kb, perr := strconv.ParseUint(f[1], 10, 64)
+		if perr != nil || kb > uint64(^hw.Bytes(0)/hw.KiB) {
+			return malformed(name, line, errors.New(`want "Key: <number> kB"`))
+		}
+		*dst = hw.Bytes(kb) * hw.KiB
+	}
+	if !haveTotal || !haveFree {
+		return malformed(name, string(b), errors.New("no MemTotal: and MemFree: lines"))
+	}
+	return nil
 }

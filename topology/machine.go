@@ -17,7 +17,8 @@ type Machine struct {
 	// CPUs are all possible CPUs in ascending id order, online or not.
 	CPUs []CPU
 	// LLCGroups are the distinct last-level-cache groups of online CPUs,
-	// ordered by their lowest CPU.
+	// ordered by their lowest CPU. Where sysfs describes no last-level
+	// cache, a group is a package within a node, or a node (see Notes).
 	LLCGroups []hw.CPUSet
 	// AllowedCPUs and AllowedNodes are what this process may use (its
 	// affinity / cpuset). Nothing outside them is ever handed out.
@@ -27,6 +28,14 @@ type Machine struct {
 	Model string
 	// MHz is the CPU's nominal frequency in MHz, when known (0 otherwise).
 	MHz float64
+	// Notes say what Discover inferred because sysfs did not say it (a
+	// missing file, an LLC group taken from the package, CPUs in no node),
+	// one sentence each; empty when sysfs said everything.
+	Notes []string
+
+	// memUnknown is set when the one node stands for a machine without
+	// NUMA sysfs and its memory could not be read from sysfs.
+	memUnknown bool
 }
 
 // Node is one NUMA node.
@@ -55,7 +64,9 @@ type CPU struct {
 	ID     hw.CPU
 	Online bool
 	// The fields below are meaningful only for online CPUs; Discover sets
-	// Node, Package and Core to -1 for offline ones.
+	// Node, Package and Core to -1 for offline ones, and Package and Core
+	// to -1 where sysfs does not tell them (see Machine.Notes), Node to -1
+	// for an online CPU no node lists (it is not in AllowedCPUs).
 	Node     hw.Node
 	Package  int       // physical_package_id
 	Core     int       // core_id (unique only within a package)

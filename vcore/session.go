@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hist"
 	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
@@ -28,10 +29,14 @@ type pendingForward struct {
 }
 
 // connect dials core, retrying until Options.DialTimeout, and claims the
-// partition.
+// partition. While core is not reachable it logs "waiting for core at
+// SOCKET" at info level once, then every 30 s.
 func (v *VCore) connect(ctx context.Context) (*wire.Conn, wire.ClaimOK, error) {
-	deadline := time.Now().Add(v.opts.DialTimeout)
+	const waitLogEvery = 30 * time.Second // how often "waiting for core" is repeated
+	start := time.Now()
+	deadline := start.Add(v.opts.DialTimeout)
 	delay := redialMin
+	var lastLog time.Time // when "waiting for core" was last logged
 	for {
 		conn, err := wire.Dial(ctx, v.cfg.CoreSocket)
 		if err == nil {
@@ -45,14 +50,31 @@ func (v *VCore) connect(ctx context.Context) (*wire.Conn, wire.ClaimOK, error) {
 		if ctx.Err() != nil {
 			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: connect to core: %w", ctx.Err())
 		}
-		if time.Now().Add(delay).After(deadline) {
+		// Keep trying until the deadline itself (the last wait is cut short
+		// to end there), not until the next backoff would pass it: that gave
+		// up as much as a second early.
+		left := time.Until(deadline)
+		if left <= 0 {
 			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: core is not reachable at %s (tried for %v): %w", v.cfg.CoreSocket, v.opts.DialTimeout, err)
 		}
-		v.log.Debug("core not reachable yet; retrying", "socket", v.cfg.CoreSocket, "err", err, "in", delay)
+		wait := min(delay, left)
+		// Said once when the wait starts, then every waitLogEvery: a vcore
+		// started before core is not silent until it gives up.
+		switch {
+		case lastLog.IsZero():
+			v.log.Info("waiting for core at "+v.cfg.CoreSocket, "socket", v.cfg.CoreSocket, "err", err, "gives_up_after", v.opts.DialTimeout)
+			lastLog = time.Now()
+		case time.Since(lastLog) >= waitLogEvery:
+			v.log.Info("still waiting for core at "+v.cfg.CoreSocket, "socket", v.cfg.CoreSocket, "err", err,
+				"waited", time.Since(start).Round(time.Second), "gives_up_after", v.opts.DialTimeout)
+			lastLog = time.Now()
+		default:
+			v.log.Debug("core not reachable yet; retrying", "socket", v.cfg.CoreSocket, "err", err, "in", wait)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: connect to core: %w", ctx.Err())
-		case <-time.After(delay):
+		case <-time.After(wait):
 		}
 		delay = min(2*delay, time.Second)
 	}
@@ -276,7 +298,8 @@ func (v *VCore) serveAll(on bool) {
 }
 
 // sendUffdLocked sends UffdAdd (with a dup of the fd) and the RegionAdds
-// that did not fit. Called with mu held.
+// that did not fit, after declaring the local dataspaces they name. Called
+// with mu held.
 func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
 	dup, err := v.pgr.Uffd(u.id)
 	if err != nil {
@@ -284,6 +307,16 @@ func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
 	}
 	defer dup.Close()
 	regions := u.wireRegions()
+	for _, r := range regions {
+		if r.Forward {
+			continue
+		}
+		if sub := v.regionSub(u, r); sub != nil {
+			if err := v.declareLocked(conn, sub, r.Dataspace); err != nil {
+				return err
+			}
+		}
+	}
 	first := regions[:min(len(regions), maxRegionsInAdd)]
 	add := &wire.UffdAdd{UffdID: u.id, WorkerPid: u.pid, Serve: v.grant.Pager == wire.PagerCentral, Regions: first}
 	if err := conn.SendMsg(add, dup.FD()); err != nil {
@@ -294,6 +327,75 @@ func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
 			return fmt.Errorf("vcore: RegionAdd %d: %w", u.id, err)
 		}
 	}
+	return nil
+}
+
+// regionSub is the subsystem whose local dataspace r names.
+func (v *VCore) regionSub(u *uffdState, r wire.Region) *subsystem {
+	if u.sub != nil && (r.Subsystem == "" || r.Subsystem == u.sub.cfg.Name) {
+		return u.sub
+	}
+	return v.subByName(r.Subsystem)
+}
+
+// dsKey names a local dataspace: its subsystem and name.
+type dsKey struct{ sub, name string }
+
+// declaredSet is what core was told on one connection (DataspaceAdd is
+// sent once per dataspace and session).
+type declaredSet struct {
+	conn *wire.Conn
+	set  map[dsKey]bool
+}
+
+// declareLocked sends DataspaceAdd for sub's local dataspace name on conn
+// unless it was sent there already. File content travels as the vcore's
+// open read-only descriptor. A dataspace this vcore has no source for (a
+// taken-back region of a subsystem it does not run) is not declared: core
+// keeps what the previous vcore declared. Called with mu held.
+func (v *VCore) declareLocked(conn *wire.Conn, sub *subsystem, name string) error {
+	if v.declared.conn != conn {
+		v.declared = declaredSet{conn: conn, set: map[dsKey]bool{}}
+	}
+	key := dsKey{sub.cfg.Name, name}
+	if v.declared.set[key] {
+		return nil
+	}
+	d, ok := sub.localDataspace(name)
+	src := sub.source(name)
+	if !ok || src == nil {
+		return nil
+	}
+	m := &wire.DataspaceAdd{Subsystem: sub.cfg.Name, Name: name, Content: content.KindOf(src), Size: uint64(d.Size)}
+	if m.Content == wire.ContentPattern {
+		m.Seed = d.Seed
+	}
+	f, isFile := content.FileOf(src)
+	if conn == v.conn {
+		// The live session: queue it (no I/O under mu) ahead of the
+		// RegionAdd that names it; the outbox owns (and closes) a dup of
+		// the file's descriptor.
+		var dup *linux.Uffd
+		if isFile {
+			d, err := linux.NewUffd(int(f.Fd())).Dup()
+			if err != nil {
+				return fmt.Errorf("vcore: DataspaceAdd %s/%s: dup the file descriptor: %w", sub.cfg.Name, name, err)
+			}
+			dup = d
+		}
+		v.queueLocked(m, dup)
+	} else {
+		// A resync on a new connection, before it becomes v.conn: the
+		// writes have the connection's deadline.
+		var fds []int
+		if isFile {
+			fds = append(fds, int(f.Fd()))
+		}
+		if err := conn.SendMsg(m, fds...); err != nil {
+			return fmt.Errorf("vcore: DataspaceAdd %s/%s: %w", sub.cfg.Name, name, err)
+		}
+	}
+	v.declared.set[key] = true
 	return nil
 }
 
@@ -429,20 +531,23 @@ func (v *VCore) takeBackRegion(id uint64, r wire.Region) {
 }
 
 // addTakenRegionLocked registers a region of a taken-back uffd and reserves
-// its quota (a local region of a known subsystem). Called with mu held.
+// its quota (a local region of a known subsystem). A local region of a
+// dataspace this vcore has no source for is forwarded: core serves it from
+// what the previous vcore declared. Called with mu held.
 func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
 	pr := pager.Region{Start: uintptr(r.Start), Length: uintptr(r.Length), Dataspace: r.Dataspace, Offset: r.Offset, Forward: r.Forward}
-	local := !r.Forward
-	if local {
-		src := st.sub.source(r.Dataspace)
-		if src == nil {
-			var err error
-			if src, err = v.wireSource(r); err != nil {
-				v.log.Error("take back region", "uffd", st.id, "dataspace", r.Dataspace, "err", err)
-				return
-			}
+	local := false
+	if !r.Forward {
+		if sub := v.regionSub(st, r); sub != nil {
+			pr.Content = sub.source(r.Dataspace)
 		}
-		pr.Content = src
+		if pr.Content == nil {
+			pr.Forward = true
+			v.log.Warn("taken-back region of a dataspace this vcore does not have: core serves it", "uffd", st.id,
+				"subsystem", r.Subsystem, "dataspace", r.Dataspace)
+		} else {
+			local = true
+		}
 	}
 	if err := v.pgr.AddRegion(st.id, pr); err != nil {
 		v.log.Error("take back region", "uffd", st.id, "dataspace", r.Dataspace, "err", err)
@@ -454,4 +559,103 @@ func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
 		rs.charged = r.Length
 	}
 	st.regions[uintptr(r.Start)] = rs
+}
+
+// dropStaleLocked forgets the regions of st that overlap r, a range the
+// worker just mapped and attached: whatever was registered there belongs
+// to a mapping that is gone (its Detach or UNMAP event was lost with a dead
+// vcore). Core is told (RegionRemove). It reports whether it dropped any.
+// Called with mu held.
+func (v *VCore) dropStaleLocked(st *uffdState, r wire.Region) bool {
+	dropped := false
+	for start, rs := range st.regions {
+		if !rs.wire.Overlaps(r) {
+			continue
+		}
+		if err := v.pgr.RemoveRegion(st.id, start); err != nil && !errors.Is(err, pager.ErrNoRegion) {
+			v.log.Warn("remove a stale region", "uffd", st.id, "start", fmt.Sprintf("%#x", start), "err", err)
+		}
+		delete(st.regions, start)
+		if st.sub != nil {
+			st.sub.quota.Release(int64(rs.charged))
+		}
+		v.sendLocked(&wire.RegionRemove{UffdID: st.id, Start: rs.wire.Start, Length: rs.wire.Length})
+		v.log.Info("dropped a stale region under a new attach", "uffd", st.id, "start", fmt.Sprintf("%#x", rs.wire.Start),
+			"dataspace", rs.wire.Dataspace, "new_dataspace", r.Dataspace)
+		dropped = true
+	}
+	// A region the pager cut (an UNMAP it read) may start elsewhere.
+	if cur, err := v.pgr.Regions(st.id); err == nil {
+		for _, pr := range cur {
+			if pr.Start < uintptr(r.Start+r.Length) && uintptr(r.Start) < pr.End() {
+				_ = v.pgr.RemoveRegion(st.id, pr.Start)
+				dropped = true
+			}
+		}
+	}
+	return dropped
+}
+
+// regionsChanged brings the vcore's region records, and core's, in line
+// with the pager's table after the worker unmapped or moved registered
+// memory without a Detach (the pager read the UNMAP/REMAP event): a
+// region that is gone or was cut is removed (RegionRemove), the pieces
+// that remain or moved are added (RegionAdd), and the quota follows.
+func (v *VCore) regionsChanged(id uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st := v.uffds[id]
+	if st == nil {
+		return
+	}
+	cur, err := v.pgr.Regions(id)
+	if err != nil {
+		return
+	}
+	have := map[uintptr]pager.Region{}
+	for _, pr := range cur {
+		have[pr.Start] = pr
+	}
+	var gone []*regionState
+	for start, rs := range st.regions {
+		if pr, ok := have[start]; ok && uint64(pr.Length) == rs.wire.Length && pr.Offset == rs.wire.Offset {
+			delete(have, start) // unchanged
+			continue
+		}
+		gone = append(gone, rs)
+		delete(st.regions, start)
+		if st.sub != nil {
+			st.sub.quota.Release(int64(rs.charged))
+		}
+		v.sendLocked(&wire.RegionRemove{UffdID: id, Start: rs.wire.Start, Length: rs.wire.Length})
+	}
+	for _, pr := range have { // pieces of cut or moved regions
+		var parent *regionState
+		for _, g := range gone {
+			if g.wire.Dataspace == pr.Dataspace {
+				parent = g
+				break
+			}
+		}
+		if parent == nil {
+			continue
+		}
+		w := parent.wire
+		w.Start, w.Length, w.Offset = uint64(pr.Start), uint64(pr.Length), pr.Offset
+		rs := &regionState{wire: w, local: parent.local}
+		if parent.charged > 0 && st.sub != nil {
+			st.sub.quota.Force(int64(w.Length))
+			rs.charged = w.Length
+		}
+		st.regions[pr.Start] = rs
+		if sub := v.regionSub(st, w); rs.local && sub != nil && v.conn != nil {
+			if err := v.declareLocked(v.conn, sub, w.Dataspace); err != nil {
+				v.log.Warn("declare a dataspace to core", "dataspace", w.Dataspace, "err", err)
+			}
+		}
+		v.sendLocked(&wire.RegionAdd{UffdID: id, Region: w})
+	}
+	if len(gone) > 0 {
+		v.log.Debug("regions changed by the worker's unmap", "uffd", id, "removed", len(gone), "regions", len(st.regions))
+	}
 }

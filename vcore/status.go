@@ -19,6 +19,7 @@ func (v *VCore) httpHandler() http.Handler {
 	mux.HandleFunc("GET /v1/subsystems", func(w http.ResponseWriter, r *http.Request) { api.WriteJSON(w, v.Subsystems()) })
 	mux.HandleFunc("GET /v1/pager", func(w http.ResponseWriter, r *http.Request) { api.WriteJSON(w, v.PagerStatus()) })
 	mux.Handle("GET /metrics", v.reg.Handler())
+	v.serveExternal(mux)
 	return mux
 }
 
@@ -44,6 +45,7 @@ func (v *VCore) subsystemStatus(s *subsystem) api.Subsystem {
 		QuotaUsedBytes:  used,
 		QuotaLimitBytes: limit,
 		Adopted:         s.adopted,
+		Movable:         s.cfg.Movable,
 	}
 	for _, d := range s.cfg.Local {
 		a.Dataspaces = append(a.Dataspaces, d.Name)

@@ -132,6 +132,7 @@ type VCore struct {
 	uffds     map[uint64]*uffdState
 	seq       uint64
 	releaseOK chan struct{} // closed when core acks Release
+	declared  declaredSet   // local dataspaces declared to core on conn
 
 	// out queues the messages to core; sendLoop writes them, holding no
 	// lock across the I/O.
@@ -145,6 +146,8 @@ type VCore struct {
 	// Forward: a page is forwarded once until core answers.
 	fwdInflight map[fwdKey]uint64
 	fwdLat      map[string]*hist.Histogram
+
+	ext externals // containers placed by the NRI plugin (external.go)
 }
 
 // New checks opts.Config against the machine and returns a VCore ready to
@@ -230,7 +233,9 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 		Threads:     v.cfg.PagerThreads,
 		FaultAround: v.faultAround(),
 		Forward:     v.forward,
-		Log:         v.log.With("part", "pager"),
+		// An UNMAP the pager read changes core's view too.
+		RegionsChanged: func(id uint64) { go v.regionsChanged(id) },
+		Log:            v.log.With("part", "pager"),
 	}); err != nil {
 		return fmt.Errorf("vcore: start the pager: %w", err)
 	}
@@ -298,18 +303,23 @@ func (v *VCore) prepare() error {
 }
 
 func (v *VCore) openSource(d config.Dataspace) (content.Source, error) {
-	switch d.Content {
-	case config.ContentPattern:
-		return content.Pattern(d.Seed), nil
-	case config.ContentFile:
-		src, c, err := content.File(d.Source)
-		if err != nil {
-			return nil, err
-		}
-		v.closers = append(v.closers, c)
-		return src, nil
+	var (
+		src content.Source
+		c   io.Closer
+		err error
+	)
+	if d.Content == config.ContentFile {
+		src, c, err = content.File(d.Source) // the vcore's own configuration names the file
+	} else {
+		src, c, err = content.Open(d.Content, d.Seed, nil)
 	}
-	return content.Zero(), nil
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		v.closers = append(v.closers, c)
+	}
+	return src, nil
 }
 
 // shutdown stops the subsystems, deletes their cgroups, releases the lease

@@ -80,12 +80,26 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 			sub = v.subByName(name)
 		}
 	}
+	if sub == nil && err == nil {
+		sub = v.externalOf(path) // a container placed by the NRI plugin
+	}
 	if sub == nil {
 		v.log.Warn("refused a connection: not a process of this vcore's subsystems", "pid", pid, "uid", c.Peer().Uid, "cgroup", path, "err", err)
 		_ = c.SendMsg(&wire.Error{Code: wire.CodeDenied,
 			Msg: fmt.Sprintf("pid %d (cgroup %q) is not a process of a subsystem of the vcore of node %d", pid, path, v.cfg.Node)})
 		return
 	}
+	if n := sub.conns.Add(1); n > int64(sub.maxConnections()) {
+		sub.conns.Add(-1)
+		msg := fmt.Sprintf("subsystem %s already has %d worker connections open (max_connections = %d in the vcore's configuration)",
+			sub.cfg.Name, n-1, sub.maxConnections())
+		if sub.limitLogOK() {
+			v.log.Warn("refused a worker connection", "subsystem", sub.cfg.Name, "pid", pid, "reason", msg)
+		}
+		refuseOverLimit(sub, c, msg)
+		return
+	}
+	defer sub.conns.Add(-1)
 	w := &worker{conn: c, pid: pid, sub: sub}
 	defer v.workerClosed(w)
 	fail := func(code wire.ErrCode, msg string) {
@@ -114,7 +128,7 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 			case w.hello:
 				fail(wire.CodeBadRequest, "a second Hello")
 				return
-			case x.Role != wire.RoleWorker || x.Pid != pid:
+			case x.Role != wire.RoleWorker || !v.helloPidOK(w, x.Pid):
 				fail(wire.CodeDenied, fmt.Sprintf("Hello as %s pid %d from pid %d", x.Role, x.Pid, pid))
 				return
 			case x.Version != wire.Version:
@@ -194,36 +208,38 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		return
 	}
 
-	// What backs the range.
+	// What backs the range. The region names the dataspace (and, for a
+	// local one, the subsystem that declares it), never a file.
 	region := wire.Region{Start: a.Addr, Length: a.Length, Dataspace: a.Name}
 	var (
 		src   content.Source
 		size  uint64
 		local bool
+		kind  wire.ContentKind
+		seed  uint64
 	)
 	v.mu.Lock()
 	info, offered := v.core[a.Name]
 	v.mu.Unlock()
 	if d, ok := w.sub.localDataspace(a.Name); ok {
 		local, size, src = true, uint64(d.Size), w.sub.sources[a.Name]
-		region.Content, region.Seed, region.Path = wire.ContentKind(d.Content), d.Seed, d.Source
+		region.Subsystem = w.sub.cfg.Name
+		kind, seed = wire.ContentKind(d.Content), d.Seed
 	} else if slices.Contains(w.sub.cfg.Dataspaces, a.Name) {
 		if !offered {
 			refuse(wire.CodeNotFound, "core-owned dataspace %q is not offered by core", a.Name)
 			return
 		}
 		size = info.Size
-		region.Forward, region.Path = true, info.Source
+		region.Forward = true
 		switch {
 		case info.Content != "":
-			region.Content, region.Seed = info.Content, info.Seed
-		case info.Source != "":
-			region.Content = wire.ContentFile
+			kind, seed = info.Content, info.Seed
 		case a.Content != "":
 			// core's catalogue does not say; the worker's hint does.
-			region.Content, region.Seed = a.Content, a.Seed
+			kind, seed = a.Content, a.Seed
 		default:
-			region.Content = wire.ContentZero
+			kind = wire.ContentZero
 		}
 	} else if owner := v.dataspaceOwner(a.Name, offered); owner != "" {
 		refuse(wire.CodeDenied, "dataspace %q (%s) is not one subsystem %s may use (local: %s; core-owned: %s)",
@@ -234,8 +250,8 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 			a.Name, w.sub.cfg.Name, localNames(w.sub), listOrNone(w.sub.cfg.Dataspaces))
 		return
 	}
-	if a.Content != "" && (a.Content != region.Content || (a.Content == wire.ContentPattern && a.Seed != region.Seed)) {
-		refuse(wire.CodeBadRequest, "dataspace %q holds %s, the Attach asked for %s", a.Name, kindString(region.Content, region.Seed), kindString(a.Content, a.Seed))
+	if a.Content != "" && (a.Content != kind || (a.Content == wire.ContentPattern && a.Seed != seed)) {
+		refuse(wire.CodeBadRequest, "dataspace %q holds %s, the Attach asked for %s", a.Name, kindString(kind, seed), kindString(a.Content, a.Seed))
 		return
 	}
 	if a.Length > size {
@@ -243,7 +259,7 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		return
 	}
 	ok := &wire.AttachOK{Name: a.Name, Addr: a.Addr, Node: int(v.cfg.Node), Size: size,
-		Content: region.Content, Seed: region.Seed, Bind: local && a.Bind}
+		Content: kind, Seed: seed, Bind: local && a.Bind}
 
 	// The same region again (a worker re-sending its regions after a
 	// reconnect): nothing to do but answer.
@@ -283,8 +299,19 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		refuse(wire.CodeNotFound, "the worker's userfaultfd is no longer held")
 		return
 	}
+	if n := v.regionsLocked(w.sub); n >= w.sub.maxRegions() {
+		v.mu.Unlock()
+		w.sub.quota.Release(int64(charged))
+		refuse(wire.CodeLimit, "subsystem %s already has %d regions registered (max_regions = %d in the vcore's configuration); detach some first",
+			w.sub.cfg.Name, n, w.sub.maxRegions())
+		return
+	}
 	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local}
-	if err := v.pgr.AddRegion(st.id, pr); err != nil {
+	err := v.pgr.AddRegion(st.id, pr)
+	if errors.Is(err, pager.ErrOverlap) && v.dropStaleLocked(st, region) {
+		err = v.pgr.AddRegion(st.id, pr)
+	}
+	if err != nil {
 		v.mu.Unlock()
 		w.sub.quota.Release(int64(charged))
 		code := wire.CodeInternal
@@ -299,6 +326,11 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		st.sub.quota.Release(int64(old.charged))
 	}
 	st.regions[uintptr(a.Addr)] = &regionState{wire: region, local: local, charged: charged}
+	if local && v.conn != nil {
+		if err := v.declareLocked(v.conn, w.sub, a.Name); err != nil {
+			v.log.Warn("declare a dataspace to core", "dataspace", a.Name, "err", err)
+		}
+	}
 	v.sendLocked(&wire.RegionAdd{UffdID: st.id, Region: region})
 	v.mu.Unlock()
 	v.answer(w, ok)
@@ -442,6 +474,9 @@ func (v *VCore) detach(w *worker, addr uint64) {
 	if st.sub != nil {
 		st.sub.quota.Release(int64(r.charged))
 	}
+	// Core's view of the regions is the vcore's: it must not serve this
+	// range from the detached dataspace after a failover.
+	v.sendLocked(&wire.RegionRemove{UffdID: st.id, Start: r.wire.Start, Length: r.wire.Length})
 }
 
 // workerClosed runs when a worker's connection ends. Its uffd and regions
@@ -475,23 +510,6 @@ func (v *VCore) dropUffdLocked(st *uffdState, remove bool) {
 		}
 	}
 	v.sendLocked(&wire.UffdRemove{UffdID: st.id})
-}
-
-// wireSource builds the content of a region core described (a taken-back
-// region of a dataspace this vcore's configuration does not declare).
-func (v *VCore) wireSource(r wire.Region) (content.Source, error) {
-	switch r.Content {
-	case wire.ContentPattern:
-		return content.Pattern(r.Seed), nil
-	case wire.ContentFile:
-		src, c, err := content.File(r.Path)
-		if err != nil {
-			return nil, err
-		}
-		v.closers = append(v.closers, c)
-		return src, nil
-	}
-	return content.Zero(), nil
 }
 
 func localNames(s *subsystem) string {

@@ -17,7 +17,8 @@ import (
 
 // runTopology implements `vcored topology [--sysfs DIR] [--json]`: it shows
 // the NUMA nodes, their CPUs, memory and distances, the LLC groups and what
-// this process may use, in the spirit of `numactl -H`.
+// this process may use, in the spirit of `numactl -H`, and what had to be
+// inferred because sysfs did not say it.
 func runTopology(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "topology", "[--sysfs DIR] [--json]")
 	sysfs := fs.String("sysfs", "", "read this sysfs tree (e.g. a fixture) instead of the host's /sys; everything online is then allowed")
@@ -57,6 +58,9 @@ type topologyJSON struct {
 	AllowedCPUs  hw.CPUSet   `json:"allowed_cpus"`
 	AllowedNodes hw.NodeSet  `json:"allowed_nodes"`
 	CPUs         []cpuJSON   `json:"cpus"`
+	// Notes say what was inferred because sysfs did not say it (a
+	// missing file, an LLC group taken from the package); [] when nothing.
+	Notes []string `json:"notes"`
 }
 
 type nodeJSON struct {
@@ -95,6 +99,7 @@ func machineJSON(m *topology.Machine) topologyJSON {
 		AllowedCPUs:  m.AllowedCPUs,
 		AllowedNodes: m.AllowedNodes,
 		CPUs:         []cpuJSON{},
+		Notes:        append([]string{}, m.Notes...),
 	}
 	for _, n := range m.Nodes {
 		nj := nodeJSON{
@@ -180,6 +185,12 @@ func printTopology(w io.Writer, m *topology.Machine) error {
 	}
 	fmt.Fprintf(&b, "allowed cpus: %s\n", orNone(m.AllowedCPUs.String()))
 	fmt.Fprintf(&b, "allowed nodes: %s\n", orNone(m.AllowedNodes.String()))
+	if len(m.Notes) > 0 {
+		b.WriteString("notes (inferred; sysfs did not say):\n")
+		for _, n := range m.Notes {
+			fmt.Fprintf(&b, "  - %s\n", n)
+		}
+	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return err
 	}

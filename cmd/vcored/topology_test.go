@@ -248,3 +248,67 @@ func TestTopologyMatchesNumactl(t *testing.T) {
 		t.Log("the host reports no CPU model name")
 	}
 }
+
+// TestTopologyEveryFixture runs `vcored topology --sysfs` on every fixture
+// tree (captured shapes of many kernels and architectures included): it
+// must succeed, and the text and the JSON must list the same notes.
+func TestTopologyEveryFixture(t *testing.T) {
+	entries, err := os.ReadDir(fixtures)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		t.Run(e.Name(), func(t *testing.T) {
+			dir := fixtures + e.Name()
+			doc := runTopologyJSON(t, "--sysfs", dir)
+			if doc.Notes == nil {
+				t.Error(`"notes" is null, want an array`)
+			}
+			var out, errb bytes.Buffer
+			if code := run([]string{"topology", "--sysfs", dir}, &out, &errb); code != exitOK {
+				t.Fatalf("exit %d, stderr:\n%s", code, errb.String())
+			}
+			text := out.String()
+			if strings.Contains(text, "notes (inferred") != (len(doc.Notes) > 0) {
+				t.Errorf("JSON notes %q, but the text's notes section presence disagrees:\n%s", doc.Notes, text)
+			}
+			for _, n := range doc.Notes {
+				if !strings.Contains(text, "\n  - "+n+"\n") {
+					t.Errorf("text lacks the note %q:\n%s", n, text)
+				}
+			}
+		})
+	}
+}
+
+// TestTopologyLLCFallback: a machine whose CPUs describe no L3 shows the
+// groups taken from the packages and says so.
+func TestTopologyLLCFallback(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"topology", "--sysfs", fixtures + "kvm-partial-caches"}, &out, &errb); code != exitOK {
+		t.Fatalf("exit %d, stderr:\n%s", code, errb.String())
+	}
+	for _, want := range []string{
+		"llc groups: 0-3 4-7\n",
+		"notes (inferred; sysfs did not say):\n  - no last-level cache information for cpus 3-7 (",
+		"cpus 4-7 use their package (within their node) as LLC group\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	doc := runTopologyJSON(t, "--sysfs", fixtures+"kvm-partial-caches")
+	if len(doc.Notes) != 1 || !strings.Contains(doc.Notes[0], "use their package") {
+		t.Errorf("notes = %q, want the one LLC note", doc.Notes)
+	}
+	if c := doc.CPUs[6]; c.LLC.String() != "4-7" {
+		t.Errorf("cpu 6 llc = %s, want its package 4-7", c.LLC)
+	}
+	// A tree that says everything has no notes.
+	if doc := runTopologyJSON(t, "--sysfs", fixtures+"two-socket-smt2"); len(doc.Notes) != 0 {
+		t.Errorf("two-socket-smt2 notes = %q, want none", doc.Notes)
+	}
+}

@@ -39,6 +39,8 @@ fault_around = 16
 orphan_grace = "1m"
 rejoin_grace = "5s"
 log_level = "debug"
+rebalance = "advise"
+rebalance_interval = "30s"
 
 [[dataspace]]
 name = "dataset"
@@ -65,6 +67,7 @@ func TestParseCoreFull(t *testing.T) {
 		File: "core.toml", Socket: "/tmp/vc/core.sock", SocketGroup: "vcored", StateDir: "/tmp/vc/state",
 		CgroupParent: "test/vcored-1", ReservedCPUs: hw.MustParse[hw.CPU]("0,2"), ReservedMemory: hw.GiB,
 		Pager: PagerCentral, FaultAround: 16, OrphanGrace: time.Minute, RejoinGrace: 5 * time.Second, LogLevel: LogDebug,
+		Rebalance: RebalanceAdvise, RebalanceInterval: 30 * time.Second,
 		Dataspaces: []Dataspace{
 			{Name: "dataset", Size: 64 * hw.MiB, Content: ContentZero},
 			{Name: "blob", Size: 8 * hw.KiB, Content: ContentFile, Source: "/var/lib/vcored/blob.bin"},
@@ -134,11 +137,13 @@ func TestParseVCoreFull(t *testing.T) {
 			Name: "toucher", Command: []string{"/usr/local/bin/worker", "--pages", "4096"}, CPUs: CPURequest{Count: 2},
 			Memory: 256 * hw.MiB, Restart: RestartAlways, MaxRestarts: 0, BackoffInitial: time.Second, BackoffMax: time.Minute,
 			Env: map[string]string{"GOMAXPROCS": "2"}, Dataspaces: []string{"dataset"},
-			Local: []Dataspace{{Name: "scratch", Size: 16 * hw.MiB, Content: ContentPattern, Seed: 3}},
+			Local:          []Dataspace{{Name: "scratch", Size: 16 * hw.MiB, Content: ContentPattern, Seed: 3}},
+			MaxConnections: DefaultMaxConnections, MaxRegions: DefaultMaxRegions, PidsMax: DefaultPidsMax,
 		}, {
 			Name: "idle", Command: []string{"sleep", "infinity"}, CPUs: CPURequest{List: hw.MustParse[hw.CPU]("6-7")},
 			Memory: 64 * hw.MiB, Restart: RestartOnFailure, MaxRestarts: DefaultMaxRestarts,
 			BackoffInitial: DefaultBackoffInitial, BackoffMax: DefaultBackoffMax, Env: map[string]string{"A": "b c"},
+			MaxConnections: DefaultMaxConnections, MaxRegions: DefaultMaxRegions, PidsMax: DefaultPidsMax,
 		}},
 	}
 	v.lines = nil

@@ -29,10 +29,16 @@ var vcoredBin string
 var cgPrefix = fmt.Sprintf("vcored-e2e-%d", os.Getpid())
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv(helperEnv); mode != "" {
+		os.Exit(runHelper(mode)) // a helper process (security_test.go), not the tests
+	}
 	os.Exit(testMain(m))
 }
 
 func testMain(m *testing.M) int {
+	if os.Getenv(limitHelperEnv) != "" {
+		return m.Run() // a helper process of limits_test.go
+	}
 	if os.Geteuid() != 0 {
 		fmt.Println("e2e: skipping: needs root (real cgroups, userfaultfd, pinned daemons)")
 		return 0
