@@ -59,10 +59,12 @@ type options struct {
 	unbound bool
 }
 
-// WithContent asks for a content kind ("zero", "pattern" with seed, or
-// "file") for a dataspace the vcore's configuration does not define. It is a
-// hint: a dataspace defined by the configuration keeps its own content, and
-// the vcore's answer (Mapping.Content) is what counts.
+// WithContent states the content kind ("zero", "pattern" with seed, or
+// "file") the worker expects. The dataspace's definition decides what the
+// pages hold: an Attach whose kind (or pattern seed) differs from it is
+// refused (bad-request, naming both); only for a core-owned dataspace whose
+// content core's catalogue does not state is the kind used. Without it the
+// worker takes whatever the dataspace holds (Mapping.Content).
 func WithContent(kind string, seed uint64) Option {
 	return func(o *options) { o.content, o.seed = wire.ContentKind(kind), seed }
 }
