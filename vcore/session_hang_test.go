@@ -203,7 +203,12 @@ func runProtocolWorker(socket string) error {
 	if err := wantAttachErr(err, wire.CodeBadRequest, fmt.Sprintf("pattern (seed %d)", localSeed)); err != nil {
 		return fmt.Errorf("attach with another seed: %w", err)
 	}
-	// An overlap names the region it overlaps.
+	// An overlap of a region in use (a page of it served) names the region
+	// it overlaps. (An overlapped region the worker has no page of is
+	// replaced instead: internal/e2e TestReattachSoakWithVCoreKills.)
+	if err := content.VerifyPattern(mem[4*ps:5*ps], localSeed, uint64(4*ps)); err != nil {
+		return fmt.Errorf("page 4 of data: %w", err)
+	}
 	_, err = attachAnswer(c, &wire.Attach{Name: "data", Addr: addr + uint64(4*ps), Length: uint64(8 * ps)})
 	if err := wantAttachErr(err, wire.CodeBadRequest, fmt.Sprintf("registered %#x+%#x", addr, 8*ps)); err != nil {
 		return fmt.Errorf("overlapping attach: %w", err)

@@ -308,7 +308,7 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 	}
 	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local}
 	err := v.pgr.AddRegion(st.id, pr)
-	if errors.Is(err, pager.ErrOverlap) && v.dropStaleLocked(st, region) {
+	if errors.Is(err, pager.ErrOverlap) && v.staleOverlap(w.pid, a) && v.dropStaleLocked(st, region) {
 		err = v.pgr.AddRegion(st.id, pr)
 	}
 	if err != nil {
@@ -334,6 +334,29 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 	v.sendLocked(&wire.RegionAdd{UffdID: st.id, Region: region})
 	v.mu.Unlock()
 	v.answer(w, ok)
+}
+
+// staleOverlap reports whether the regions a new Attach overlaps may be
+// replaced: the worker's newest Attach describes its address space, and what
+// the vcore holds there belongs to a mapping that is gone (its Detach or
+// UNMAP event was lost with a killed daemon; a taken-back region may even
+// have registered the worker's new mapping before its Attach arrived). That
+// is so when the range is not registered with a userfaultfd (a fresh
+// mapping) or when the worker has no page of it yet (nothing served there
+// can be lost or mixed). A registered range whose pages the worker has
+// touched is a live region attached again in part: an overlap error, never
+// a silent replacement.
+func (v *VCore) staleOverlap(pid int, a *wire.Attach) bool {
+	start, length := uintptr(a.Addr), uintptr(a.Length)
+	live, err := linux.UffdRegisteredIn(pid, start, length)
+	if err == nil && live {
+		live, err = linux.AnyPresentIn(pid, start, length)
+	}
+	if err != nil {
+		v.log.Warn("cannot tell a stale region from a live one; refusing the overlapping attach", "pid", pid, "err", err)
+		return false
+	}
+	return !live
 }
 
 func (v *VCore) answer(w *worker, ok *wire.AttachOK) {

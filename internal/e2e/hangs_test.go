@@ -35,21 +35,21 @@ import (
 )
 
 const (
-	helperEnv    = "VCORED_E2E_HELPER" // the helper's mode
-	helperResult = "VCORED_E2E_RESULT" // where it writes its verdict ("ok" or the error)
-	helperDir    = "VCORED_E2E_DIR"    // where it finds its gate files and writes markers
-	helperPages  = "VCORED_E2E_PAGES"  // pages per dataspace
-	hangSeed     = 7                   // the pattern seed of every dataspace here
-	verdictWait  = 120 * time.Second   // generous: a hang fails the test, it never blocks it
-	helperGrace  = 60 * time.Second    // a helper gives up (and says so) after this
-	gateName     = "go"                // gate file: start touching
-	gate2Name    = "go2"               // second gate: touch again
-	attachedName = "attached"          // marker: the helper attached its dataspaces
-	round1Name   = "round1"            // marker: the first round verified
+	hangHelperEnv    = "VCORED_E2E_HANG_HELPER" // the helper's mode
+	hangHelperResult = "VCORED_E2E_HANG_RESULT" // where it writes its verdict ("ok" or the error)
+	helperDir        = "VCORED_E2E_DIR"         // where it finds its gate files and writes markers
+	helperPages      = "VCORED_E2E_PAGES"       // pages per dataspace
+	hangSeed         = 7                        // the pattern seed of every dataspace here
+	verdictWait      = 120 * time.Second        // generous: a hang fails the test, it never blocks it
+	helperGrace      = 60 * time.Second         // a helper gives up (and says so) after this
+	gateName         = "go"                     // gate file: start touching
+	gate2Name        = "go2"                    // second gate: touch again
+	attachedName     = "attached"               // marker: the helper attached its dataspaces
+	round1Name       = "round1"                 // marker: the first round verified
 )
 
 func init() {
-	mode := os.Getenv(helperEnv)
+	mode := os.Getenv(hangHelperEnv)
 	if mode == "" {
 		return
 	}
@@ -59,10 +59,10 @@ func init() {
 		msg = err.Error()
 	}
 	// Written whole, then renamed: the test never reads half a verdict.
-	tmp := os.Getenv(helperResult) + ".tmp"
+	tmp := os.Getenv(hangHelperResult) + ".tmp"
 	werr := os.WriteFile(tmp, []byte(msg), 0o644)
 	if werr == nil {
-		werr = os.Rename(tmp, os.Getenv(helperResult))
+		werr = os.Rename(tmp, os.Getenv(hangHelperResult))
 	}
 	if werr != nil {
 		fmt.Fprintln(os.Stderr, "helper:", werr)
@@ -111,7 +111,7 @@ func runHangHelper(mode string) error {
 		if err := waitGate(gateName); err != nil {
 			return err
 		}
-		return verifyPages("local", m.Bytes())
+		return verifyHangPages("local", m.Bytes())
 
 	case "rounds":
 		// Attach a local and a core-owned dataspace; verify every page
@@ -138,7 +138,7 @@ func runHangHelper(mode string) error {
 						return err
 					}
 				}
-				if err := verifyPages(m.Name(), m.Bytes()); err != nil {
+				if err := verifyHangPages(m.Name(), m.Bytes()); err != nil {
 					return fmt.Errorf("round %d: %w", round+1, err)
 				}
 			}
@@ -211,7 +211,7 @@ func runHangHelper(mode string) error {
 			})
 		}
 		wg.Wait()
-		return verifyPages("shared", b)
+		return verifyHangPages("shared", b)
 
 	case "late":
 		// Attach and verify once the gate opens.
@@ -222,12 +222,12 @@ func runHangHelper(mode string) error {
 		if err != nil {
 			return err
 		}
-		return verifyPages("local", m.Bytes())
+		return verifyHangPages("local", m.Bytes())
 	}
 	return fmt.Errorf("unknown helper mode %q", mode)
 }
 
-func verifyPages(name string, b []byte) error {
+func verifyHangPages(name string, b []byte) error {
 	if err := content.VerifyPattern(b, hangSeed, 0); err != nil {
 		return fmt.Errorf("dataspace %s: %w", name, err)
 	}
@@ -252,12 +252,12 @@ func ownUffd() (int, error) {
 	return -1, errors.New("no userfaultfd in /proc/self/fd")
 }
 
-// helperSubsystem is a [[subsystem]] running this test binary as helper
+// hangHelperSubsystem is a [[subsystem]] running this test binary as helper
 // mode, with a local patterned dataspace "local" and, if shared, the
 // core-owned "shared". (A Go worker needs async preemption to reconnect
 // while a thread is blocked in a fault: with one CPU, that thread holds the
 // only P until SIGURG preempts it.)
-func (c *cluster) helperSubsystem(name, mode string, pages int, shared bool) string {
+func (c *cluster) hangHelperSubsystem(name, mode string, pages int, shared bool) string {
 	memory, extraEnv := "96MiB", ""
 	if mode == "forwarder" {
 		memory = "256MiB" // a thread per page: kernel and signal stacks
@@ -274,7 +274,7 @@ command = [%q, "-test.run=^$"]
 memory = %q
 restart = "never"
 env = { %s = %q, %s = %q, %s = %q, %s = "%d"%s }
-`, name, os.Args[0], memory, helperEnv, mode, helperResult, c.path(name+".result"), helperDir, c.path(name), helperPages, pages, extraEnv)
+`, name, os.Args[0], memory, hangHelperEnv, mode, hangHelperResult, c.path(name+".result"), helperDir, c.path(name), helperPages, pages, extraEnv)
 	if shared {
 		s += "dataspaces = [\"shared\"]\n"
 	}
@@ -348,7 +348,7 @@ func TestHangConnectionDropped(t *testing.T) {
 	c := newCluster(t)
 	c.startCore(c.coreConfig(""))
 	c.helperDirs("w")
-	c.startVCore(0, c.vcoreConfig(0, c.helperSubsystem("w", "drop", 256, false)))
+	c.startVCore(0, c.vcoreConfig(0, c.hangHelperSubsystem("w", "drop", 256, false)))
 	c.waitMarker("w", attachedName)
 	// Give the vcore a moment to see the connection end before the worker
 	// touches (the test holds either way; this makes it sharper).
@@ -368,7 +368,7 @@ func TestHangFaultOutsideEveryRegion(t *testing.T) {
 	c := newCluster(t)
 	c.startCore(c.coreConfig(""))
 	c.helperDirs("w")
-	v := c.startVCore(0, c.vcoreConfig(0, c.helperSubsystem("w", "unknown", 1, false)))
+	v := c.startVCore(0, c.vcoreConfig(0, c.hangHelperSubsystem("w", "unknown", 1, false)))
 	start := time.Now()
 	got := c.verdict("w")
 	if !strings.HasPrefix(got, "sigbus") {
@@ -407,7 +407,7 @@ func TestFailoverRestart(t *testing.T) {
 			core := c.startCore(coreCfg)
 			c.helperDirs("w")
 			pages := 256
-			vcfg := c.vcoreConfig(0, c.helperSubsystem("w", "rounds", pages, true))
+			vcfg := c.vcoreConfig(0, c.hangHelperSubsystem("w", "rounds", pages, true))
 			v := c.startVCore(0, vcfg)
 			c.waitMarker("w", attachedName)
 
@@ -452,8 +452,8 @@ func TestHangCoreStopped(t *testing.T) {
 	core := c.startCore(c.coreConfig(sharedDataspace))
 	c.helperDirs("fwd", "late")
 	threads := 640 // enough Forward frames (~600 B of socket buffer each) to fill the 208 KiB buffer to core
-	c.startVCore(0, c.vcoreConfig(0, c.helperSubsystem("fwd", "forwarder", threads, true)+
-		c.helperSubsystem("late", "late", 64, false)))
+	c.startVCore(0, c.vcoreConfig(0, c.hangHelperSubsystem("fwd", "forwarder", threads, true)+
+		c.hangHelperSubsystem("late", "late", 64, false)))
 	c.waitMarker("fwd", attachedName)
 
 	if err := core.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
