@@ -1,6 +1,7 @@
 package linux
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"runtime"
@@ -228,4 +229,51 @@ const WPAsyncFeatures = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED
 func HaveWPAsync() bool {
 	f, err := UffdFeatures()
 	return err == nil && f&WPAsyncFeatures == WPAsyncFeatures
+}
+
+// PresentPages returns the indexes (from start) of the pages of [start,
+// end) that are present or swapped out — the pages a process has touched —
+// from the classic /proc/PID/pagemap entries (bit 63 present, bit 62
+// swapped), which every kernel has. The PTE markers that write protection
+// of unpopulated pages leaves (UFFD_FEATURE_WP_UNPOPULATED) read as
+// swapped entries; they are not pages and are left out (see pteMarker). Reading the pagemap does not fault
+// pages in, so it is safe on a range a userfaultfd pager serves.
+func (p *Pagemap) PresentPages(start, end uintptr) ([]uint64, error) {
+	ps := uintptr(pageSize)
+	if start%ps != 0 || end%ps != 0 || end < start {
+		return nil, fmt.Errorf("pagemap: range %#x-%#x is not page-aligned", start, end)
+	}
+	const batch = 4096 // entries per read
+	buf := make([]byte, 8*batch)
+	var out []uint64
+	for a := start; a < end; {
+		n := min(uintptr(batch), (end-a)/ps)
+		b := buf[:8*n]
+		got, err := p.f.ReadAt(b, int64(a/ps*8))
+		if got != len(b) {
+			return out, fmt.Errorf("pagemap pid %d at %#x: read %d of %d bytes: %w", p.pid, a, got, len(b), err)
+		}
+		for i := range n {
+			if e := binary.NativeEndian.Uint64(b[8*i:]); e&(1<<63) != 0 || e&(1<<62) != 0 && !pteMarker(e) {
+				out = append(out, uint64((a-start)/ps+i))
+			}
+		}
+		a += n * ps
+	}
+	return out, nil
+}
+
+// pteMarker tells a pagemap "swapped" entry that is a PTE marker (no page:
+// e.g. the uffd-wp marker on a never-populated page) from a real swap or
+// migration entry. The entry holds the swap type in bits 0-4 and the
+// offset above it. A marker has the kernel's last special swap type
+// (SWP_PTE_MARKER: 31 on this project's kernels; the special types sit at
+// the top of the 32, above MAX_SWAPFILES >= 23) and an offset of a few
+// marker bits (PTE_MARKER_UFFD_WP 1, POISONED 2, GUARD 4). A real swap
+// entry has a type below MAX_SWAPFILES; a migration entry has a page frame
+// number as its offset, far above 7.
+func pteMarker(e uint64) bool {
+	typ := e & 0x1f
+	off := (e >> 5) & (1<<50 - 1)
+	return typ >= 24 && off < 8
 }

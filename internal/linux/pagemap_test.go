@@ -108,8 +108,8 @@ func TestPagemapWPAsyncWrittenPages(t *testing.T) {
 			mem[p*ps+1]++
 		}
 		if i == 0 {
-			mem[11*ps+100] = 0 // twice in one epoch (and a zero byte): one page
-			_ = mem[50*ps]     // a read is not a write
+			mem[11*ps+100] = 0       // twice in one epoch (and a zero byte): one page
+			presentSink = mem[50*ps] // a read is not a write
 		}
 		regs, err := pm.WrittenPages(base, end, true, vec, nil)
 		if err != nil {
@@ -431,3 +431,53 @@ func TestUffdSyncWPFirstWritePerEpoch(t *testing.T) {
 		}
 	}
 }
+
+func TestPagemapPresentPages(t *testing.T) {
+	// With async WP markers on the untouched pages (they read as swapped
+	// entries) and without.
+	ps := PageSize()
+	mem, pm := wpAsyncRegion(t, 16)
+	mem[2*ps] = 1
+	presentSink = mem[5*ps] // a read maps the zero page: present, too
+	mem[15*ps+9] = 1
+	base := uintptr(unsafe.Pointer(&mem[0]))
+	got, err := pm.PresentPages(base, base+uintptr(len(mem)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []uint64{2, 5, 15}) {
+		t.Fatalf("present pages %v, want [2 5 15]", got)
+	}
+	plain, err := Mmap(4*ps, PROT_READ|PROT_WRITE, MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Munmap(plain)
+	plain[3*ps] = 1
+	pb := uintptr(unsafe.Pointer(&plain[0]))
+	if got, err := pm.PresentPages(pb, pb+uintptr(len(plain))); err != nil || !slices.Equal(got, []uint64{3}) {
+		t.Fatalf("present pages of a plain mapping: %v, %v", got, err)
+	}
+	if _, err := pm.PresentPages(pb+1, pb+uintptr(len(plain))); err == nil {
+		t.Error("unaligned range: no error")
+	}
+}
+
+func TestPagemapPTEMarker(t *testing.T) {
+	for _, c := range []struct {
+		entry  uint64
+		marker bool
+	}{
+		{0x420000000000003f, true},             // uffd-wp marker as this kernel reports it
+		{0x4000000000000020, false},            // swap type 0, slot 1
+		{0x4000000000000036, false},            // swap type 22, slot 1
+		{0x400000000246a8fc, false},            // a migration entry (type 28, a frame number)
+		{0x4000000000000000 | 31 | 4<<5, true}, // guard marker
+	} {
+		if got := pteMarker(c.entry); got != c.marker {
+			t.Errorf("pteMarker(%#x) = %v, want %v", c.entry, got, c.marker)
+		}
+	}
+}
+
+var presentSink byte

@@ -8,6 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// EFAULT is the errno of a read of memory the target does not map.
+const EFAULT = unix.EFAULT
+
 // iovMax is UIO_MAXIOV, the most iovecs one process_vm_readv takes per side.
 const iovMax = 1024
 
