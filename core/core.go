@@ -175,8 +175,17 @@ func (c *Core) Run(ctx context.Context) (err error) {
 	c.log.Info("core starting", "pid", os.Getpid(), "pager", c.mode, "reserved_cpus", c.cfg.ReservedCPUs.String(),
 		"nodes", c.m.NodeIDs().String(), "socket", c.cfg.Socket)
 
-	if c.ledger, err = OpenLedger(filepath.Join(c.cfg.StateDir, "ledger.json"), nil); err != nil {
+	var dropped []error
+	c.ledger, dropped, err = OpenLedger(filepath.Join(c.cfg.StateDir, "ledger.json"), nil,
+		&LedgerLimits{Plan: c.plan, CgroupParent: c.cfg.CgroupParent})
+	if err != nil {
 		return err
+	}
+	for _, d := range dropped {
+		c.log.Warn("ledger entry does not fit this machine or cgroup_parent; dropped (core never acts on it)", "err", d)
+	}
+	if d, bad := c.ledger.Degraded(); bad {
+		c.log.Error("ledger cannot be written; retrying", "err", d.Reason)
 	}
 	if c.cg, err = cgroups.New(cgroups.Options{}); err != nil {
 		return fmt.Errorf("core: cgroups: %w", err)
@@ -253,16 +262,29 @@ func (c *Core) reconcileLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		c.retryLedger()
 		for _, le := range c.ledger.Leases() {
 			grace := c.cfg.OrphanGrace
 			if le.State == StateUnconfirmed {
 				grace = c.cfg.RejoinGrace
 			}
-			if le.State == StateLive || le.OrphanedAt.IsZero() || time.Since(le.OrphanedAt) < grace {
+			if le.State == StateLive || le.Pending != "" || le.OrphanedAt.IsZero() || time.Since(le.OrphanedAt) < grace {
 				continue
 			}
 			c.reclaim(ctx, le)
 		}
+	}
+}
+
+// retryLedger writes the ledger's pending changes when it is degraded, and
+// logs when it recovers.
+func (c *Core) retryLedger() {
+	d, bad := c.ledger.Degraded()
+	if !bad {
+		return
+	}
+	if ok, _ := c.ledger.Retry(); ok {
+		c.log.Info("ledger written again; pending changes applied", "pending", d.Pending, "degraded_for", time.Since(d.Since).Round(time.Millisecond))
 	}
 }
 
@@ -282,7 +304,10 @@ func (c *Core) reclaim(ctx context.Context, le Lease) {
 	c.mu.Unlock()
 	log := c.log.With("node", le.Node, "holder", le.Holder, "cgroup", le.Cgroup)
 	log.Warn("no vcore returned within the grace period: stopping the partition", "state", le.State)
-	if c.cg.Exists(le.Cgroup) {
+	if err := CgroupUnder(c.cfg.CgroupParent, le.Cgroup); err != nil {
+		// Never signal or delete outside cgroup_parent: drop the lease only.
+		log.Error("lease names a cgroup outside cgroup_parent; its processes and cgroup are left alone", "err", err)
+	} else if c.cg.Exists(le.Cgroup) {
 		g, err := c.cg.Load(le.Cgroup)
 		if err == nil {
 			err = stopGroup(ctx, g, 5*time.Second)
@@ -305,7 +330,11 @@ func (c *Core) reclaim(ctx context.Context, le Lease) {
 		c.mu.Unlock()
 	}
 	if _, err := c.ledger.Release(le.Holder); err != nil {
-		log.Error("release lease", "err", err)
+		if errors.Is(err, ErrLedgerWrite) {
+			log.Error("partition reclaimed; freeing the lease is pending until the ledger can be written", "err", err)
+		} else {
+			log.Error("release lease", "err", err)
+		}
 		return
 	}
 	log.Info("partition reclaimed and lease freed")

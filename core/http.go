@@ -14,7 +14,11 @@ import (
 func (c *Core) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/info", func(w http.ResponseWriter, _ *http.Request) {
-		api.WriteJSON(w, api.Info{Role: "core", Pid: os.Getpid(), PagerMode: string(c.mode), CPUs: c.cfg.ReservedCPUs.String(), Started: c.started})
+		info := api.Info{Role: "core", Pid: os.Getpid(), PagerMode: string(c.mode), CPUs: c.cfg.ReservedCPUs.String(), Started: c.started}
+		if d, bad := c.ledger.Degraded(); bad {
+			info.Degraded = &api.Degraded{Reason: d.Reason, Since: d.Since, Pending: d.Pending}
+		}
+		api.WriteJSON(w, info)
 	})
 	mux.HandleFunc("GET /v1/partitions", func(w http.ResponseWriter, _ *http.Request) { api.WriteJSON(w, c.Partitions()) })
 	mux.HandleFunc("GET /v1/vcores", func(w http.ResponseWriter, _ *http.Request) { api.WriteJSON(w, c.VCores()) })
@@ -28,6 +32,12 @@ func (c *Core) httpHandler() http.Handler {
 // entry per lease.
 func (c *Core) Partitions() []api.Partition {
 	leases := c.ledger.Leases()
+	c.mu.Lock()
+	connected := map[string]bool{}
+	for id := range c.sessions {
+		connected[id] = true
+	}
+	c.mu.Unlock()
 	var out []api.Partition
 	for _, p := range c.plan.Partitions {
 		var mine []Lease
@@ -45,7 +55,10 @@ func (c *Core) Partitions() []api.Partition {
 			granted := le.GrantedAt
 			ap := api.Partition{Node: int(p.Node), CPUs: le.CPUs.String(), Mems: le.Mems.String(), MemoryBytes: uint64(le.Memory),
 				CPULess: p.MemoryOnly(), State: le.State, Cgroup: le.Cgroup, GrantedAt: &granted,
-				Holder: &api.Holder{ID: le.Holder, Pid: le.HolderPid, Socket: le.Socket}}
+				Holder: &api.Holder{ID: le.Holder, Pid: le.HolderPid, Socket: le.Socket}, Pending: le.Pending}
+			if !connected[le.Holder] {
+				ap.Running = c.running(le.Cgroup)
+			}
 			if !le.OrphanedAt.IsZero() {
 				orphaned := le.OrphanedAt
 				ap.OrphanedAt = &orphaned
@@ -58,6 +71,54 @@ func (c *Core) Partitions() []api.Partition {
 			out = append(out, ap)
 		}
 	}
+	return out
+}
+
+// running lists the processes left in a partition cgroup, by subsystem
+// cgroup (the partition's children); nothing for a cgroup outside
+// cgroup_parent or one that is gone.
+func (c *Core) running(cgroup string) []api.Running {
+	if CgroupUnder(c.cfg.CgroupParent, cgroup) != nil || !c.cg.Exists(cgroup) {
+		return nil
+	}
+	g, err := c.cg.Load(cgroup)
+	if err != nil {
+		return nil
+	}
+	all, err := g.Procs()
+	if err != nil || len(all) == 0 {
+		return nil
+	}
+	var out []api.Running
+	inChild := map[int]bool{}
+	ents, _ := os.ReadDir(g.Dirs()[0])
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		sub, err := c.cg.Load(cgroup + "/" + e.Name())
+		if err != nil {
+			continue
+		}
+		pids, err := sub.Procs()
+		if err != nil || len(pids) == 0 {
+			continue
+		}
+		for _, p := range pids {
+			inChild[p] = true
+		}
+		out = append(out, api.Running{Subsystem: e.Name(), Pids: pids})
+	}
+	var direct []int
+	for _, p := range all {
+		if !inChild[p] {
+			direct = append(direct, p)
+		}
+	}
+	if len(direct) > 0 {
+		out = append(out, api.Running{Subsystem: "", Pids: direct})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Subsystem < out[j].Subsystem })
 	return out
 }
 

@@ -73,8 +73,11 @@ func (c *Core) serveWire(ctx context.Context, conn *wire.Conn) {
 		c.counters.refused++
 		c.mu.Unlock()
 		code := wire.CodeBadRequest
-		if errors.Is(err, ErrConflict) {
+		switch {
+		case errors.Is(err, ErrConflict):
 			code = wire.CodeConflict
+		case errors.Is(err, ErrLedgerWrite):
+			code = wire.CodeInternal
 		}
 		log.Warn("claim refused", "node", claim.Node, "vcore", claim.VCoreID, "err", err)
 		c.refuse(conn, code, err.Error())
@@ -155,6 +158,12 @@ func (c *Core) grant(conn *wire.Conn, pid int, cl *wire.Claim) (*session, error)
 	cg := c.partitionCgroup(node, cpus, cpus.Equal(part.CPUs))
 	le, reclaimed, err := c.ledger.Grant(Claim{Node: node, CPUs: cpus, Memory: mem, Holder: cl.VCoreID, Pid: pid, Socket: cl.Socket, Cgroup: cg})
 	if err != nil {
+		return nil, err
+	}
+	if err := CgroupUnder(c.cfg.CgroupParent, le.Cgroup); err != nil {
+		if !reclaimed {
+			_, _ = c.ledger.Release(cl.VCoreID)
+		}
 		return nil, err
 	}
 	// The partition's cgroup: created on a new grant, re-opened on a re-claim.
@@ -259,7 +268,11 @@ func (c *Core) endSession(s *session) {
 	if s.released.Load() {
 		return
 	}
-	if _, ok := c.ledger.Orphan(s.id); !ok {
+	_, ok, err := c.ledger.Orphan(s.id)
+	if err != nil {
+		s.log.Error("vcore gone but the ledger cannot be written: the lease stays live until the orphaning is written (retried)", "err", err)
+	}
+	if !ok {
 		return
 	}
 	c.mu.Lock()
@@ -302,12 +315,17 @@ func (c *Core) handle(s *session, f wire.Frame) (done bool) {
 	case *wire.Release:
 		s.released.Store(true)
 		le, err := c.ledger.Release(s.id)
-		if err != nil {
+		if errors.Is(err, ErrLedgerWrite) {
+			// Recorded: the lease is freed on disk as soon as the ledger can be written.
+			s.log.Error("release: the ledger cannot be written; freeing the lease is pending (retried)", "err", err)
+		} else if err != nil {
 			c.refuse(s.conn, wire.CodeNotFound, err.Error())
 			return true
 		}
 		c.dropUffds(s.id)
-		if g, err := c.cg.Load(le.Cgroup); err == nil {
+		if err := CgroupUnder(c.cfg.CgroupParent, le.Cgroup); err != nil {
+			s.log.Error("release: partition cgroup outside cgroup_parent left alone", "err", err)
+		} else if g, err := c.cg.Load(le.Cgroup); err == nil {
 			if err := g.Delete(); err != nil {
 				s.log.Warn("release: partition cgroup not removed", "cgroup", le.Cgroup, "err", err)
 			}

@@ -251,12 +251,18 @@ func TestManyRegions(t *testing.T) {
 	if err := w.result(workerTimeout); err != nil {
 		t.Fatalf("worker: %v", err)
 	}
-	var faults uint64
+	// The worker verified every page's pattern. Exactly one page is mapped
+	// per page; faults are at least one per page, not exactly: a thread
+	// woken before its page is mapped may fault again (seen on the 8-CPU
+	// guest: 2000 faults for 1999 pages), and the duplicate maps nothing.
+	var faults, mapped, errs uint64
 	for _, s := range p.Stats() {
 		faults += s.Faults
+		mapped += s.Pages
+		errs += s.Errors
 	}
-	if faults != uint64(pages) {
-		t.Errorf("%d faults, want %d", faults, pages)
+	if mapped != uint64(pages) || faults < uint64(pages) || errs != 0 {
+		t.Errorf("%d pages mapped, %d faults, %d errors; want exactly %d pages, >= %d faults, no errors", mapped, faults, errs, pages, pages)
 	}
 }
 

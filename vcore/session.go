@@ -25,10 +25,14 @@ type pendingForward struct {
 }
 
 // connect dials core, retrying until Options.DialTimeout, and claims the
-// partition.
+// partition. While core is not reachable it logs "waiting for core at
+// SOCKET" at info level once, then every 30 s.
 func (v *VCore) connect(ctx context.Context) (*wire.Conn, wire.ClaimOK, error) {
-	deadline := time.Now().Add(v.opts.DialTimeout)
+	const waitLogEvery = 30 * time.Second // how often "waiting for core" is repeated
+	start := time.Now()
+	deadline := start.Add(v.opts.DialTimeout)
 	delay := redialMin
+	var lastLog time.Time // when "waiting for core" was last logged
 	for {
 		conn, err := wire.Dial(ctx, v.cfg.CoreSocket)
 		if err == nil {
@@ -42,14 +46,31 @@ func (v *VCore) connect(ctx context.Context) (*wire.Conn, wire.ClaimOK, error) {
 		if ctx.Err() != nil {
 			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: connect to core: %w", ctx.Err())
 		}
-		if time.Now().Add(delay).After(deadline) {
+		// Keep trying until the deadline itself (the last wait is cut short
+		// to end there), not until the next backoff would pass it: that gave
+		// up as much as a second early.
+		left := time.Until(deadline)
+		if left <= 0 {
 			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: core is not reachable at %s (tried for %v): %w", v.cfg.CoreSocket, v.opts.DialTimeout, err)
 		}
-		v.log.Debug("core not reachable yet; retrying", "socket", v.cfg.CoreSocket, "err", err, "in", delay)
+		wait := min(delay, left)
+		// Said once when the wait starts, then every waitLogEvery: a vcore
+		// started before core is not silent until it gives up.
+		switch {
+		case lastLog.IsZero():
+			v.log.Info("waiting for core at "+v.cfg.CoreSocket, "socket", v.cfg.CoreSocket, "err", err, "gives_up_after", v.opts.DialTimeout)
+			lastLog = time.Now()
+		case time.Since(lastLog) >= waitLogEvery:
+			v.log.Info("still waiting for core at "+v.cfg.CoreSocket, "socket", v.cfg.CoreSocket, "err", err,
+				"waited", time.Since(start).Round(time.Second), "gives_up_after", v.opts.DialTimeout)
+			lastLog = time.Now()
+		default:
+			v.log.Debug("core not reachable yet; retrying", "socket", v.cfg.CoreSocket, "err", err, "in", wait)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, wire.ClaimOK{}, fmt.Errorf("vcore: connect to core: %w", ctx.Err())
-		case <-time.After(delay):
+		case <-time.After(wait):
 		}
 		delay = min(2*delay, time.Second)
 	}

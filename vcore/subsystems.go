@@ -1,6 +1,7 @@
 package vcore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/vcored/vcored/internal/cgroups"
@@ -25,11 +27,14 @@ import (
 // subsystem is one configured subsystem: its cgroup, its supervisor and its
 // RAM quota.
 type subsystem struct {
-	cfg     config.Subsystem
-	cgroup  string                    // relative path: <partition>/<name>
-	sources map[string]content.Source // local dataspaces by name
-	cpus    hw.CPUSet                 // assigned by policy.AssignSubsystems
-	quota   *ramalloc.Quota
+	cfg      config.Subsystem
+	cgroup   string                    // relative path: <partition>/<name>
+	sources  map[string]content.Source // local dataspaces by name
+	cpus     hw.CPUSet                 // assigned by policy.AssignSubsystems
+	quota    *ramalloc.Quota
+	conns    atomic.Int64 // live worker connections (capped by max_connections)
+	refusing atomic.Int64 // connections over max_connections being refused
+	limLog   atomic.Int64 // unix nanoseconds of the last "over a limit" log line
 
 	// Set while starting (before the socket serves anyone), then read-only.
 	group        *cgroups.Group
@@ -56,6 +61,63 @@ func (s *subsystem) localDataspace(name string) (config.Dataspace, bool) {
 	}
 	return config.Dataspace{}, false
 }
+
+// maxConnections and maxRegions are the subsystem's caps (the defaults for
+// a configuration not made by the parser).
+func (s *subsystem) maxConnections() int {
+	return cmp.Or(s.cfg.MaxConnections, config.DefaultMaxConnections)
+}
+
+func (s *subsystem) maxRegions() int { return cmp.Or(s.cfg.MaxRegions, config.DefaultMaxRegions) }
+
+// pidsMax is the pids.max to set on the subsystem's cgroup.
+func (s *subsystem) pidsMax() int64 {
+	if s.cfg.PidsMax == 0 {
+		return cgroups.PidsUnlimited
+	}
+	return int64(s.cfg.PidsMax)
+}
+
+// regionsLocked counts the regions registered for s's workers. Called with
+// v.mu held.
+func (v *VCore) regionsLocked(s *subsystem) int {
+	n := 0
+	for _, u := range v.uffds {
+		if u.sub == s {
+			n += len(u.regions)
+		}
+	}
+	return n
+}
+
+// limitLogOK lets one "over a limit" log line per second through for s (a
+// worker hammering a cap must not flood the log).
+func (s *subsystem) limitLogOK() bool {
+	now := time.Now().UnixNano()
+	last := s.limLog.Load()
+	return now-last >= int64(time.Second) && s.limLog.CompareAndSwap(last, now)
+}
+
+// refuseOverLimit answers a worker connection over max_connections with
+// Error{limit}. The refusal answers the worker's Hello, awaited 2 seconds:
+// sent before it, the Error would be lost to a worker whose Hello then meets
+// a closed socket. Only a few refusals of a subsystem wait at once; beyond
+// them the Error is sent at once.
+func refuseOverLimit(sub *subsystem, c *wire.Conn, msg string) {
+	if sub.refusing.Add(1) <= maxRefusing {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if f, err := c.Recv(); err == nil {
+			f.CloseFDs()
+		}
+	}
+	sub.refusing.Add(-1)
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = c.SendMsg(&wire.Error{Code: wire.CodeLimit, Msg: msg})
+}
+
+// maxRefusing bounds the over-limit connections of one subsystem that wait
+// for their Hello before being refused.
+const maxRefusing = 8
 
 func (v *VCore) subByName(name string) *subsystem {
 	for _, s := range v.subs {
@@ -106,7 +168,7 @@ func (v *VCore) startSubsystems(ctx context.Context) error {
 }
 
 func (v *VCore) startSubsystem(ctx context.Context, s *subsystem, logPath string) error {
-	res := cgroups.Resources{CPUs: s.cpus, Mems: v.grant.Mems, MemoryLimit: s.cfg.Memory}
+	res := cgroups.Resources{CPUs: s.cpus, Mems: v.grant.Mems, MemoryLimit: s.cfg.Memory, PidsMax: s.pidsMax()}
 	spec := supervise.Spec{
 		Name:           s.cfg.Name,
 		Command:        s.cfg.Command,

@@ -77,6 +77,17 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 			Msg: fmt.Sprintf("pid %d (cgroup %q) is not a process of a subsystem of the vcore of node %d", pid, path, v.cfg.Node)})
 		return
 	}
+	if n := sub.conns.Add(1); n > int64(sub.maxConnections()) {
+		sub.conns.Add(-1)
+		msg := fmt.Sprintf("subsystem %s already has %d worker connections open (max_connections = %d in the vcore's configuration)",
+			sub.cfg.Name, n-1, sub.maxConnections())
+		if sub.limitLogOK() {
+			v.log.Warn("refused a worker connection", "subsystem", sub.cfg.Name, "pid", pid, "reason", msg)
+		}
+		refuseOverLimit(sub, c, msg)
+		return
+	}
+	defer sub.conns.Add(-1)
 	w := &worker{conn: c, pid: pid, sub: sub}
 	defer v.workerClosed(w)
 	for {
@@ -217,6 +228,13 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		v.mu.Unlock()
 		w.sub.quota.Release(int64(charged))
 		refuse(wire.CodeNotFound, "the worker's userfaultfd is no longer held")
+		return
+	}
+	if n := v.regionsLocked(w.sub); n >= w.sub.maxRegions() {
+		v.mu.Unlock()
+		w.sub.quota.Release(int64(charged))
+		refuse(wire.CodeLimit, "subsystem %s already has %d regions registered (max_regions = %d in the vcore's configuration); detach some first",
+			w.sub.cfg.Name, n, w.sub.maxRegions())
 		return
 	}
 	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local}

@@ -22,7 +22,10 @@ import (
 // when none is given. Every file is checked against the topology of this
 // host, or of the sysfs tree DIR. A file with no problem prints "FILE: ok" on
 // stdout; every problem prints as "file:line: key: message" on stderr, and
-// the exit code is then 2.
+// the exit code is then 2. A file that cannot be read is a problem of that
+// file ("file: no such file"). A subsystem command that is not an executable
+// file on this host is a warning ("file:line: key: ... (warning)", on
+// stderr): it does not change the exit code.
 func runCheck(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "check", "[--sysfs DIR] FILE...\n\n"+
 		"Validate core and vcore configuration files against this machine (or a sysfs tree).\n"+
@@ -44,6 +47,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 
 	problems := map[string]config.Errors{} // file → its problems
 	other := map[string][]string{}         // file → problems that are not config.Errors
+	warnings := map[string]config.Errors{} // file → warnings (they do not fail the check)
 	report := func(file string, err error) {
 		if err == nil {
 			return
@@ -64,7 +68,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
-			report(f, err)
+			report(f, config.ReadError(f, err))
 			continue
 		}
 		switch config.DetectKind(data) {
@@ -82,6 +86,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 			report(f, err)
 			if v != nil {
 				vcores = append(vcores, v)
+				warnings[f] = append(warnings[f], v.CommandWarnings()...)
 			}
 		}
 	}
@@ -105,7 +110,15 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	n, bad := 0, 0
 	for _, f := range files {
 		ps, others := problems[f], other[f]
-		slices.SortStableFunc(ps, func(a, b *config.Error) int { return cmp.Compare(a.Line, b.Line) })
+		// Warnings are listed with the problems, in line order.
+		all := append(slices.Clone(ps), warnings[f]...)
+		slices.SortStableFunc(all, func(a, b *config.Error) int { return cmp.Compare(a.Line, b.Line) })
+		for _, p := range all {
+			fmt.Fprintln(e.stderr, p)
+		}
+		for _, o := range others {
+			fmt.Fprintln(e.stderr, o)
+		}
 		switch {
 		case len(ps) == 0 && len(others) == 0 && unchecked[f]:
 			fmt.Fprintf(e.stdout, "%s: not checked against the machine: the core file %s has errors\n", f, coreFile)
@@ -113,12 +126,6 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 			fmt.Fprintf(e.stdout, "%s: ok\n", f)
 		default:
 			bad++
-			for _, p := range ps {
-				fmt.Fprintln(e.stderr, p)
-			}
-			for _, o := range others {
-				fmt.Fprintln(e.stderr, o)
-			}
 			n += len(ps) + len(others)
 		}
 	}

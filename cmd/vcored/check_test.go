@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -88,8 +89,8 @@ func TestCheckWrongTopology(t *testing.T) {
 		t.Fatalf("exit %d, want %d\n%s%s", code, exitUsage, out, errs)
 	}
 	for _, want := range []string{
-		"two-node/core.toml:7: reserved_cpus: CPU 8 is not an online CPU of this machine (online: 0-1)",
-		"two-node/node1.toml:3: node: node 1 does not exist (online nodes: 0)",
+		"two-node/core.toml:8: reserved_cpus: CPU 8 is not an online CPU of this machine (online: 0-1)",
+		"two-node/node1.toml:4: node: node 1 does not exist (online nodes: 0)",
 	} {
 		if !strings.Contains(errs, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, errs)
@@ -170,5 +171,89 @@ func TestCheckUsage(t *testing.T) {
 	b := writeFile(t, dir, "b.toml", "")
 	if code, _, errs := runCheckCmd(t, "--sysfs", checkFixtures+"single-node-2cpu", a, b); code != exitUsage || !strings.Contains(errs, "a second core file") {
 		t.Errorf("two core files: exit %d, stderr %q", code, errs)
+	}
+}
+
+// TestCheckMissingFile: an unreadable file is reported in the file:line
+// format of every other problem (without a line), once, with exit 2.
+func TestCheckMissingFile(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing.toml")
+	code, out, errs := runCheckCmd(t, "--sysfs", checkFixtures+"single-node-2cpu", configsDir+"core.toml", missing)
+	want := missing + ": no such file\nvcored check: 1 problem(s) in 1 of 2 file(s)\n"
+	if code != exitUsage || errs != want {
+		t.Errorf("exit %d, stderr %q; want %d, %q", code, errs, exitUsage, want)
+	}
+	if out != configsDir+"core.toml: ok\n" {
+		t.Errorf("stdout %q", out)
+	}
+}
+
+// TestCheckCommandWarnings: a subsystem program that does not exist or is
+// not executable is a warning at the command's line; the file is still ok
+// and the exit code 0. A program found in PATH (or the subsystem's own
+// PATH) is not warned about.
+func TestCheckCommandWarnings(t *testing.T) {
+	dir := t.TempDir()
+	noexec := writeFile(t, dir, "noexec", "#!/bin/sh\n")
+	bin := filepath.Join(dir, "bin")
+	if err := os.Mkdir(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bin, "myprog"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f := writeFile(t, dir, "node0.toml", `node = 0
+memory = "64MiB"
+[[subsystem]]
+name = "absent"
+command = ["/nonexistent/foo", "--x"]
+memory = "1MiB"
+[[subsystem]]
+name = "inpath"
+command = ["sh", "-c", "true"]
+memory = "1MiB"
+[[subsystem]]
+name = "notinpath"
+command = ["vcored-no-such-program-x"]
+memory = "1MiB"
+[[subsystem]]
+name = "noexec"
+memory = "1MiB"
+command = [`+fmt.Sprintf("%q", noexec)+`]
+[[subsystem]]
+name = "dir"
+command = [`+fmt.Sprintf("%q", dir)+`]
+memory = "1MiB"
+[[subsystem]]
+name = "ownpath"
+command = ["myprog"]
+memory = "1MiB"
+env = { PATH = `+fmt.Sprintf("%q", bin)+` }
+`)
+	code, out, errs := runCheckCmd(t, "--sysfs", checkFixtures+"single-node-2cpu", f)
+	if code != exitOK || out != f+": ok\n" {
+		t.Errorf("exit %d, stdout %q; want 0 and ok (warnings only)\n%s", code, out, errs)
+	}
+	want := []string{
+		f + `:5: subsystem[0].command: "/nonexistent/foo" not found (warning)`,
+		f + `:13: subsystem[2].command: "vcored-no-such-program-x" not found in PATH (warning)`,
+		f + `:18: subsystem[3].command: "` + noexec + `" is not executable (warning)`,
+		f + `:21: subsystem[4].command: "` + dir + `" is a directory (warning)`,
+	}
+	if got := strings.Split(strings.TrimSpace(errs), "\n"); !slices.Equal(got, want) {
+		t.Errorf("stderr:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	// Warnings are listed with the machine errors of a file that parses,
+	// in line order; errors set the exit code.
+	bad := writeFile(t, dir, "bad.toml", "node = 0\nmemory = \"64MiB\"\n[[subsystem]]\nname = \"a\"\ncommand = [\"/nonexistent/foo\"]\nmemory = \"1MiB\"\ncpus = \"5\"\n[[subsystem]]\nname = \"b\"\ncommand = [\"sleep\"]\nmemory = \"1MiB\"\n")
+	code, _, errs = runCheckCmd(t, "--sysfs", checkFixtures+"single-node-2cpu", bad)
+	want = []string{
+		bad + `:5: subsystem[0].command: "/nonexistent/foo" not found (warning)`,
+		bad + `:7: subsystem[0].cpus: CPUs 5 are not in the partition "0-1"`,
+		"vcored check: 1 problem(s) in 1 of 1 file(s)",
+	}
+	if got := strings.Split(strings.TrimSpace(errs), "\n"); code != exitUsage || !slices.Equal(got, want) {
+		t.Errorf("exit %d, stderr:\n%s\nwant:\n%s", code, strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

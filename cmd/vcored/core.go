@@ -22,15 +22,22 @@ func runCore(ctx context.Context, e *env, args []string) error {
 	if *mode != "" && *mode != "local" && *mode != "central" {
 		return usagef("--pager %q: want local or central", *mode)
 	}
+	if err := needRoot(e, "it creates cgroups, writes its ledger under state_dir, listens on a socket under /run and serves workers' userfaultfds"); err != nil {
+		return err
+	}
 	cfg, err := config.LoadCore(*path)
 	if err != nil {
 		return asUsage(err)
 	}
+	log := daemonLogger(e, cfg.LogLevel)
 	m, err := topology.Host()
 	if err != nil {
 		return err
 	}
-	c, err := core.New(core.Options{Config: cfg, Machine: m, PagerMode: *mode, Log: e.log.With("daemon", "core")})
+	for _, n := range m.Notes {
+		log.Info("topology inferred", "note", n)
+	}
+	c, err := core.New(core.Options{Config: cfg, Machine: m, PagerMode: *mode, Log: log.With("daemon", "core")})
 	if errors.Is(err, core.ErrConfig) {
 		return asUsage(err)
 	}

@@ -13,7 +13,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strings"
 	"syscall"
+
+	"github.com/vcored/vcored/internal/config"
 )
 
 // Exit codes, as documented in the README.
@@ -28,6 +32,9 @@ const (
 type env struct {
 	stdout, stderr io.Writer
 	log            *slog.Logger
+	// geteuid is os.Geteuid; tests replace it to see what a non-root
+	// user is told.
+	geteuid func() int
 }
 
 type command struct {
@@ -54,12 +61,20 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	e := &env{stdout: stdout, stderr: stderr, log: newLogger(stderr)}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	return runEnv(&env{stdout: stdout, stderr: stderr, log: newLogger(stderr), geteuid: os.Geteuid}, args)
+}
+
+func runEnv(e *env, args []string) int {
+	stdout, stderr := e.stdout, e.stderr
+	switch {
+	case len(args) == 0:
 		usage(stderr)
-		if len(args) == 0 {
-			return exitUsage
-		}
+		return exitUsage
+	case args[0] == "-h" || args[0] == "--help" || args[0] == "-help" || args[0] == "help":
+		usage(stdout)
+		return exitOK
+	case args[0] == "--version" || args[0] == "-version" || args[0] == "version":
+		printVersion(stdout)
 		return exitOK
 	}
 	for _, c := range commands {
@@ -70,9 +85,101 @@ func run(args []string, stdout, stderr io.Writer) int {
 		defer stop()
 		return exitCode(e, c.name, c.run(ctx, e, args[1:]))
 	}
+	if strings.HasPrefix(args[0], "-") {
+		fmt.Fprintf(stderr, "vcored: flag %s before the command: flags follow it (vcored <command> [flags]); run 'vcored --help'\n", args[0])
+		return exitUsage
+	}
+	if s := suggest(args[0]); s != "" {
+		fmt.Fprintf(stderr, "vcored: unknown command %q; did you mean %q?\nRun 'vcored --help' for the list of commands.\n", args[0], s)
+		return exitUsage
+	}
 	fmt.Fprintf(stderr, "vcored: unknown command %q\n\n", args[0])
 	usage(stderr)
 	return exitUsage
+}
+
+// suggest returns the visible command closest to a mistyped name (edit
+// distance at most 2, or a prefix of it), or "".
+func suggest(name string) string {
+	best, bestD := "", 3
+	for _, c := range commands {
+		if c.hidden {
+			continue
+		}
+		d := editDistance(name, c.name)
+		if len(name) >= 2 && strings.HasPrefix(c.name, name) {
+			d = min(d, 1)
+		}
+		if d < bestD {
+			best, bestD = c.name, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Damerau-Levenshtein distance (optimal string
+// alignment: insertions, deletions, substitutions and swaps of adjacent
+// bytes each cost 1) between a and b.
+func editDistance(a, b string) int {
+	prev2 := make([]int, len(b)+1)
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(b)]
+}
+
+// printVersion prints the module version and the VCS stamp the Go
+// toolchain recorded in the binary (debug.ReadBuildInfo).
+func printVersion(w io.Writer) {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		fmt.Fprintln(w, "vcored: no build information in this binary")
+		return
+	}
+	fmt.Fprint(w, versionString(bi))
+}
+
+// versionString formats bi as `vcored --version` prints it.
+func versionString(bi *debug.BuildInfo) string {
+	var b strings.Builder
+	version := bi.Main.Version
+	if version == "" {
+		version = "(unknown)"
+	}
+	fmt.Fprintf(&b, "vcored %s (module %s, %s)\n", version, bi.Main.Path, bi.GoVersion)
+	set := map[string]string{}
+	for _, s := range bi.Settings {
+		set[s.Key] = s.Value
+	}
+	if rev := set["vcs.revision"]; rev != "" {
+		fmt.Fprintf(&b, "revision %s", rev)
+		if t := set["vcs.time"]; t != "" {
+			fmt.Fprintf(&b, ", committed %s", t)
+		}
+		if set["vcs.modified"] == "true" {
+			b.WriteString(", with uncommitted changes")
+		}
+		b.WriteString("\n")
+	} else {
+		b.WriteString("revision unknown (built without VCS stamping: outside a git checkout, in a git worktree, or with -buildvcs=false)\n")
+	}
+	return b.String()
 }
 
 func usage(w io.Writer) {
@@ -82,7 +189,7 @@ func usage(w io.Writer) {
 			fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 		}
 	}
-	fmt.Fprintf(w, "\nRun 'vcored <command> --help' for a command's flags.\nExit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.\n")
+	fmt.Fprintf(w, "\nRun 'vcored <command> --help' for a command's flags, 'vcored --version' for the build.\nExit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.\n")
 }
 
 func newLogger(w io.Writer) *slog.Logger {
@@ -91,6 +198,41 @@ func newLogger(w io.Writer) *slog.Logger {
 		level = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// daemonLogger is the logger of a daemon whose file sets log_level:
+// that level, unless VCORED_DEBUG asks for debug.
+func daemonLogger(e *env, l config.LogLevel) *slog.Logger {
+	lvl, ok := slogLevel(l)
+	if !ok || os.Getenv("VCORED_DEBUG") != "" {
+		return e.log
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+// slogLevel maps a config log level to slog's.
+func slogLevel(l config.LogLevel) (slog.Level, bool) {
+	switch l {
+	case config.LogDebug:
+		return slog.LevelDebug, true
+	case config.LogInfo:
+		return slog.LevelInfo, true
+	case config.LogWarn:
+		return slog.LevelWarn, true
+	case config.LogError:
+		return slog.LevelError, true
+	}
+	return 0, false
+}
+
+// needRoot refuses to run a daemon as another user, before it reads or
+// creates anything: what it does needs root, and the first failure (a state
+// directory, a cgroup) would not say so.
+func needRoot(e *env, why string) error {
+	if uid := e.geteuid(); uid != 0 {
+		return usagef("must run as root (%s); you are uid %d: run it with sudo, or as the systemd unit in contrib/systemd", why, uid)
+	}
+	return nil
 }
 
 // usageError marks an error as the caller's: bad flags, bad config, a
@@ -127,24 +269,34 @@ func exitCode(e *env, name string, err error) int {
 }
 
 // newFlagSet returns a FlagSet whose parse errors are usage errors and
-// whose --help prints the command's summary and flags.
+// whose --help prints the command's synopsis and flags on stdout.
 func newFlagSet(e *env, name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "usage: vcored %s %s\n\nflags:\n", name, synopsis)
+		fmt.Fprintf(e.stdout, "usage: vcored %s %s\n\nflags:\n", name, synopsis)
+		fs.SetOutput(e.stdout)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
 	return fs
 }
 
-// parseFlags parses args; a bad flag is a usage error, --help is ErrHelp.
+// parseFlags parses args. --help prints the usage and returns ErrHelp; a
+// bad flag is a usage error, printed once (by exitCode) with a pointer to
+// --help, not followed by the whole usage.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err}
+	usage := fs.Usage
+	fs.Usage = func() {} // the flag package calls it on every error
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = usage
+	if err == nil {
+		return nil
 	}
-	return nil
+	if errors.Is(err, flag.ErrHelp) {
+		usage()
+		return err
+	}
+	return usagef("%w (run 'vcored %s --help' for its flags)", err, fs.Name())
 }

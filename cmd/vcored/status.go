@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
 	"strings"
+	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/vcored/vcored/internal/api"
 	"github.com/vcored/vcored/internal/hw"
@@ -31,7 +33,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	if fs.NArg() != 0 {
 		return usagef("unexpected arguments: %v", fs.Args())
 	}
-	rep, err := collectStatus(ctx, *socket)
+	rep, err := collectStatus(ctx, *socket, e.geteuid())
 	if err != nil {
 		return err
 	}
@@ -46,15 +48,11 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 
 // collectStatus asks the daemon at socket who it is; for a core it also
 // asks every vcore it knows for its subsystems.
-func collectStatus(ctx context.Context, socket string) (*statusReport, error) {
+func collectStatus(ctx context.Context, socket string, euid int) (*statusReport, error) {
 	c := api.NewClient(socket)
 	rep := &statusReport{Subsystems: map[string][]api.Subsystem{}}
 	if err := c.Get(ctx, "/v1/info", &rep.Info); err != nil {
-		if os.Geteuid() != 0 {
-			return nil, fmt.Errorf("no daemon answers on %s (vcored accepts root and members of core's socket_group only; you are uid %d): %w",
-				socket, os.Geteuid(), err)
-		}
-		return nil, fmt.Errorf("no daemon answers on %s: %w", socket, err)
+		return nil, dialError(socket, euid, err)
 	}
 	var vcoreSockets []string
 	switch rep.Info.Role {
@@ -86,9 +84,36 @@ func collectStatus(ctx context.Context, socket string) (*statusReport, error) {
 	return rep, nil
 }
 
+// dialError explains why nobody answered on socket: nothing listens there
+// (no socket file, or one left behind by a daemon that is gone), the socket
+// file's permissions, or the daemon refusing this user.
+func dialError(socket string, euid int, err error) error {
+	const start = "start core with 'vcored core --config /etc/vcored/core.toml' (or 'systemctl start vcored-core'), " +
+		"or give the socket of a running daemon with --socket"
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("no daemon listening at %s (no such socket); is it running? %s", socket, start)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("no daemon listening at %s (the socket file is left from a daemon that has exited); is it running? %s", socket, start)
+	case errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("%s: permission denied: vcored accepts root and members of core's socket_group only (you are uid %d): %w", socket, euid, err)
+	case euid != 0:
+		return fmt.Errorf("no answer on %s (vcored accepts root and members of core's socket_group only; you are uid %d): %w", socket, euid, err)
+	}
+	return fmt.Errorf("no daemon answers on %s: %w", socket, err)
+}
+
 func printStatus(e *env, rep *statusReport) {
 	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "%s pid %d, pager %s\n\n", rep.Info.Role, rep.Info.Pid, rep.Info.PagerMode)
+	if d := rep.Info.Degraded; d != nil {
+		fmt.Fprintf(w, "DEGRADED since %s: the ledger cannot be written (claims are refused until it can): %s\n",
+			d.Since.Format(time.RFC3339), d.Reason)
+		if len(d.Pending) > 0 {
+			fmt.Fprintf(w, "  not yet written (retried): %s\n", strings.Join(d.Pending, ", "))
+		}
+		fmt.Fprintln(w)
+	}
 	if len(rep.Partitions) > 0 {
 		fmt.Fprintln(w, "PARTITION\tCPUS\tMEMS\tMEMORY\tSTATE\tHOLDER\tCGROUP")
 		for _, p := range rep.Partitions {
@@ -99,6 +124,12 @@ func printStatus(e *env, rep *statusReport) {
 			state := p.State
 			if p.GraceLeft != "" {
 				state += " (reclaim in " + p.GraceLeft + ")"
+			}
+			if p.Pending != "" {
+				state += " (" + p.Pending + " not yet written to the ledger)"
+			}
+			if r := runningSummary(p.Running); r != "" {
+				state += " — " + r
 			}
 			fmt.Fprintf(w, "node%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Node, dash(p.CPUs), dash(p.Mems),
 				hw.Bytes(p.MemoryBytes).Human(), state, holder, dash(p.Cgroup))
@@ -134,6 +165,41 @@ func printStatus(e *env, rep *statusReport) {
 		fmt.Fprintf(w, "error: %s\n", err)
 	}
 	w.Flush()
+}
+
+// runningSummary says what still runs in a partition whose vcore is gone:
+// "2 subsystems still running (a: pids 10,11; b: pid 12)".
+func runningSummary(rs []api.Running) string {
+	if len(rs) == 0 {
+		return ""
+	}
+	var parts []string
+	n := 0
+	for _, r := range rs {
+		pids := make([]string, len(r.Pids))
+		for i, p := range r.Pids {
+			pids[i] = fmt.Sprint(p)
+		}
+		word := "pids"
+		if len(pids) == 1 {
+			word = "pid"
+		}
+		name := r.Subsystem
+		if name == "" {
+			name = "partition cgroup"
+		} else {
+			n++
+		}
+		parts = append(parts, fmt.Sprintf("%s: %s %s", name, word, strings.Join(pids, ",")))
+	}
+	what := fmt.Sprintf("%d subsystems still running", n)
+	switch {
+	case n == 1:
+		what = "1 subsystem still running"
+	case n == 0:
+		what = "processes still running"
+	}
+	return what + " (" + strings.Join(parts, "; ") + ")"
 }
 
 func dash(s string) string {

@@ -24,6 +24,18 @@ type Info struct {
 	// CoreConnected is set by a vcore: whether its core session is up.
 	CoreConnected *bool     `json:"core_connected,omitempty"`
 	Started       time.Time `json:"started"`
+	// Degraded is set by a core whose ledger cannot be written (read-only
+	// or full state directory): claims are refused and lease changes wait.
+	Degraded *Degraded `json:"degraded,omitempty"`
+}
+
+// Degraded describes a core whose ledger cannot be written.
+type Degraded struct {
+	Reason string    `json:"reason"` // the last write error
+	Since  time.Time `json:"since"`  // the first failed write
+	// Pending are the lease changes recorded but not yet written, as
+	// "orphan HOLDER" or "release HOLDER"; core retries them.
+	Pending []string `json:"pending,omitempty"`
 }
 
 // Partition is one node's share of the machine as core sees it.
@@ -44,6 +56,21 @@ type Partition struct {
 	// GraceLeft is how long an orphaned/unconfirmed lease has before core
 	// reclaims it.
 	GraceLeft string `json:"grace_left,omitempty"`
+	// Pending is "orphan" or "release" when that change of the lease is
+	// recorded but not yet written to the ledger (see Info.Degraded).
+	Pending string `json:"pending,omitempty"`
+	// Running is set for a lease whose vcore is not connected: the
+	// processes still in the partition's cgroup, by subsystem cgroup.
+	Running []Running `json:"running,omitempty"`
+}
+
+// Running is what still runs in one subsystem cgroup of a partition whose
+// vcore is gone.
+type Running struct {
+	// Subsystem is the cgroup's name below the partition cgroup (the
+	// subsystem's name); "" for processes in the partition cgroup itself.
+	Subsystem string `json:"subsystem"`
+	Pids      []int  `json:"pids"`
 }
 
 // Holder is the vcore holding a lease.

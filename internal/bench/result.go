@@ -156,6 +156,10 @@ type DataspaceResult struct {
 	// Latency holds one value per first touch (ns), fault or not: with
 	// fault-around most touches find the page already there.
 	Latency hist.Snapshot `json:"latency"`
+	// LatencyBinsNS is Latency's bins with explicit bounds: [lowest ns,
+	// highest ns, count] per non-empty bin, in order (hist.BinRange;
+	// docs/PROTOCOL.md, "Histogram bins").
+	LatencyBinsNS [][3]int64 `json:"latency_bins_ns,omitempty"`
 	// TouchNS is the sum of all timed touches; WallNS the whole touch loop.
 	TouchNS int64 `json:"touch_ns"`
 	WallNS  int64 `json:"wall_ns"`

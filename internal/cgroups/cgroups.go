@@ -192,12 +192,20 @@ func (m *Manager) Root() string { return m.root }
 func (m *Manager) unified() bool { return m.mode == ModeV2 }
 
 // Resources are what vcored sets on a group. Zero fields are left alone on
-// Create (an empty cpuset is inherited from the parent; no memory limit).
+// Create (an empty cpuset is inherited from the parent; no memory limit; the
+// pids limit the kernel starts with, "max").
 type Resources struct {
 	CPUs        hw.CPUSet  // cpuset.cpus
 	Mems        hw.NodeSet // cpuset.mems
 	MemoryLimit hw.Bytes   // memory.limit_in_bytes (v1) / memory.max (v2); 0 = none
+	// PidsMax is pids.max (v1 and v2): the most tasks (processes and
+	// threads) the group's subtree may hold. 0 leaves it alone, also on
+	// Update; PidsUnlimited writes "max".
+	PidsMax int64
 }
+
+// PidsUnlimited as Resources.PidsMax sets pids.max to "max".
+const PidsUnlimited = -1
 
 // Stats is a snapshot of a group's usage and settings.
 type Stats struct {
@@ -361,6 +369,9 @@ func (g *Group) Update(r Resources) error {
 	if err := g.impl.update(r); err != nil {
 		return fmt.Errorf("cgroups: update %s: %w", g.path, err)
 	}
+	if err := g.m.unlimitPidsV1(g.path, r); err != nil {
+		return fmt.Errorf("cgroups: update %s: %w", g.path, err)
+	}
 	if r.MemoryLimit == 0 {
 		if err := g.clearMemoryLimit(); err != nil {
 			return fmt.Errorf("cgroups: update %s: %w", g.path, err)
@@ -472,6 +483,16 @@ func (g *Group) clearMemoryLimit() error {
 		return writeFile(filepath.Join(g.m.dirs(g.path)[0], "memory.max"), "max")
 	}
 	return writeFile(filepath.Join(g.m.dirs(g.path)[1], "memory.limit_in_bytes"), "-1")
+}
+
+// unlimitPidsV1 writes "max" to a v1 group's pids.max when r asks for no
+// limit. Plain write: containerd's cgroup1 writes only positive limits (its
+// cgroup2 writes "max" for a negative one itself).
+func (m *Manager) unlimitPidsV1(path string, r Resources) error {
+	if m.unified() || r.PidsMax >= 0 {
+		return nil
+	}
+	return writeFile(filepath.Join(m.dirs(path)[2], "pids.max"), "max")
 }
 
 // removeTree removes path and its descendants bottom-up in every hierarchy.

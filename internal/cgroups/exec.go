@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"strconv"
 	"syscall"
+
+	"github.com/vcored/vcored/internal/linux"
 )
 
 // Join moves the calling process (all its threads) into the cgroups whose
@@ -28,8 +30,9 @@ func Join(procsFiles []string) error {
 
 // JoinAndExec joins the cgroups (see Join) and then replaces the calling
 // process with argv (argv[0] looked up in PATH), keeping the environment.
-// The command is inside its cgroups before it runs a single instruction. It
-// returns only on error. This is `vcored exec-in-cgroup`, the shim
+// The command is inside its cgroups before it runs a single instruction,
+// and receives no file descriptor but 0, 1 and 2 (every other one is marked
+// close-on-exec first). It returns only on error. This is `vcored exec-in-cgroup`, the shim
 // supervise starts subsystems through on v1.
 func JoinAndExec(procsFiles []string, argv []string) error {
 	if len(argv) == 0 {
@@ -41,6 +44,11 @@ func JoinAndExec(procsFiles []string, argv []string) error {
 	}
 	if err := Join(procsFiles); err != nil {
 		return err
+	}
+	// Only stdin, stdout and stderr reach the command, whatever the caller
+	// of the shim left open without close-on-exec.
+	if err := linux.CloseOnExecFrom(3); err != nil {
+		return fmt.Errorf("cgroups: exec: %w", err)
 	}
 	err = syscall.Exec(path, argv, os.Environ())
 	return fmt.Errorf("cgroups: exec %s: %w", path, err)

@@ -300,3 +300,45 @@ func TestFakeDeleteReportsLeftovers(t *testing.T) {
 		t.Fatalf("Delete = %v, want ErrLeftover naming %s", err, filepath.Join(m.Root(), "vc/p"))
 	}
 }
+
+func TestFakePidsMax(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		m    func(*testing.T) *Manager
+		file string // pids.max of group vc/s, relative to the root
+	}{
+		{"v1", fakeV1, "pids/vc/s/pids.max"},
+		{"v2", fakeV2, "vc/s/pids.max"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := c.m(t)
+			g, err := m.Create("vc/s", Resources{PidsMax: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			file := filepath.Join(m.Root(), c.file)
+			if got := readFile(t, file); got != "100" {
+				t.Errorf("after Create pids.max = %q, want 100", got)
+			}
+			// Zero leaves it alone, also on Update.
+			if err := g.Update(Resources{MemoryLimit: hw.MiB}); err != nil {
+				t.Fatal(err)
+			}
+			if got := readFile(t, file); got != "100" {
+				t.Errorf("after Update(0) pids.max = %q, want 100 kept", got)
+			}
+			if err := g.Update(Resources{MemoryLimit: hw.MiB, PidsMax: PidsUnlimited}); err != nil {
+				t.Fatal(err)
+			}
+			if got := readFile(t, file); got != "max" {
+				t.Errorf("after Update(unlimited) pids.max = %q, want max", got)
+			}
+			if err := g.Update(Resources{MemoryLimit: hw.MiB, PidsMax: 7}); err != nil {
+				t.Fatal(err)
+			}
+			if got := readFile(t, file); got != "7" {
+				t.Errorf("after Update(7) pids.max = %q, want 7", got)
+			}
+		})
+	}
+}

@@ -117,7 +117,14 @@ func targetCPUAndNode(t *testing.T, m *Manager) (hw.CPUSet, hw.NodeSet) {
 // has happened (comm changed).
 func startJoined(t *testing.T, g *Group, argv ...string) *exec.Cmd {
 	t.Helper()
+	return startJoinedWith(t, g, nil, argv...)
+}
+
+// startJoinedWith is startJoined handing extra files to the shim (fd 3 on).
+func startJoinedWith(t *testing.T, g *Group, extra []*os.File, argv ...string) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], argv...)
+	cmd.ExtraFiles = extra
 	cmd.Env = append(os.Environ(), helperEnv+"="+strings.Join(g.ProcsFiles(), ":"))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -422,5 +429,59 @@ func TestRealV2Mechanics(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(m.Root(), top)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s still there after Delete: %v", top, err)
+	}
+}
+
+// TestRealPidsMax: a group's pids.max stops a fork beyond the limit, and
+// PidsUnlimited lifts it again.
+func TestRealPidsMax(t *testing.T) {
+	m, top := realManager(t)
+	g, err := m.Create(top+"/pids", Resources{PidsMax: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pidsDir string
+	for _, d := range g.Dirs() {
+		if _, err := os.Stat(filepath.Join(d, "pids.max")); err == nil {
+			pidsDir = d
+		}
+	}
+	if pidsDir == "" {
+		t.Fatalf("no pids.max in any of %v", g.Dirs())
+	}
+	if got := readFile(t, filepath.Join(pidsDir, "pids.max")); got != "3" {
+		t.Fatalf("pids.max = %q, want 3", got)
+	}
+	// dash, then four background sleeps (not holding the output pipe): the
+	// shell and two sleeps fill the limit, the third fork fails ("Cannot
+	// fork") and dash gives up.
+	forkFour := func() (string, error) {
+		cmd := exec.Command(os.Args[0], "/bin/sh", "-c", "s() { sleep 30 >/dev/null 2>&1 & }; s; s; s; s; echo forked-all")
+		cmd.Env = append(os.Environ(), helperEnv+"="+strings.Join(g.ProcsFiles(), ":"))
+		out, err := cmd.CombinedOutput()
+		// The sleeps that did start stay in the group: end them.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if pids, perr := g.Procs(); perr != nil || len(pids) == 0 {
+				break
+			}
+			_ = g.Kill(syscall.SIGKILL)
+		}
+		return string(out), err
+	}
+	out, err := forkFour()
+	if err == nil || strings.Contains(out, "forked-all") {
+		t.Fatalf("4 forks under pids.max 3 succeeded: %v\n%s", err, out)
+	}
+	if err := g.Update(Resources{PidsMax: PidsUnlimited}); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(pidsDir, "pids.max")); got != "max" {
+		t.Fatalf("pids.max = %q, want max", got)
+	}
+	if out, err := forkFour(); err != nil || !strings.Contains(out, "forked-all") {
+		t.Fatalf("4 forks without a limit: %v\n%s", err, out)
+	}
+	if err := g.Delete(); err != nil {
+		t.Fatal(err)
 	}
 }

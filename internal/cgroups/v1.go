@@ -51,6 +51,9 @@ func (m *Manager) createV1(path string, parts []string, r Resources) (*Group, er
 			}
 		}
 	}
+	if err := m.unlimitPidsV1(path, r); err != nil {
+		return nil, err
+	}
 	return &Group{m: m, path: path, impl: &v1{cg: cg}}, nil
 }
 
@@ -63,7 +66,8 @@ func (m *Manager) loadV1(path string) (*Group, error) {
 }
 
 // v1Resources converts r for containerd. Zero fields are left out (a zero
-// memory limit is cleared by Group.Update itself).
+// memory limit is cleared by Group.Update itself, an unlimited pids.max
+// written by unlimitPidsV1).
 func v1Resources(r Resources) *specs.LinuxResources {
 	out := &specs.LinuxResources{}
 	if !r.CPUs.IsEmpty() || !r.Mems.IsEmpty() {
@@ -78,6 +82,10 @@ func v1Resources(r Resources) *specs.LinuxResources {
 	if r.MemoryLimit > 0 {
 		limit := int64(r.MemoryLimit)
 		out.Memory = &specs.LinuxMemory{Limit: &limit}
+	}
+	if r.PidsMax > 0 {
+		limit := r.PidsMax
+		out.Pids = &specs.LinuxPids{Limit: &limit}
 	}
 	return out
 }

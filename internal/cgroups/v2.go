@@ -76,6 +76,10 @@ func v2Resources(r Resources) *cgroup2.Resources {
 		limit := int64(r.MemoryLimit)
 		out.Memory = &cgroup2.Memory{Max: &limit}
 	}
+	if r.PidsMax != 0 {
+		// containerd writes "max" for a negative Max.
+		out.Pids = &cgroup2.Pids{Max: r.PidsMax}
+	}
 	return out
 }
 

@@ -50,7 +50,7 @@ const (
 	DefaultRejoinGrace    = 30 * time.Second
 )
 
-// Core is the core daemon's configuration (core.toml). See the README's Configuration section.
+// Core is the core daemon's configuration (core.toml). Every key is documented in docs/CONFIG.md.
 type Core struct {
 	// File is the name the configuration was read from (used in messages).
 	File string
@@ -108,7 +108,7 @@ func DefaultCore() *Core {
 func LoadCore(path string) (*Core, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: read core file: %w", err)
+		return nil, Errors{ReadError(path, err)} // "path: no such file", like every other problem
 	}
 	return ParseCore(path, data)
 }
@@ -117,9 +117,16 @@ func LoadCore(path string) (*Core, error) {
 // keys take their defaults. The error, if any, is an Errors listing every
 // problem; the Core is nil then.
 func ParseCore(name string, data []byte) (*Core, error) {
+	c, _, err := parseCore(name, data)
+	return c, err
+}
+
+// parseCore is ParseCore that also returns the decoder (for the keys it
+// asked for).
+func parseCore(name string, data []byte) (*Core, *decoder, error) {
 	d, t, err := parseTOML(name, data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c := DefaultCore()
 	c.File = name
@@ -141,9 +148,9 @@ func ParseCore(name string, data []byte) (*Core, error) {
 	checkUniqueNames(d, "dataspace", c.Dataspaces)
 	t.done()
 	if err := d.errs.asError(); err != nil {
-		return nil, err
+		return nil, d, err
 	}
-	return c, nil
+	return c, d, nil
 }
 
 // Dataspace returns the core-owned dataspace with the given name.

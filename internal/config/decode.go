@@ -26,11 +26,15 @@ type decoder struct {
 	file  string
 	lines map[string]int
 	errs  Errors
+	// asked holds every key path the walker looked for, present or not,
+	// without array indices ("subsystem.memory"): the keys a file kind
+	// has. The test that keeps docs/CONFIG.md complete reads it.
+	asked map[string]bool
 }
 
 // parseTOML parses data and returns the root table, or the syntax error.
 func parseTOML(name string, data []byte) (*decoder, *table, error) {
-	d := &decoder{file: name}
+	d := &decoder{file: name, asked: map[string]bool{}}
 	var root map[string]any
 	if _, err := toml.Decode(string(data), &root); err != nil {
 		e := &Error{File: name, Msg: err.Error(), Err: fmt.Errorf("%w: %w", ErrSyntax, err)}
@@ -78,6 +82,7 @@ func (t *table) key(k string) string { return keyPath(t.path, k) }
 
 // get returns the value of key k and marks it as read.
 func (t *table) get(k string) (any, bool) {
+	t.ask(k)
 	v, ok := t.m[k]
 	if ok {
 		t.read[k] = true
@@ -86,7 +91,28 @@ func (t *table) get(k string) (any, bool) {
 }
 
 // has reports whether key k is present (without reading it).
-func (t *table) has(k string) bool { _, ok := t.m[k]; return ok }
+func (t *table) has(k string) bool { t.ask(k); _, ok := t.m[k]; return ok }
+
+// ask records that the walker knows key k of this table.
+func (t *table) ask(k string) { t.d.asked[stripIndices(t.key(k))] = true }
+
+// stripIndices turns "subsystem[1].dataspace[0].name" into
+// "subsystem.dataspace.name".
+func stripIndices(path string) string {
+	var b strings.Builder
+	skip := false
+	for _, r := range path {
+		switch {
+		case r == '[':
+			skip = true
+		case r == ']':
+			skip = false
+		case !skip:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
 
 func (t *table) wrongType(k, want string, v any) {
 	t.d.add(t.key(k), ErrType, nil, "expected %s, got %s", want, describe(v))

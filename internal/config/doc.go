@@ -9,7 +9,9 @@
 // say about itself (syntax, types, ranges, unique names, quotas that must add
 // up); Core.Validate and VCore.Validate then check the file against a
 // machine's topology (nodes, CPUs, memory) and, for a vcore, against the core
-// file it will register with.
+// file it will register with. VCore.CommandWarnings checks that each
+// subsystem's program is an executable file on this host; what it finds are
+// warnings (ErrWarning), not errors: the program may be installed later.
 //
-// The README's Configuration section documents every key.
+// docs/CONFIG.md documents every key (a test keeps it complete).
 package config

@@ -27,8 +27,9 @@ func TestLoad(t *testing.T) {
 	if !errors.Is(err, ErrUnknownKey) || !strings.HasPrefix(err.Error(), vcorePath+":3: bad: ") {
 		t.Fatalf("LoadVCore err = %v", err)
 	}
-	if _, err := LoadCore(filepath.Join(dir, "missing.toml")); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("LoadCore(missing) err = %v", err)
+	missing := filepath.Join(dir, "missing.toml")
+	if _, err := LoadCore(missing); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, ErrRead) || err.Error() != missing+": no such file" {
+		t.Errorf("LoadCore(missing) err = %v, want %q", err, missing+": no such file")
 	}
 	if _, err := LoadVCore(filepath.Join(dir, "missing.toml")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("LoadVCore(missing) err = %v", err)

@@ -134,11 +134,13 @@ func TestParseVCoreFull(t *testing.T) {
 			Name: "toucher", Command: []string{"/usr/local/bin/worker", "--pages", "4096"}, CPUs: CPURequest{Count: 2},
 			Memory: 256 * hw.MiB, Restart: RestartAlways, MaxRestarts: 0, BackoffInitial: time.Second, BackoffMax: time.Minute,
 			Env: map[string]string{"GOMAXPROCS": "2"}, Dataspaces: []string{"dataset"},
-			Local: []Dataspace{{Name: "scratch", Size: 16 * hw.MiB, Content: ContentPattern, Seed: 3}},
+			Local:          []Dataspace{{Name: "scratch", Size: 16 * hw.MiB, Content: ContentPattern, Seed: 3}},
+			MaxConnections: DefaultMaxConnections, MaxRegions: DefaultMaxRegions, PidsMax: DefaultPidsMax,
 		}, {
 			Name: "idle", Command: []string{"sleep", "infinity"}, CPUs: CPURequest{List: hw.MustParse[hw.CPU]("6-7")},
 			Memory: 64 * hw.MiB, Restart: RestartOnFailure, MaxRestarts: DefaultMaxRestarts,
 			BackoffInitial: DefaultBackoffInitial, BackoffMax: DefaultBackoffMax, Env: map[string]string{"A": "b c"},
+			MaxConnections: DefaultMaxConnections, MaxRegions: DefaultMaxRegions, PidsMax: DefaultPidsMax,
 		}},
 	}
 	v.lines = nil

@@ -29,6 +29,17 @@ const (
 	MaxPagerThreads = 1024
 )
 
+// Per-subsystem resource bounds: their defaults and the largest values
+// accepted (sanity limits against typos).
+const (
+	DefaultMaxConnections = 64   // worker connections to the vcore at once
+	DefaultMaxRegions     = 4096 // registered regions at once
+	DefaultPidsMax        = 4096 // pids.max of the subsystem's cgroup; 0 = "max"
+	MaxMaxConnections     = 1 << 16
+	MaxMaxRegions         = 1 << 20
+	MaxPidsMax            = 1 << 22 // the kernel's PID_MAX_LIMIT
+)
+
 // Environment variables vcore sets for every subsystem; a subsystem's env
 // table may not set them.
 var reservedEnv = []string{"VCORE_SOCKET", "VCORE_NODE", "VCORE_SUBSYSTEM"}
@@ -40,7 +51,7 @@ func DefaultVCoreSocket(n hw.Node) string { return fmt.Sprintf("/run/vcored/vcor
 func DefaultVCoreStateDir(n hw.Node) string { return fmt.Sprintf("%s/vcore%d", DefaultStateDir, n) }
 
 // VCore is one vcore daemon's configuration (e.g. node0.toml). See
-// the README's Configuration section.
+// docs/CONFIG.md.
 type VCore struct {
 	// File is the name the configuration was read from (used in messages).
 	File string
@@ -101,6 +112,12 @@ type Subsystem struct {
 	// Local are the dataspaces declared for this subsystem, served by the
 	// vcore's pagers from node-local memory ([[subsystem.dataspace]]).
 	Local []Dataspace
+	// MaxConnections caps the subsystem's worker connections to the vcore,
+	// MaxRegions its registered regions; beyond them the vcore refuses with
+	// a "limit" error. PidsMax is its cgroup's pids.max (0: no limit).
+	MaxConnections int
+	MaxRegions     int
+	PidsMax        int
 }
 
 // CPURequest is a subsystem's CPU demand: a Count picked from the partition
@@ -128,7 +145,7 @@ func (r CPURequest) String() string {
 func LoadVCore(path string) (*VCore, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: read vcore file: %w", err)
+		return nil, Errors{ReadError(path, err)} // "path: no such file", like every other problem
 	}
 	return ParseVCore(path, data)
 }
@@ -137,9 +154,16 @@ func LoadVCore(path string) (*VCore, error) {
 // keys take their defaults. The error, if any, is an Errors listing every
 // problem; the VCore is nil then.
 func ParseVCore(name string, data []byte) (*VCore, error) {
+	v, _, err := parseVCore(name, data)
+	return v, err
+}
+
+// parseVCore is ParseVCore that also returns the decoder (for the keys it
+// asked for).
+func parseVCore(name string, data []byte) (*VCore, *decoder, error) {
 	d, t, err := parseTOML(name, data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	v := &VCore{
 		File:        name,
@@ -189,9 +213,9 @@ func ParseVCore(name string, data []byte) (*VCore, error) {
 		d.add("memory", ErrConflict, nil, "the subsystems' memory adds up to %s, more than the vcore's %s", sum, v.Memory)
 	}
 	if err := d.errs.asError(); err != nil {
-		return nil, err
+		return nil, d, err
 	}
-	return v, nil
+	return v, d, nil
 }
 
 // decodeSubsystem reads one [[subsystem]] table.
@@ -201,6 +225,9 @@ func decodeSubsystem(t *table) Subsystem {
 		MaxRestarts:    DefaultMaxRestarts,
 		BackoffInitial: DefaultBackoffInitial,
 		BackoffMax:     DefaultBackoffMax,
+		MaxConnections: DefaultMaxConnections,
+		MaxRegions:     DefaultMaxRegions,
+		PidsMax:        DefaultPidsMax,
 	}
 	if t.required("name", "a unique name") {
 		t.setString("name", &s.Name, checkName)
@@ -247,6 +274,10 @@ func decodeSubsystem(t *table) Subsystem {
 	if s.BackoffInitial > s.BackoffMax {
 		t.d.add(t.key("backoff_max"), ErrConflict, nil, "backoff_max %v is below backoff_initial %v", s.BackoffMax, s.BackoffInitial)
 	}
+	// Resource bounds (see the README's [[subsystem]] keys).
+	t.setInt("max_connections", &s.MaxConnections, 1, MaxMaxConnections)
+	t.setInt("max_regions", &s.MaxRegions, 1, MaxMaxRegions)
+	t.setInt("pids_max", &s.PidsMax, 0, MaxPidsMax)
 	if et := t.sub("env"); et != nil {
 		s.Env = map[string]string{}
 		for k := range et.m {

@@ -9,7 +9,8 @@
 // the supervisor's terminal does not reach them, and with no parent-death
 // signal: they survive the supervisor. Their stdout and stderr go to a log
 // file opened with O_APPEND, never to a pipe, so a dead supervisor cannot
-// kill them with SIGPIPE.
+// kill them with SIGPIPE. They inherit no other file descriptor: every
+// descriptor above 2 is marked close-on-exec before a start.
 package supervise
 
 import (
@@ -34,7 +35,7 @@ type Policy string
 // Restart policies.
 const (
 	Never     Policy = "never"      // never restart (the zero value means Never too)
-	OnFailure Policy = "on-failure" // restart after a non-zero exit, a signal, or an unknown status
+	OnFailure Policy = "on-failure" // restart after a non-zero exit, a signal, or an unknown status (adopted, old kernel)
 	Always    Policy = "always"     // restart after any exit, also a clean one
 )
 
@@ -163,9 +164,12 @@ func Start(ctx context.Context, spec Spec, log *slog.Logger) (*Sub, error) {
 
 // Adopt supervises processes that already run (found in the subsystem's
 // cgroup after a vcore restart). The supervisor is not their parent, so it
-// watches them through pidfds (readable when a process exits) and cannot
-// learn their exit status: an adopted process's exit counts as a failure for
-// the restart policy (LastExit says "unknown"). Of pids, the roots — those
+// watches them through pidfds (readable when a process exits) and reads
+// their exit status from the pidfd once their parent has reaped them (Linux
+// 6.15 PIDFD_INFO_EXIT; reap waits up to a second for that). Where the
+// kernel gives none, LastExit is "exited (status unknown)" and the state
+// Exited, not Failed; the on-failure policy still restarts it (an unknown
+// status may be a failure). Of pids, the roots — those
 // whose parent is not among pids — are watched; the subsystem has exited
 // when every root has. Pids already gone are skipped; if none is left, the
 // subsystem is treated as having just exited.
@@ -392,7 +396,7 @@ func (s *Sub) run(gen *generation) {
 			}
 			<-gen.exited // stopping: Stop signals the processes; wait for them to go
 		}
-		exit, clean := gen.reap()
+		exit, clean, known := gen.reap()
 		ran := time.Since(gen.started)
 		s.emptyGroup()
 
@@ -408,7 +412,9 @@ func (s *Sub) run(gen *generation) {
 		}
 		restart := s.spec.Restart == Always || (s.spec.Restart == OnFailure && !clean)
 		switch {
-		case !restart && clean:
+		case !restart && (clean || !known):
+			// An unknown status (an adopted process on a kernel without
+			// PIDFD_INFO_EXIT) is not reported as a failure.
 			s.state, s.since = Exited, time.Now()
 			s.mu.Unlock()
 			s.log.Info("exited", "status", exit)
@@ -518,6 +524,14 @@ func (s *Sub) spawn() (*generation, error) {
 	}
 	defer out.Close() // the child has its own copy
 
+	// The child gets stdin (/dev/null), stdout and stderr, nothing else: a
+	// descriptor this process inherited without close-on-exec (a lock file
+	// held by whoever started the daemon, ...) must not reach subsystems.
+	// Marked here, before every start, it also covers descriptors opened
+	// since the daemon started; the v1 shim marks them again child-side.
+	if err := linux.CloseOnExecFrom(3); err != nil {
+		return nil, fmt.Errorf("supervise %s: %w", sp.Name, err)
+	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), sp.Env...)
 	cmd.Dir = sp.Dir

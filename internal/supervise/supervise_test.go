@@ -369,8 +369,8 @@ func TestAdoptAfterDetach(t *testing.T) {
 		t.Fatalf("adopted status %+v, want running [%d]", st, old)
 	}
 
-	// Killed behind the supervisor's back: the pidfd reports it, the policy
-	// restarts it (an adopted process's status is unknown: a failure).
+	// Killed behind the supervisor's back: the pidfd reports it and, once
+	// reaped, how it ended (Linux 6.15); the policy restarts it.
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -388,8 +388,12 @@ func TestAdoptAfterDetach(t *testing.T) {
 		return false
 	})
 	st := second.Status()
-	if st.Restarts != 1 || !strings.HasPrefix(st.LastExit, "unknown") {
-		t.Errorf("after the adopted process died: %+v; want 1 restart, unknown exit", st)
+	want := "signal: killed (adopted; read from its pidfd)"
+	if !exitInfoSupported(t) {
+		want = statusUnknown
+	}
+	if st.Restarts != 1 || st.LastExit != want {
+		t.Errorf("after the adopted process died: %+v; want 1 restart, last exit %q", st, want)
 	}
 	if got := procStatus(t, now, "Cpus_allowed_list"); got != pin.String() {
 		t.Errorf("restarted process Cpus_allowed_list = %q, want %q", got, pin)
@@ -449,8 +453,125 @@ func TestAdoptGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDone(t, s)
-	if st := s.Status(); st.State != Failed || !strings.HasPrefix(st.LastExit, "unknown") {
-		t.Errorf("adopting nothing: %+v, want failed/unknown", st)
+	if st := s.Status(); st.State != Exited || st.LastExit != statusUnknown {
+		t.Errorf("adopting nothing: %+v, want exited (status unknown)", st)
+	}
+}
+
+// exitInfoSupported probes whether the kernel gives an exited process's
+// status through its pidfd (PIDFD_INFO_EXIT, Linux 6.15).
+func exitInfoSupported(t *testing.T) bool {
+	t.Helper()
+	p, err := os.StartProcess("/bin/true", []string{"true"}, &os.ProcAttr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := linux.PidfdOpen(p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if _, err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = linux.PidfdExitStatus(fd)
+	if err != nil && !errors.Is(err, linux.ErrNotSupported) {
+		t.Fatalf("PidfdExitStatus of a reaped child: %v", err)
+	}
+	return err == nil
+}
+
+// adoptTrigger starts `sh` that exits with code once trigger exists, detaches
+// it and adopts it with policy; it returns the adopted Sub and the shell's pid
+// (this process is its parent and must reap it).
+func adoptTrigger(t *testing.T, policy Policy, code int, trigger string) (*Sub, int) {
+	t.Helper()
+	g, _ := testGroup(t)
+	spec := groupSpec(g, "sh", "-c", fmt.Sprintf(`while ! [ -e %s ]; do sleep 0.02; done; exit %d`, trigger, code))
+	spec.Restart, spec.MaxRestarts = policy, 2
+	first, err := Start(context.Background(), spec, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sh int
+	waitFor(t, "the shell", func() bool {
+		for _, p := range first.Status().Pids {
+			if comm(p) == "sh" {
+				sh = p
+				return true
+			}
+		}
+		return false
+	})
+	first.Detach()
+	pids, err := g.Procs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Adopt(context.Background(), spec, pids, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = second.Stop(context.Background()) })
+	return second, sh
+}
+
+// TestAdoptedExitStatus: an adopted process that exits is reported by its
+// real exit status where the kernel gives it: a clean exit is exited, not
+// failed, and on-failure does not restart it; exit 3 is a failure.
+func TestAdoptedExitStatus(t *testing.T) {
+	if !exitInfoSupported(t) {
+		t.Skip("the kernel gives no exit status through a pidfd (PIDFD_INFO_EXIT, Linux 6.15)")
+	}
+	for _, tc := range []struct {
+		policy Policy
+		code   int
+		state  State
+		exit   string
+	}{
+		{Never, 0, Exited, "exit status 0 (adopted; read from its pidfd)"},
+		{OnFailure, 0, Exited, "exit status 0 (adopted; read from its pidfd)"},
+		{Never, 3, Failed, "exit status 3 (adopted; read from its pidfd)"},
+	} {
+		t.Run(fmt.Sprintf("%s-exit%d", tc.policy, tc.code), func(t *testing.T) {
+			trigger := filepath.Join(t.TempDir(), "go")
+			s, sh := adoptTrigger(t, tc.policy, tc.code, trigger)
+			reaped := make(chan error, 1)
+			go func() { // the parent (this process) reaps it, as init would
+				var ws syscall.WaitStatus
+				_, err := syscall.Wait4(sh, &ws, 0, nil)
+				reaped <- err
+			}()
+			if err := os.WriteFile(trigger, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			waitDone(t, s)
+			if err := <-reaped; err != nil {
+				t.Fatal(err)
+			}
+			if st := s.Status(); st.State != tc.state || st.LastExit != tc.exit || st.Restarts != 0 {
+				t.Errorf("status %+v, want %s with %q and no restart", st, tc.state, tc.exit)
+			}
+		})
+	}
+}
+
+// TestAdoptedExitStatusUnknown: when the kernel has no status for the
+// adopted process (here: its parent does not reap it in time), it is
+// "exited (status unknown)", not failed.
+func TestAdoptedExitStatusUnknown(t *testing.T) {
+	trigger := filepath.Join(t.TempDir(), "go")
+	s, sh := adoptTrigger(t, Never, 0, trigger)
+	if err := os.WriteFile(trigger, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, s)
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(sh, &ws, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); st.State != Exited || st.LastExit != statusUnknown {
+		t.Errorf("status %+v, want exited with %q", st, statusUnknown)
 	}
 }
 
@@ -541,6 +662,87 @@ func TestV2CloneIntoCgroup(t *testing.T) {
 			}
 			if st := s.Status(); st.State != Stopped || len(st.Pids) != 0 {
 				t.Errorf("after Stop: %+v", st)
+			}
+		})
+	}
+}
+
+// TestSubsystemGetsOnlyStdio: a descriptor this process holds without
+// close-on-exec (a lock file, as a wrapper that started the daemon may
+// leave) does not reach a subsystem, whichever way it is started: no
+// cgroup, the v1 exec shim, or CLONE_INTO_CGROUP on v2 (the hybrid host's
+// controller-less v2 mount).
+func TestSubsystemGetsOnlyStdio(t *testing.T) {
+	lock := filepath.Join(t.TempDir(), "daemon.lock")
+	fd, err := syscall.Open(lock, syscall.O_RDWR|syscall.O_CREAT, 0o600) // no O_CLOEXEC
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Flock(fd, syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	type variant struct {
+		name string
+		spec func(t *testing.T) Spec
+	}
+	variants := []variant{
+		{"no-cgroup", func(t *testing.T) Spec { return Spec{Name: "fds", Command: []string{"sleep", "100"}} }},
+		{"cgroup-shim", func(t *testing.T) Spec { g, _ := testGroup(t); return groupSpec(g, "sleep", "100") }},
+	}
+	if os.Geteuid() == 0 && cgroups.HostMode() == cgroups.ModeHybrid {
+		variants = append(variants, variant{"v2-clone-into-cgroup", func(t *testing.T) Spec {
+			m, err := cgroups.New(cgroups.Options{Root: cgroups.DefaultRoot + "/unified", Mode: cgroups.ModeV2, V2Controllers: []string{}})
+			if err != nil {
+				t.Skipf("no usable v2 mount: %v", err)
+			}
+			top := fmt.Sprintf("vcored-test-%d", os.Getpid())
+			g, err := m.Create(top+"/"+t.Name(), cgroups.Resources{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if root, err := m.Load(top); err == nil {
+					if err := root.Delete(); err != nil {
+						t.Errorf("cleanup: %v", err)
+					}
+				}
+			})
+			spec := groupSpec(g, "sleep", "100")
+			spec.Shim = "/nonexistent/shim" // proves the shim is not used
+			return spec
+		}})
+	}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			// Each start marks the descriptors close-on-exec in this process:
+			// clear the flag again so every variant starts from a leak.
+			if _, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_SETFD, 0); errno != 0 {
+				t.Fatal(errno)
+			}
+			if cloexec, err := linux.FDCloseOnExec(fd); err != nil || cloexec {
+				t.Fatalf("lock fd %d close-on-exec = %v, %v before the start", fd, cloexec, err)
+			}
+			s, err := Start(context.Background(), v.spec(t), testLog(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Stop(context.Background())
+			pid := running(t, s, 1, "sleep")[0]
+			ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fds []string
+			for _, e := range ents {
+				target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+				fds = append(fds, e.Name()+"->"+target)
+			}
+			if len(ents) != 3 || ents[0].Name() != "0" || ents[1].Name() != "1" || ents[2].Name() != "2" {
+				t.Errorf("subsystem %d has fds %v, want only 0, 1, 2 (the lock file is fd %d)", pid, fds, fd)
+			}
+			if err := s.Stop(context.Background()); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}

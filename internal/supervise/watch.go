@@ -86,6 +86,48 @@ func (w *watcher) signal(sig syscall.Signal) error {
 	return serr
 }
 
+// adoptedStatusWait bounds how long reap waits for the parent of an adopted
+// process (usually init, after the old vcore died) to reap it: only then
+// does the kernel hand out its exit status through the pidfd.
+const adoptedStatusWait = time.Second
+
+// exitStatus returns the exited process's wait status from its pidfd
+// (PIDFD_INFO_EXIT, Linux 6.15), waiting up to wait for its parent to reap
+// it. The error wraps linux.ErrExitUnknown when the kernel has none.
+func (w *watcher) exitStatus(wait time.Duration) (syscall.WaitStatus, error) {
+	rc, err := w.f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		var st syscall.WaitStatus
+		var serr error
+		if err := rc.Control(func(fd uintptr) { st, serr = linux.PidfdExitStatus(int(fd)) }); err != nil {
+			return 0, err
+		}
+		if serr == nil || errors.Is(serr, linux.ErrNotSupported) || !errors.Is(serr, linux.ErrExitUnknown) || time.Now().After(deadline) {
+			return st, serr
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// describeWait says how a process ended, as os.ProcessState.String does.
+func describeWait(st syscall.WaitStatus) string {
+	switch {
+	case st.Exited():
+		return fmt.Sprintf("exit status %d", st.ExitStatus())
+	case st.Signaled():
+		s := "signal: " + st.Signal().String()
+		if st.CoreDump() {
+			s += " (core dumped)"
+		}
+		return s
+	}
+	return fmt.Sprintf("wait status %#x", int(st))
+}
+
 // generation is one run of a subsystem: the started child (cmd) or the
 // adopted processes, watched until every one has exited.
 type generation struct {
@@ -131,23 +173,52 @@ func (g *generation) close() {
 	g.wg.Wait()
 }
 
+// statusUnknown is LastExit of an adopted process whose exit status the
+// kernel does not give (before Linux 6.15, or its parent has not reaped it).
+const statusUnknown = "exited (status unknown)"
+
 // reap collects how the generation ended, once every process has exited:
-// the child's exit status, or "unknown" for adopted processes. clean is
-// true only for a child that exited with status 0.
-func (g *generation) reap() (exit string, clean bool) {
-	g.close()
+// the child's exit status; for adopted processes the status their pidfds
+// give (Linux 6.15 PIDFD_INFO_EXIT), else statusUnknown. clean is true only
+// when every status is known and 0; known is false when a status is missing.
+func (g *generation) reap() (exit string, clean, known bool) {
+	defer g.close()
 	switch {
 	case g.startErr != nil:
-		return "start failed: " + g.startErr.Error(), false
+		g.close()
+		return "start failed: " + g.startErr.Error(), false, true
 	case g.cmd == nil:
-		return "unknown (adopted process, not our child: exit status unavailable)", false
+		return g.reapAdopted()
 	}
+	g.close()
 	_ = g.cmd.Wait() // the process has exited: this only reaps it
 	st := g.cmd.ProcessState
 	if st == nil {
-		return "unknown", false
+		return statusUnknown, false, false
 	}
-	return st.String(), st.Success()
+	return st.String(), st.Success(), true
+}
+
+// reapAdopted reads the adopted roots' exit statuses from their pidfds
+// (before close). With several roots, the first that did not exit 0 is
+// reported.
+func (g *generation) reapAdopted() (exit string, clean, known bool) {
+	g.wg.Wait() // every watcher has seen its process exit (or was closed)
+	if len(g.watchers) == 0 {
+		return statusUnknown, false, false
+	}
+	exit, clean = "", true
+	for _, w := range g.watchers {
+		st, err := w.exitStatus(adoptedStatusWait)
+		if err != nil {
+			return statusUnknown, false, false
+		}
+		if d := describeWait(st); exit == "" || (clean && !(st.Exited() && st.ExitStatus() == 0)) {
+			exit = d
+		}
+		clean = clean && st.Exited() && st.ExitStatus() == 0
+	}
+	return exit + " (adopted; read from its pidfd)", clean, true
 }
 
 // signal sends sig to every watched process that has not exited.

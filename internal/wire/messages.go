@@ -59,6 +59,7 @@ const (
 	CodeUnsupported ErrCode = "unsupported" // the kernel or build cannot
 	CodeVersion     ErrCode = "version"     // protocol version mismatch
 	CodeInternal    ErrCode = "internal"    // anything else
+	CodeLimit       ErrCode = "limit"       // a configured cap (connections, regions) is reached; the message names it
 )
 
 func validContent(k ContentKind) bool {

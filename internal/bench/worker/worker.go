@@ -241,6 +241,7 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 	}
 	ds.Pages = len(order) * cfg.Rounds
 	ds.Latency = h.Snapshot()
+	ds.LatencyBinsNS = ds.Latency.RangesNS()
 
 	if handler != nil {
 		faults, herr := handler.stop()
