@@ -165,13 +165,14 @@ func PresentPages(r Region) ([]uint64, error) {
 // dumpBatch is how many pages WriteLayer reads per process_vm_readv.
 const dumpBatch = 256
 
-// WriteLayer reads pages (ascending indexes from r's start) out of r's
+// WriteLayer reads pages (ascending indexes from r's start, which is the
+// dataspace's offset 0; r may be shorter than the image) out of r's
 // process with process_vm_readv and commits them to im as one layer
 // (full: a base layer that replaces the chain). The process should be
 // stopped (frozen) meanwhile, so that the layer is one point in time.
 func WriteLayer(im *Image, r Region, pages []uint64, full bool) (LayerInfo, error) {
-	if r.Size != im.Size() {
-		return LayerInfo{}, fmt.Errorf("ckpt: region of %d bytes, image %s of %d", r.Size, im.Dir(), im.Size())
+	if r.Size > im.Size() {
+		return LayerInfo{}, fmt.Errorf("ckpt: region of %d bytes, larger than image %s of %d", r.Size, im.Dir(), im.Size())
 	}
 	if linux.PageSize() != im.PageSize() {
 		return LayerInfo{}, fmt.Errorf("ckpt: page size %d, image %s has %d", linux.PageSize(), im.Dir(), im.PageSize())

@@ -245,7 +245,7 @@ func TestDumpRegionMismatch(t *testing.T) {
 	}
 	r := Region{Pid: os.Getpid(), Addr: 0x10000, Size: 8 * uint64(linux.PageSize())}
 	if _, err := WriteLayer(im, r, []uint64{0}, false); err == nil {
-		t.Fatal("WriteLayer of a region of another size: no error")
+		t.Fatal("WriteLayer of a region larger than the image: no error")
 	}
 	// An unmapped page: the read fails, the image is unchanged.
 	mem, err := linux.Mmap(4*linux.PageSize(), linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)

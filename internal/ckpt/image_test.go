@@ -499,3 +499,44 @@ func TestTouchOrder(t *testing.T) {
 		t.Fatalf("corrupt touch order: %v", err)
 	}
 }
+
+// A reader over a base content: pages no layer holds read from it; a page
+// stored as zero stays zero.
+func TestReaderOver(t *testing.T) {
+	dir := t.TempDir()
+	im, err := Create(dir, 8*testPS, testPS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := content.Pattern(9)
+	r, err := OpenReaderOver(dir, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.IsZero() {
+		t.Error("an empty image over a pattern says IsZero")
+	}
+	r.Close()
+	commitLayer(t, im, []uint64{2, 5}, false, model{2: pageOf(3, 2), 5: pageOf(0, 5)})
+	r, err = OpenReaderOver(dir, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got := make([]byte, 8*testPS)
+	if err := r.Fill(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for p := range uint64(8) {
+		want := pageOf(9, p)
+		switch p {
+		case 2:
+			want = pageOf(3, 2)
+		case 5:
+			want = pageOf(0, 5)
+		}
+		if !bytes.Equal(got[p*testPS:(p+1)*testPS], want) {
+			t.Fatalf("page %d differs", p)
+		}
+	}
+}

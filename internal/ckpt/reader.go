@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/vcored/vcored/internal/content"
 )
 
 // Reader serves a checkpoint image as a content.Source: each page from the
@@ -24,6 +26,7 @@ type Reader struct {
 	// else (layer+1)<<48 | map entry index.
 	index   []uint64
 	scratch sync.Pool
+	below   content.Source // what pages no layer holds read as (nil: zero)
 }
 
 type layerFile struct {
@@ -45,11 +48,25 @@ const (
 // entry, and the file length (a torn layer is refused here). Page data is
 // checked as it is read (Fill), or all at once by Verify.
 func OpenReader(dir string) (*Reader, error) {
+	return OpenReaderOver(dir, nil)
+}
+
+// OpenReaderOver is OpenReader with the pages no layer holds read from
+// below (nil: zero) — the content a dataspace had before its first
+// checkpoint.
+func OpenReaderOver(dir string, below content.Source) (*Reader, error) {
 	m, err := readManifest(dir)
 	if err != nil {
 		return nil, err
 	}
-	return openReader(dir, m, m.Layers)
+	r, err := openReader(dir, m, m.Layers)
+	if err != nil {
+		return nil, err
+	}
+	if below != nil && !below.IsZero() {
+		r.below = below
+	}
+	return r, nil
 }
 
 func openReader(dir string, m *manifest, chain []layerEntry) (*Reader, error) {
@@ -148,8 +165,9 @@ func (r *Reader) Size() uint64 { return r.size }
 // PageSize is the image's page size.
 func (r *Reader) PageSize() int { return int(r.pageSize) }
 
-// IsZero tells that the image holds no layer: every page is zero.
-func (r *Reader) IsZero() bool { return len(r.layers) == 0 }
+// IsZero tells that the image holds no layer and nothing lies below it:
+// every page is zero.
+func (r *Reader) IsZero() bool { return len(r.layers) == 0 && r.below == nil }
 
 // Layers is the number of layers in the chain read.
 func (r *Reader) Layers() int { return len(r.layers) }
@@ -197,6 +215,11 @@ func (r *Reader) Fill(dst []byte, off uint64) error {
 		n := min(ps-in, uint64(len(dst)))
 		l, ei, ok := r.loc(page)
 		switch {
+		case !ok && r.below != nil:
+			if err := r.below.Fill(dst[:n], off); err != nil {
+				clear(dst)
+				return err
+			}
 		case !ok:
 			clear(dst[:n])
 		case l.entries[ei].flags&entryZero != 0:
