@@ -88,10 +88,16 @@ func InitUffd(u *linux.Uffd) (features uint64, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("pager: probe userfaultfd features: %w", err)
 	}
-	if _, err := u.API(Features & have); err != nil {
+	want := Features & have
+	if have&linux.WPAsyncFeatures == linux.WPAsyncFeatures {
+		// Write tracking for Track regions; it changes nothing for ranges
+		// registered without MODE_WP.
+		want |= linux.WPAsyncFeatures
+	}
+	if _, err := u.API(want); err != nil {
 		return 0, fmt.Errorf("pager: negotiate userfaultfd fd %d: %w", u.FD(), err)
 	}
-	return Features & have, nil
+	return want, nil
 }
 
 // Options configure a Pager.
@@ -127,6 +133,14 @@ type Region struct {
 	Content content.Source
 	// Forward: faults go to Options.Forward instead of being resolved here.
 	Forward bool
+	// Track: the region is also registered for write protection
+	// (UFFDIO_REGISTER_MODE_WP), async (the uffd negotiated
+	// linux.WPAsyncFeatures, which InitUffd asks for when the kernel has
+	// them), so that a checkpoint finds the pages written since the last
+	// one (ckpt.AsyncTracker). Pages are copied in write-protected: one
+	// the worker only reads stays clean. AddRegion refuses it on a uffd
+	// without async write protection.
+	Track bool
 }
 
 // End is the first address after the region.
@@ -218,6 +232,7 @@ type uffdEntry struct {
 	closed bool // under use
 
 	serving bool // under Pager.mu
+	wpAsync bool // InitUffd negotiated async write protection (Track regions)
 }
 
 // region is a Region with its stats slot.
@@ -398,12 +413,13 @@ func (p *Pager) AddUffd(id uint64, u *linux.Uffd, pid int, serve bool) error {
 	if err != nil {
 		return fail(fmt.Errorf("pager: uffd %d: %w", id, err))
 	}
+	var features uint64
 	if !ok {
-		if _, err := InitUffd(u); err != nil {
+		if features, err = InitUffd(u); err != nil {
 			return fail(fmt.Errorf("uffd %d: %w", id, err))
 		}
 	}
-	e := &uffdEntry{id: id, u: u, pid: pid}
+	e := &uffdEntry{id: id, u: u, pid: pid, wpAsync: features&linux.WPAsyncFeatures == linux.WPAsyncFeatures}
 	if pid > 0 {
 		if e.watch, err = linux.WatchPid(pid); err != nil {
 			return fail(fmt.Errorf("pager: uffd %d: watch worker %d: %w", id, pid, err))
@@ -491,7 +507,18 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 	if (i > 0 && old[i-1].end > r.Start) || (i < len(old) && old[i].Start < r.End()) {
 		return fmt.Errorf("%w: %#x+%#x (%q) on uffd %d", ErrOverlap, r.Start, r.Length, r.Dataspace, id)
 	}
-	if _, err := e.u.Register(r.Start, r.Length, linux.UFFDIO_REGISTER_MODE_MISSING); err != nil {
+	mode := uint64(linux.UFFDIO_REGISTER_MODE_MISSING)
+	if r.Track {
+		if !e.wpAsync {
+			// Without it a write would raise a WP fault no pager thread
+			// handles. (A uffd negotiated by another holder counts as
+			// without: its features are unknown here.)
+			return fmt.Errorf("%w: %q: write tracking needs async write protection negotiated by this pager: %w", ErrBadRegion, r.Dataspace,
+				&linux.UnsupportedError{Feature: "userfaultfd UFFD_FEATURE_WP_ASYNC", Hint: "Linux 6.7"})
+		}
+		mode |= linux.UFFDIO_REGISTER_MODE_WP
+	}
+	if _, err := e.u.Register(r.Start, r.Length, mode); err != nil {
 		return fmt.Errorf("pager: uffd %d region %q: %w", id, r.Dataspace, err)
 	}
 	nr := &region{Region: r, end: r.End(), ds: p.stats.indexOf(r.Dataspace)}
@@ -667,7 +694,11 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write
 			return 0, err
 		}
 	}
-	n, err := e.u.Copy(lo, src, 0)
+	var cmode uint64
+	if r.Track {
+		cmode = linux.UFFDIO_COPY_MODE_WP // clean until the worker writes it
+	}
+	n, err := e.u.Copy(lo, src, cmode)
 	if err == nil || !errors.Is(err, linux.EEXIST) {
 		return int(uintptr(n) / ps), err
 	}
@@ -675,7 +706,7 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write
 		return int(uintptr(n) / ps), nil
 	}
 	off := addr - lo
-	m, err := e.u.Copy(addr, src[off:off+ps], 0)
+	m, err := e.u.Copy(addr, src[off:off+ps], cmode)
 	if errors.Is(err, linux.EEXIST) {
 		return int(uintptr(n) / ps), e.u.Wake(addr, ps)
 	}

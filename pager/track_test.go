@@ -1,0 +1,118 @@
+package pager_test
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"unsafe"
+
+	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/linux"
+	"github.com/vcored/vcored/pager"
+)
+
+// TestTrackRegion: a Track region in this process, served by the pager's
+// threads. Pages the pager copies in on read faults stay clean; pages
+// written (whether the write was the first touch or came later) are the
+// written pages PAGEMAP_SCAN reports — exactly those.
+func TestTrackRegion(t *testing.T) {
+	needUffd(t)
+	if !linux.HaveWPAsync() {
+		t.Skip("kernel lacks async write protection (Linux 6.7)")
+	}
+	p := newPager(t, pager.Options{FaultAround: 4})
+	u, err := linux.OpenUffd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	ps := linux.PageSize()
+	const pages = 32
+	mem, err := linux.Mmap(pages*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(mem)
+	base := uintptr(unsafe.Pointer(&mem[0]))
+	r := pager.Region{Start: base, Length: uintptr(len(mem)), Dataspace: "t", Content: content.Pattern(5), Track: true}
+	if err := p.AddRegion(1, r); err != nil {
+		t.Fatal(err)
+	}
+	defer p.RemoveRegion(1, base)
+	pm, err := linux.OpenPagemap(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pm.Close()
+	if err := pm.WriteProtectAsync(base, base+uintptr(len(mem))); err != nil {
+		t.Fatal(err)
+	}
+	// Reads: every page of the first half (fault-around copies 4 at once).
+	for pg := range pages / 2 {
+		trackSink += mem[pg*ps]
+	}
+	if err := content.VerifyPattern(mem[:pages/2*ps], 5, 0); err != nil {
+		t.Fatal(err)
+	}
+	mem[3*ps+8]++    // present page, written later
+	mem[20*ps] = 1   // first touch is a write
+	mem[21*ps+1] = 2 // in the same fault-around window as 20
+	regs, err := pm.WrittenPages(base, base+uintptr(len(mem)), true, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	for _, g := range regs {
+		for a := g.Start; a < g.End; a += uint64(ps) {
+			got = append(got, int((a-uint64(base))/uint64(ps)))
+		}
+	}
+	if !slices.Equal(got, []int{3, 20, 21}) {
+		t.Fatalf("written pages %v, want [3 20 21] (pages copied in on reads must stay clean)", got)
+	}
+	// A page whose first touch was a write was filled from the content
+	// before the write landed.
+	if err := content.VerifyPattern(mem[20*ps+8:21*ps], 5, uint64(20*ps+8)); err != nil {
+		t.Fatal(err)
+	}
+	if mem[20*ps] != 1 || mem[21*ps+1] != 2 {
+		t.Fatal("writes lost")
+	}
+	// Re-protected: a new epoch sees only new writes.
+	mem[30*ps]++
+	regs, err = pm.WrittenPages(base, base+uintptr(len(mem)), true, nil, nil)
+	if err != nil || len(regs) != 1 || regs[0].Start != uint64(base)+30*uint64(ps) || regs[0].End != regs[0].Start+uint64(ps) {
+		t.Fatalf("second epoch: %+v, %v; want page 30 only", regs, err)
+	}
+}
+
+// A Track region on a uffd this pager did not negotiate is refused: a
+// write there would raise a WP fault nobody handles.
+func TestTrackRegionNeedsNegotiatedUffd(t *testing.T) {
+	needUffd(t)
+	p := newPager(t, pager.Options{})
+	u, err := linux.OpenUffd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.API(0); err != nil { // negotiated elsewhere, without WP_ASYNC
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	mem, err := linux.Mmap(linux.PageSize(), linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(mem)
+	err = p.AddRegion(1, pager.Region{Start: uintptr(unsafe.Pointer(&mem[0])), Length: uintptr(len(mem)),
+		Dataspace: "t", Content: content.Zero(), Track: true})
+	if !errors.Is(err, pager.ErrBadRegion) || !errors.Is(err, linux.ErrNotSupported) {
+		t.Fatalf("AddRegion(Track) on a foreign-negotiated uffd: %v", err)
+	}
+}
+
+var trackSink byte
