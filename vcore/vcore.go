@@ -278,6 +278,13 @@ func (v *VCore) prepare() error {
 		s.quota = ramalloc.NewQuota(sc.Name, int64(sc.Memory))
 		for _, d := range sc.Local {
 			src, err := v.openSource(d)
+			if err == nil && d.Persistent {
+				var p *persistentDS
+				if p, err = v.openPersistent(sc.Name, d, src); err == nil {
+					src = p
+					v.closers = append(v.closers, p)
+				}
+			}
 			if err != nil {
 				return fmt.Errorf("vcore: subsystem %s: dataspace %s: %w", sc.Name, d.Name, err)
 			}

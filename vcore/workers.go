@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 
+	"github.com/vcored/vcored/internal/ckpt"
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
@@ -237,8 +238,22 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 			w.sub.cfg.Name, n, w.sub.maxRegions())
 		return
 	}
-	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local}
+	persist := persistentOf(w.sub, a.Name)
+	if local && persist != nil {
+		if err := persist.reserve(); err != nil {
+			v.mu.Unlock()
+			w.sub.quota.Release(int64(charged))
+			refuse(wire.CodeDenied, "%v", err)
+			return
+		}
+	} else {
+		persist = nil
+	}
+	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local, Track: persist != nil}
 	if err := v.pgr.AddRegion(st.id, pr); err != nil {
+		if persist != nil {
+			persist.unreserve()
+		}
 		v.mu.Unlock()
 		w.sub.quota.Release(int64(charged))
 		code := wire.CodeInternal
@@ -247,6 +262,15 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		}
 		refuse(code, "register %#x+%#x: %v", a.Addr, a.Length, err)
 		return
+	}
+	if persist != nil {
+		if err := persist.start(st.id, ckpt.Region{Pid: w.pid, Addr: uintptr(a.Addr), Size: a.Length}); err != nil {
+			_ = v.pgr.RemoveRegion(st.id, uintptr(a.Addr))
+			v.mu.Unlock()
+			w.sub.quota.Release(int64(charged))
+			refuse(wire.CodeInternal, "start write tracking of persistent dataspace %q: %v", a.Name, err)
+			return
+		}
 	}
 	st.regions[uintptr(a.Addr)] = &regionState{wire: region, local: local, charged: charged}
 	v.sendLocked(&wire.RegionAdd{UffdID: st.id, Region: region})
@@ -315,6 +339,7 @@ func (v *VCore) detach(w *worker, addr uint64) {
 	if err := v.pgr.RemoveRegion(st.id, uintptr(addr)); err != nil && !errors.Is(err, pager.ErrUnknownUffd) && !errors.Is(err, pager.ErrNoRegion) {
 		v.log.Warn("remove region", "uffd", st.id, "addr", addr, "err", err)
 	}
+	v.untrackLocked(st, uintptr(addr))
 	delete(st.regions, uintptr(addr))
 	if st.sub != nil {
 		st.sub.quota.Release(int64(r.charged))
@@ -337,6 +362,7 @@ func (v *VCore) workerClosed(w *worker) {
 // returned and core drops its dup. Called with mu held.
 func (v *VCore) dropUffdLocked(st *uffdState, remove bool) {
 	delete(v.uffds, st.id)
+	v.untrackLocked(st, 0)
 	if remove {
 		if err := v.pgr.RemoveUffd(st.id); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
 			v.log.Warn("remove uffd", "uffd", st.id, "err", err)
