@@ -240,3 +240,28 @@ persistent = true
 		t.Errorf("pager errors on mem: %+v", st)
 	}
 }
+
+// TestCheckpointRootOnly: a user other than root cannot checkpoint (the
+// vcore's socket admits root only; the handler checks the peer's uid again,
+// see vcore's TestCheckpointHandlerNeedsRoot), and root gets past both.
+func TestCheckpointRootOnly(t *testing.T) {
+	c := newCluster(t)
+	c.startCore(c.coreConfig(""))
+	v := c.startVCore(0, c.vcoreConfig(0, sleeper))
+	os.Chmod(c.dir, 0o755)
+	os.Chmod(c.vcoreSocket(0), 0o666) // the file mode is not what is tested
+	cmd := exec.Command(vcoredBin, "checkpoint", "--vcore", c.vcoreSocket(0), "sleeper")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err == nil || strings.Contains(string(out), "400") {
+		t.Fatalf("checkpoint as nobody got an answer: %v: %s", err, out)
+	}
+	eventually(t, 5*time.Second, "refusal logged", func() (bool, string) {
+		return strings.Contains(v.log.String(), "refused"), v.log.String()
+	})
+	// Root gets past the checks (and fails for its own reason: sleeper
+	// has no persistent dataspace).
+	if _, err := checkpointCLI(t, c.vcoreSocket(0), "sleeper"); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Fatalf("checkpoint as root: %v", err)
+	}
+}
