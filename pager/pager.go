@@ -118,6 +118,10 @@ type Options struct {
 	Forward func(Fault)
 	// Log receives warnings (unknown faults, dropped uffds). Nil: discard.
 	Log *slog.Logger
+	// SyncWriteTracking makes Track regions use synchronous write
+	// protection even where the kernel has async (what a kernel before
+	// 6.7 gets): for tests and comparisons. See TakeWritten.
+	SyncWriteTracking bool
 }
 
 // Region is a registered range of a worker's address space and what it
@@ -134,12 +138,15 @@ type Region struct {
 	// Forward: faults go to Options.Forward instead of being resolved here.
 	Forward bool
 	// Track: the region is also registered for write protection
-	// (UFFDIO_REGISTER_MODE_WP), async (the uffd negotiated
-	// linux.WPAsyncFeatures, which InitUffd asks for when the kernel has
-	// them), so that a checkpoint finds the pages written since the last
-	// one (ckpt.AsyncTracker). Pages are copied in write-protected: one
-	// the worker only reads stays clean. AddRegion refuses it on a uffd
-	// without async write protection.
+	// (UFFDIO_REGISTER_MODE_WP), so that a checkpoint finds the pages
+	// written since the last one. Async where the uffd negotiated
+	// linux.WPAsyncFeatures (InitUffd asks for them when the kernel has
+	// them): the kernel marks written pages, PAGEMAP_SCAN collects them
+	// (ckpt.AsyncTracker). Else sync: the first write to a page per epoch
+	// raises a WP fault the pager threads record and resolve, and
+	// TakeWritten collects them (WriteTracking says which). Pages are
+	// copied in write-protected (never as the shared zero page): one the
+	// worker only reads stays clean.
 	Track bool
 }
 
@@ -231,8 +238,10 @@ type uffdEntry struct {
 	use    sync.RWMutex
 	closed bool // under use
 
-	serving bool // under Pager.mu
-	wpAsync bool // InitUffd negotiated async write protection (Track regions)
+	serving bool        // under Pager.mu
+	wpAsync bool        // InitUffd negotiated async write protection (Track regions)
+	wpKnown bool        // this pager negotiated the uffd (else its WP mode is unknown)
+	written syncWritten // pages written in sync WP mode (track.go)
 }
 
 // region is a Region with its stats slot.
@@ -415,11 +424,11 @@ func (p *Pager) AddUffd(id uint64, u *linux.Uffd, pid int, serve bool) error {
 	}
 	var features uint64
 	if !ok {
-		if features, err = InitUffd(u); err != nil {
+		if features, err = p.initUffd(u); err != nil {
 			return fail(fmt.Errorf("uffd %d: %w", id, err))
 		}
 	}
-	e := &uffdEntry{id: id, u: u, pid: pid, wpAsync: features&linux.WPAsyncFeatures == linux.WPAsyncFeatures}
+	e := &uffdEntry{id: id, u: u, pid: pid, wpAsync: features&linux.WPAsyncFeatures == linux.WPAsyncFeatures, wpKnown: !ok}
 	if pid > 0 {
 		if e.watch, err = linux.WatchPid(pid); err != nil {
 			return fail(fmt.Errorf("pager: uffd %d: watch worker %d: %w", id, pid, err))
@@ -509,17 +518,23 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 	}
 	mode := uint64(linux.UFFDIO_REGISTER_MODE_MISSING)
 	if r.Track {
-		if !e.wpAsync {
-			// Without it a write would raise a WP fault no pager thread
-			// handles. (A uffd negotiated by another holder counts as
-			// without: its features are unknown here.)
-			return fmt.Errorf("%w: %q: write tracking needs async write protection negotiated by this pager: %w", ErrBadRegion, r.Dataspace,
-				&linux.UnsupportedError{Feature: "userfaultfd UFFD_FEATURE_WP_ASYNC", Hint: "Linux 6.7"})
+		if !e.wpKnown {
+			// Negotiated by another holder: whether a write raises a WP
+			// fault (sync) or not (async) is unknown here.
+			return fmt.Errorf("%w: %q: write tracking on a userfaultfd this pager did not negotiate", ErrBadRegion, r.Dataspace)
 		}
 		mode |= linux.UFFDIO_REGISTER_MODE_WP
 	}
 	if _, err := e.u.Register(r.Start, r.Length, mode); err != nil {
 		return fmt.Errorf("pager: uffd %d region %q: %w", id, r.Dataspace, err)
+	}
+	if r.Track && !e.wpAsync {
+		// Sync: protect what is present already (pages copied in later
+		// are copied protected).
+		if err := e.u.WriteProtect(r.Start, r.Length, linux.UFFDIO_WRITEPROTECT_MODE_WP); err != nil {
+			_ = e.u.Unregister(r.Start, r.Length)
+			return fmt.Errorf("pager: uffd %d region %q: write-protect: %w", id, r.Dataspace, err)
+		}
 	}
 	nr := &region{Region: r, end: r.End(), ds: p.stats.indexOf(r.Dataspace)}
 	table := make([]*region, 0, len(old)+1)
@@ -671,7 +686,7 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write
 		lo = r.Start + (idx-idx%uintptr(p.around))*ps
 		hi = min(lo+uintptr(p.around)*ps, r.end)
 	}
-	if r.Content.IsZero() && !write {
+	if r.Content.IsZero() && !write && !r.Track {
 		n, err := e.u.ZeroPage(lo, hi-lo, 0)
 		if err == nil || !errors.Is(err, linux.EEXIST) {
 			return int(uintptr(n) / ps), err
