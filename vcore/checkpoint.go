@@ -17,6 +17,7 @@ import (
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/linux"
 	"github.com/vcored/vcored/internal/wire"
+	"github.com/vcored/vcored/pager"
 )
 
 // Persistent dataspaces (docs/CHECKPOINT.md). A local dataspace with
@@ -68,7 +69,7 @@ type attachment struct {
 	region ckpt.Region
 
 	mu       sync.Mutex // held while the tracker is used
-	tr       *ckpt.AsyncTracker
+	tr       ckpt.Tracker
 	rescan   bool // the dirty set was lost: store every present page next time
 	detached bool
 }
@@ -162,9 +163,17 @@ func (p *persistentDS) unreserve() {
 	p.attMu.Unlock()
 }
 
-// start begins write tracking of the region just registered.
-func (p *persistentDS) start(uffd uint64, r ckpt.Region) error {
-	tr, err := ckpt.NewAsyncTracker(r)
+// start begins write tracking of the region just registered on uffd:
+// async (PAGEMAP_SCAN) where the pager negotiated it, else the pager's
+// sync tracking.
+func (p *persistentDS) start(pgr *pager.Pager, uffd uint64, r ckpt.Region) error {
+	async, err := pgr.WriteTracking(uffd)
+	var tr ckpt.Tracker
+	if err == nil && async {
+		tr, err = ckpt.NewAsyncTracker(r)
+	} else if err == nil {
+		tr = &pagerTracker{pgr: pgr, uffd: uffd, r: r}
+	}
 	if err != nil {
 		p.unreserve()
 		return err
@@ -174,6 +183,24 @@ func (p *persistentDS) start(uffd uint64, r ckpt.Region) error {
 	p.attMu.Unlock()
 	return nil
 }
+
+// pagerTracker is a ckpt.Tracker over the pager's sync write tracking.
+type pagerTracker struct {
+	pgr  *pager.Pager
+	uffd uint64
+	r    ckpt.Region
+}
+
+func (t *pagerTracker) Dirty() ([]uint64, error) {
+	return t.pgr.TakeWritten(t.uffd, t.r.Addr, uintptr(t.r.Size))
+}
+
+func (t *pagerTracker) Close() error { return nil }
+
+// syncWriteTracking: VCORED_SYNC_WRITE_TRACKING=1 makes the pager track
+// writes to persistent dataspaces synchronously even where the kernel has
+// async tracking — what a kernel before 6.7 gets (for tests).
+func syncWriteTracking() bool { return os.Getenv("VCORED_SYNC_WRITE_TRACKING") == "1" }
 
 // detached forgets the attachment of uffd at addr (0: any address). The
 // tracker is closed once no checkpoint uses it, without blocking.

@@ -224,6 +224,9 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 		FaultAround: v.faultAround(),
 		Forward:     v.forward,
 		Log:         v.log.With("part", "pager"),
+		// Persistent dataspaces: sync write tracking on request (else
+		// async where the kernel has it).
+		SyncWriteTracking: syncWriteTracking(),
 	}); err != nil {
 		return fmt.Errorf("vcore: start the pager: %w", err)
 	}

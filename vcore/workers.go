@@ -264,7 +264,7 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		return
 	}
 	if persist != nil {
-		if err := persist.start(st.id, ckpt.Region{Pid: w.pid, Addr: uintptr(a.Addr), Size: a.Length}); err != nil {
+		if err := persist.start(v.pgr, st.id, ckpt.Region{Pid: w.pid, Addr: uintptr(a.Addr), Size: a.Length}); err != nil {
 			_ = v.pgr.RemoveRegion(st.id, uintptr(a.Addr))
 			v.mu.Unlock()
 			w.sub.quota.Release(int64(charged))

@@ -131,8 +131,19 @@ func checkpointCLI(t *testing.T, socket, sub string) (api.CheckpointResult, erro
 // attaches again and finds every page as it left it.
 func TestCheckpointRestore(t *testing.T) {
 	if !linux.HaveWPAsync() {
-		t.Skip("persistent dataspaces need async write protection (Linux 6.7)")
+		t.Skip("kernel lacks async write protection (Linux 6.7); TestCheckpointRestoreSyncWP covers it")
 	}
+	checkpointRestore(t)
+}
+
+// TestCheckpointRestoreSyncWP: the same with the pager's sync write
+// tracking (WP faults), what kernels before 6.7 use.
+func TestCheckpointRestoreSyncWP(t *testing.T) {
+	t.Setenv("VCORED_SYNC_WRITE_TRACKING", "1")
+	checkpointRestore(t)
+}
+
+func checkpointRestore(t *testing.T) {
 	c := newCluster(t)
 	c.startCore(c.coreConfig(""))
 	dir := c.path("ckpt-helper")
