@@ -48,9 +48,15 @@ func (p *Pager) initUffd(u *linux.Uffd) (uint64, error) {
 // unprotects it, which wakes the writer. Called by a pager thread.
 func (p *Pager) wpFault(e *uffdEntry, r *region, addr uintptr) error {
 	if !r.Track {
-		// Not ours: a write-protected range of the worker's own making.
-		// Waking would only fault again; say so once per fault.
-		return fmt.Errorf("write-protect fault at %#x in dataspace %q, which is not tracked", addr, r.Dataspace)
+		// A range another holder of the uffd tracks (a vcore's, served
+		// here after a failover): let the write through rather than have
+		// the writer fault forever. Its tracking is lost for this page.
+		p.log.Debug("pager: write-protect fault in an untracked region, unprotected", "dataspace", r.Dataspace, "addr", fmt.Sprintf("%#x", addr))
+		err := e.u.WriteProtect(addr, p.ps, 0)
+		if errors.Is(err, linux.ENOENT) {
+			err = nil
+		}
+		return err
 	}
 	e.written.mu.Lock()
 	if e.written.pages == nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/vcored/vcored/internal/content"
@@ -143,3 +144,47 @@ func TestTrackRegionNeedsNegotiatedUffd(t *testing.T) {
 }
 
 var trackSink byte
+
+// TestWPFaultUntrackedRegion: a write-protect fault in a region this pager
+// does not track (another holder's, e.g. after a failover) is let through
+// instead of faulting forever.
+func TestWPFaultUntrackedRegion(t *testing.T) {
+	needUffd(t)
+	p := newPager(t, pager.Options{SyncWriteTracking: true})
+	u, err := linux.OpenUffd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	uu, err := p.Uffd(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uu.Close()
+	ps := linux.PageSize()
+	mem, err := linux.Mmap(2*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE|linux.MAP_POPULATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(mem)
+	base := uintptr(unsafe.Pointer(&mem[0]))
+	if err := p.AddRegion(1, pager.Region{Start: base, Length: uintptr(len(mem)), Dataspace: "u", Content: content.Zero()}); err != nil {
+		t.Fatal(err)
+	}
+	// Another holder registers the range for WP and protects it.
+	if _, err := uu.Register(base, uintptr(len(mem)), linux.UFFDIO_REGISTER_MODE_MISSING|linux.UFFDIO_REGISTER_MODE_WP); err != nil {
+		t.Fatal(err)
+	}
+	if err := uu.WriteProtect(base, uintptr(len(mem)), linux.UFFDIO_WRITEPROTECT_MODE_WP); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { mem[ps] = 7; close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("a write to a protected page of an untracked region never completed")
+	}
+}

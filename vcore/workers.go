@@ -240,6 +240,14 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 	}
 	persist := persistentOf(w.sub, a.Name)
 	if local && persist != nil {
+		if async, _ := v.pgr.WriteTracking(st.id); !async && v.grant.Pager == wire.PagerCentral {
+			// core's pager serves this uffd and would not record the
+			// write-protect faults of sync tracking.
+			v.mu.Unlock()
+			w.sub.quota.Release(int64(charged))
+			refuse(wire.CodeUnsupported, "persistent dataspace %q in central pager mode needs async write tracking (Linux 6.7)", a.Name)
+			return
+		}
 		if err := persist.reserve(); err != nil {
 			v.mu.Unlock()
 			w.sub.quota.Release(int64(charged))
