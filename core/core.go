@@ -60,6 +60,7 @@ type Core struct {
 	reg    *metrics.Registry
 
 	dataspaces map[string]*dataspace
+	rb         *rebalancer // nil unless rebalance = "advise"
 
 	mu       sync.Mutex
 	sessions map[string]*session        // live vcore sessions by VCoreID
@@ -215,6 +216,7 @@ func (c *Core) Run(ctx context.Context) (err error) {
 		defer wg.Done()
 		c.reconcileLoop(rctx)
 	}()
+	c.startRebalance(rctx, &wg)
 	err = ln.Serve(ctx, c.serveWire, c.httpHandler())
 	cancel()
 	wg.Wait()

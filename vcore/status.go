@@ -45,6 +45,7 @@ func (v *VCore) subsystemStatus(s *subsystem) api.Subsystem {
 		QuotaUsedBytes:  used,
 		QuotaLimitBytes: limit,
 		Adopted:         s.adopted,
+		Movable:         s.cfg.Movable,
 	}
 	for _, d := range s.cfg.Local {
 		a.Dataspaces = append(a.Dataspaces, d.Name)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -15,23 +16,30 @@ import (
 
 // runBench implements `vcored bench`: it starts core and the vcores itself
 // with configs fitted to this machine, runs workers under local pagers,
-// the central pager, a raw userfaultfd floor and plain kernel first touch,
-// interleaved, and prints the table, the ratios and the targets. See
-// docs/BENCHMARKS.md.
+// the central pager, the reference floors (bench.Registry) and plain
+// kernel first touch, interleaved, and prints the table, the ratios, the
+// targets and a summary line. --check turns a missed target into exit 1.
+// See docs/BENCHMARKS.md.
 func runBench(ctx context.Context, e *env, args []string) error {
-	fs := newFlagSet(e, "bench", "[--quick] [--workers N] [--pages N] [--pattern seq|random|stride] [--fault-around N] [--reps N] [--json FILE] [--svg FILE]")
+	fs := newFlagSet(e, "bench", benchSynopsis)
+	flagsUsage := fs.Usage
+	fs.Usage = func() {
+		flagsUsage()
+		writeBenchHelp(e.stderr)
+	}
 	workers := fs.Int("workers", 1, "workers per vcore")
 	pages := fs.Int("pages", 0, fmt.Sprintf("pages each worker touches (default %d, --quick %d)", bench.DefaultPages, bench.QuickPages))
 	patternS := fs.String("pattern", "seq", "access pattern: seq, random or stride")
 	stride := fs.Int("stride", 16, "page stride for --pattern stride")
 	faultAround := fs.Int("fault-around", 16, "pages per fault in the fault-around comparison (sequential access); 1 skips it")
 	reps := fs.Int("reps", bench.DefaultReps, "repetitions of each mode (interleaved), at least 3 for a report")
-	quick := fs.Bool("quick", false, "small run (under 20 s)")
-	modesS := fs.String("modes", "", "comma-separated subset of local,central,raw_floor,kernel (default all)")
+	quick := fs.Bool("quick", false, fmt.Sprintf("small run: %d pages per worker (how long it takes varies ~10× between days on a shared VM)", bench.QuickPages))
+	modesS := fs.String("modes", "", "comma-separated modes to run (default all; see modes below); raw_floor also selects raw_xproc and raw_cross")
 	jsonPath := fs.String("json", "", "write every figure and the machine description as JSON to `FILE`")
 	svgPath := fs.String("svg", "", "write the latency CDF of all modes to `FILE` (SVG)")
 	keepTemp := fs.Bool("keep-temp", false, "keep the temp dir (configs, daemon logs, worker results)")
 	noProgress := fs.Bool("no-progress", false, "no progress bar or lines")
+	check := fs.Bool("check", false, "exit 1 when a measured target is missed (see targets below); without it a finished run exits 0")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -93,5 +101,44 @@ func runBench(ctx context.Context, e *env, args []string) error {
 			return errors.Join(runErr, err)
 		}
 	}
-	return runErr
+	return benchOutcome(rep, *check, runErr)
+}
+
+// benchSynopsis is the usage line of `vcored bench`: every flag.
+const benchSynopsis = "[--quick] [--check] [--modes MODE,…] [--workers N] [--pages N] [--pattern seq|random|stride] [--stride N] " +
+	"[--fault-around N] [--reps N] [--json FILE] [--svg FILE] [--keep-temp] [--no-progress]"
+
+// writeBenchHelp lists the modes and the targets after the flags.
+func writeBenchHelp(w io.Writer) {
+	fmt.Fprintf(w, "\nmodes (all run, interleaved, unless --modes names some):\n")
+	for _, m := range bench.Registry {
+		fmt.Fprintf(w, "  %-10s %s\n", m.Name, m.Doc)
+	}
+	fmt.Fprintf(w, "  with --fault-around N > 1 also local_faN and raw_floor_faN (sequential, N pages per fault), and with a\n"+
+		"  non-sequential --pattern the sequential baselines local_seq, raw_floor_seq and kernel_seq.\n")
+	fmt.Fprintf(w, "\ntargets (ratios measured within the run; --check exits 1 when a measured one is missed,\n"+
+		"one whose modes did not run is \"not measured\" and not checked):\n")
+	for _, t := range bench.TargetList() {
+		fmt.Fprintf(w, "  %-34s %s %s\n", t.Key, t.Name, t.Goal)
+	}
+}
+
+// errTargetsMissed is what --check returns when a target was missed (exit 1).
+var errTargetsMissed = errors.New("targets missed")
+
+// benchOutcome is the error `vcored bench` ends with: the run's own error
+// (exit 1), else with check the missed targets (exit 1), else none.
+func benchOutcome(rep *bench.Report, check bool, runErr error) error {
+	if runErr != nil || !check {
+		return runErr
+	}
+	missed := rep.Missed()
+	if len(missed) == 0 {
+		return nil
+	}
+	var parts []string
+	for _, t := range missed {
+		parts = append(parts, fmt.Sprintf("%s = %.3g (goal %s)", t.Key, t.Value, t.Goal))
+	}
+	return fmt.Errorf("%w (--check): %s", errTargetsMissed, strings.Join(parts, "; "))
 }

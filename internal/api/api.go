@@ -110,6 +110,9 @@ type Subsystem struct {
 	QuotaLimitBytes  uint64   `json:"quota_limit_bytes"`
 	Dataspaces       []string `json:"dataspaces,omitempty"`
 	Adopted          bool     `json:"adopted"`
+	// Movable: its vcore file says movable = true (it may be restarted on
+	// another node by a rebalancing move).
+	Movable bool `json:"movable"`
 }
 
 // DataspaceStats are a pager's counters for one dataspace.

@@ -77,6 +77,11 @@ func (r *Report) WriteText(w io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(w, "(latency: one timed 8-byte first touch per page, timer included; IPIs: CAL+RES+TLB on all CPUs over the touch loops ÷ faults)")
+	for _, spec := range Registry {
+		if _, ok := r.Modes[spec.Name]; ok {
+			fmt.Fprintf(w, "  %-10s %s\n", spec.Name, spec.Doc)
+		}
+	}
 
 	// Per-CPU IPIs and placement per node when there is more than one.
 	for _, name := range r.ModeOrder() {
@@ -129,6 +134,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	rt := r.Ratios
 	fmt.Fprintf(w, "\nratios: central÷local median %s, p99 %s; local÷raw floor median %s; raw floor÷kernel median %s\n",
 		ratioText(rt.CentralOverLocalMedian), ratioText(rt.CentralOverLocalP99), ratioText(rt.LocalOverRawMedian), ratioText(rt.RawOverKernelMedian))
+	fmt.Fprintf(w, "        framework over its floor (local ÷ raw_xproc): median %s, p99 %s\n",
+		ratioText(rt.LocalOverRawXprocMedian), ratioText(rt.LocalOverRawXprocP99))
 	if r.FaultAround != nil {
 		fmt.Fprintf(w, "        fault-around %d per page ÷ kernel first touch: local %s, raw floor %s\n",
 			r.FaultAround.Pages, ratioText(rt.FaultAroundPerPageOverKernel), ratioText(rt.RawFaultAroundOverKernel))
@@ -142,18 +149,17 @@ func (r *Report) WriteText(w io.Writer) error {
 	_, okL := r.measured(ModeLocal)
 	_, okC := r.measured(ModeCentral)
 	fmt.Fprintf(w, "        IPIs per fault: local %s, central %s\n", ipis(rt.LocalIPIsPerFault, okL), ipis(rt.CentralIPIsPerFault, okC))
-	if rt.RawCrossOverRawMedian > 0 {
-		fmt.Fprintf(w, "        this machine's own cross-CPU penalty (raw handler on core's CPU ÷ on the faulting CPU): %s;"+
-			" central ÷ that bare cross-CPU round trip: %s\n", ratioText(rt.RawCrossOverRawMedian), ratioText(rt.CentralOverRawCrossMedian))
-	}
+	fmt.Fprintf(w, "        this machine's own penalties: cross-CPU (raw_cross ÷ raw_floor) %s, cross-address-space (raw_xproc ÷ raw_floor) %s;"+
+		" central ÷ the bare cross-CPU round trip (raw_cross) %s\n",
+		ratioText(rt.RawCrossOverRawMedian), ratioText(rt.RawXprocOverRawMedian), ratioText(rt.CentralOverRawCrossMedian))
 
-	fmt.Fprintln(w, "\ntargets:")
+	fmt.Fprintln(w, "\ntargets (ratios within this run; --check exits 1 if a measured one is missed):")
 	for _, t := range r.Targets {
-		v := "-"
-		if t.Status != "n/a" {
-			v = fmt.Sprintf("%.3g", t.Value)
+		if t.Status == StatusNotMeasured {
+			fmt.Fprintf(w, "  %-12s  %s (goal %s)\n", "not measured", t.Name, t.Goal)
+			continue
 		}
-		fmt.Fprintf(w, "  %-4s  %s = %s (goal %s)\n", t.Status, t.Name, v, t.Goal)
+		fmt.Fprintf(w, "  %-12s  %s = %.3g (goal %s)\n", t.Status, t.Name, t.Value, t.Goal)
 	}
 	if len(r.Errors) > 0 {
 		fmt.Fprintln(w, "\nerrors:")
@@ -161,6 +167,7 @@ func (r *Report) WriteText(w io.Writer) error {
 			fmt.Fprintf(w, "  %s\n", e)
 		}
 	}
+	fmt.Fprintf(w, "\n%s\n", r.Summary)
 	return nil
 }
 

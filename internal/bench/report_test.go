@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -45,6 +46,8 @@ func syntheticSamples() []RunSample {
 				VmHWM: map[string]uint64{"core": 45 << 20}},
 			RunSample{Mode: ModeRaw, Rep: rep, Results: []*WorkerResult{result("anon", 1000, 13000, 0, map[int]int{0: 1000}, 0, 0)}},
 			RunSample{Mode: ModeKernel, Rep: rep, Results: []*WorkerResult{result("anon", 1000, 2500, 0, map[int]int{0: 1000}, 0, 0)}},
+			RunSample{Mode: ModeRawXproc, Rep: rep, Results: []*WorkerResult{result("anon", 1000, 12000, 0, map[int]int{0: 1000}, 0, 0)}},
+			RunSample{Mode: ModeRawCross, Rep: rep, Results: []*WorkerResult{result("anon", 1000, 39000, 0, map[int]int{0: 1000}, 5, 5)}},
 			RunSample{Mode: FaultAroundMode(ModeLocal, 16), Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 2000, 0, map[int]int{0: 1000}, 0, 0)}},
 			RunSample{Mode: FaultAroundMode(ModeRaw, 16), Rep: rep, Results: []*WorkerResult{result("anon", 1000, 1800, 0, map[int]int{0: 1000}, 0, 0)}},
 		)
@@ -116,7 +119,8 @@ func TestBuildReportMath(t *testing.T) {
 			t.Errorf("target %q: %q, want %q (all: %v)", k, status[k], v, status)
 		}
 	}
-	if got := r.ModeOrder(); !slices.Equal(got[:4], []string{ModeLocal, ModeCentral, ModeRaw, ModeKernel}) || len(got) != 6 {
+	want2 := []string{ModeLocal, ModeCentral, ModeRaw, ModeRawXproc, ModeRawCross, ModeKernel, "local_fa16", "raw_floor_fa16"}
+	if got := r.ModeOrder(); !slices.Equal(got, want2) {
 		t.Errorf("mode order %v", got)
 	}
 }
@@ -183,7 +187,7 @@ func TestJSONShape(t *testing.T) {
 		}
 	}
 	modes := obj(doc["modes"], "modes")
-	for _, m := range []string{"local", "central", "raw_floor", "kernel"} {
+	for _, m := range []string{"local", "central", "raw_floor", "raw_xproc", "raw_cross", "kernel"} {
 		mm := obj(modes[m], "modes."+m)
 		for _, k := range []string{"faults", "median_ns", "p90_ns", "p99_ns", "p999_ns", "faults_per_sec", "ipis_per_fault", "local_node_share"} {
 			if _, ok := mm[k]; !ok {
@@ -195,10 +199,39 @@ func TestJSONShape(t *testing.T) {
 		}
 	}
 	ratios := obj(doc["ratios"], "ratios")
-	for _, k := range []string{"central_over_local_median", "central_over_local_p99", "local_over_raw_median", "fault_around_per_page_over_kernel"} {
+	for _, k := range []string{"central_over_local_median", "central_over_local_p99", "local_over_raw_median", "fault_around_per_page_over_kernel",
+		"local_over_raw_xproc_median", "local_over_raw_xproc_p99", "raw_xproc_over_raw_median", "raw_cross_over_raw_median"} {
 		if _, ok := ratios[k]; !ok {
 			t.Errorf("ratios lacks %q", k)
 		}
+	}
+	// local 15 µs, raw_xproc 12 µs, raw_floor 13 µs.
+	if v, _ := ratios["local_over_raw_xproc_median"].(float64); !approx(v, 15.0/12) {
+		t.Errorf("local_over_raw_xproc_median = %v, want %v", v, 15.0/12)
+	}
+	if v, _ := ratios["local_over_raw_xproc_p99"].(float64); !approx(v, 15.0/12) {
+		t.Errorf("local_over_raw_xproc_p99 = %v, want %v", v, 15.0/12)
+	}
+	if v, _ := ratios["raw_xproc_over_raw_median"].(float64); !approx(v, 12.0/13) {
+		t.Errorf("raw_xproc_over_raw_median = %v, want %v", v, 12.0/13)
+	}
+	if s, _ := doc["summary"].(string); !strings.HasPrefix(s, "summary: local wins") {
+		t.Errorf("summary %q", doc["summary"])
+	}
+	targets, _ := doc["targets"].([]any)
+	keys := map[string]string{}
+	for i, tv := range targets {
+		tg := obj(tv, fmt.Sprintf("targets[%d]", i))
+		for _, k := range []string{"key", "name", "goal", "value", "status"} {
+			if _, ok := tg[k]; !ok {
+				t.Errorf("targets[%d] lacks %q", i, k)
+			}
+		}
+		k, _ := tg["key"].(string)
+		keys[k], _ = tg["status"].(string)
+	}
+	if keys["local_over_raw_xproc_median"] != "MISS" || keys["local_over_raw_xproc_p99"] != "PASS" {
+		t.Errorf("framework targets %v (1.25 ≤ 1.15 misses, 1.25 ≤ 1.5 passes)", keys)
 	}
 
 	svg := filepath.Join(t.TempDir(), "r.svg")
@@ -286,16 +319,22 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		return out
 	}
 	got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 16}))
-	want := []string{"local", "central", "raw_floor", "kernel", "raw_cross", "local_fa16", "raw_floor_fa16"}
+	want := []string{"local", "central", "raw_floor", "raw_xproc", "raw_cross", "kernel", "local_fa16", "raw_floor_fa16"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
 	got = names(Plan(Config{Pattern: PatternRandom, FaultAround: 16, Modes: []string{ModeRaw, ModeKernel}}))
-	want = []string{"raw_floor", "kernel", "raw_cross", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"}
+	want = []string{"raw_floor", "raw_xproc", "raw_cross", "kernel", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"}
 	if !slices.Equal(got, want) {
 		t.Errorf("filtered plan %v, want %v", got, want)
 	}
-	if got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 1})); len(got) != 5 {
+	// A mode may be named on its own, not only by its family.
+	got = names(Plan(Config{Pattern: PatternSeq, FaultAround: 16, Modes: []string{ModeLocal, ModeRawXproc}}))
+	want = []string{"local", "raw_xproc", "local_fa16"}
+	if !slices.Equal(got, want) {
+		t.Errorf("plan of local,raw_xproc %v, want %v", got, want)
+	}
+	if got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 1})); len(got) != len(Registry) {
 		t.Errorf("plan without fault-around %v", got)
 	}
 }

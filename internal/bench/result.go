@@ -23,18 +23,22 @@ const (
 	// WorkerRaw is the reference floor: a minimal userfaultfd handler thread
 	// in the worker itself, pinned to the toucher's CPU, no framework.
 	WorkerRaw WorkerMode = "raw"
+	// WorkerXproc is the same minimal handler in a process of its own
+	// (pinned to the toucher's CPU), fed the worker's uffd over a unix
+	// socket: the floor of any pager outside the worker.
+	WorkerXproc WorkerMode = "xproc"
 	// WorkerKernel touches plain anonymous memory: the kernel's own first
 	// touch, no userfaultfd.
 	WorkerKernel WorkerMode = "kernel"
 )
 
-// ParseWorkerMode parses "uffd", "raw" or "kernel".
+// ParseWorkerMode parses "uffd", "raw", "xproc" or "kernel".
 func ParseWorkerMode(s string) (WorkerMode, error) {
 	switch m := WorkerMode(s); m {
-	case WorkerUffd, WorkerRaw, WorkerKernel:
+	case WorkerUffd, WorkerRaw, WorkerXproc, WorkerKernel:
 		return m, nil
 	}
-	return "", fmt.Errorf("%w: mode %q (want uffd, raw or kernel)", ErrUsage, s)
+	return "", fmt.Errorf("%w: mode %q (want uffd, raw, xproc or kernel)", ErrUsage, s)
 }
 
 // Pattern is the order in which a worker touches its pages.
@@ -163,8 +167,8 @@ type DataspaceResult struct {
 	// TouchNS is the sum of all timed touches; WallNS the whole touch loop.
 	TouchNS int64 `json:"touch_ns"`
 	WallNS  int64 `json:"wall_ns"`
-	// HandlerFaults is the number of faults the in-process handler served
-	// (raw mode only; 0 otherwise).
+	// HandlerFaults is the number of faults the raw handler served (raw
+	// and xproc modes only; 0 otherwise).
 	HandlerFaults int64 `json:"handler_faults,omitempty"`
 	// VerifiedPages passed the content check; Verify is the content checked.
 	VerifiedPages int    `json:"verified_pages"`

@@ -29,7 +29,7 @@ type Config struct {
 	Machine *topology.Machine
 	// Description is the Machine part of the report.
 	Description Machine
-	// Workers per vcore (and per partition for the raw/kernel modes).
+	// Workers per vcore (and per partition for the directly run modes).
 	Workers int
 	// Pages each worker touches per dataspace.
 	Pages   int
@@ -62,8 +62,8 @@ const (
 // run is one measured run in the plan.
 type run struct {
 	mode        string
-	base        string           // the main mode it belongs to (--modes selects by it)
-	daemon      config.PagerMode // "" for the direct raw/kernel workers
+	base        string           // the family it belongs to (--modes selects by it or by mode)
+	daemon      config.PagerMode // "" for the direct raw/xproc/kernel workers
 	worker      WorkerMode
 	pattern     Pattern
 	faultAround int
@@ -75,17 +75,15 @@ type run struct {
 	crossCPU bool
 }
 
-// Plan returns the runs of one repetition, in order. The main four modes
+// Plan returns the runs of one repetition, in order. The registered modes
 // come first; with fault-around > 1, the local and raw fault-around runs on
 // sequential access follow; if the main pattern is not sequential, the
 // sequential baselines too.
 func Plan(c Config) []run {
-	all := []run{
-		{mode: ModeLocal, base: ModeLocal, daemon: config.PagerLocal, worker: WorkerUffd, pattern: c.Pattern, faultAround: 1, shared: true},
-		{mode: ModeCentral, base: ModeCentral, daemon: config.PagerCentral, worker: WorkerUffd, pattern: c.Pattern, faultAround: 1},
-		{mode: ModeRaw, base: ModeRaw, worker: WorkerRaw, pattern: c.Pattern, faultAround: 1},
-		{mode: ModeKernel, base: ModeKernel, worker: WorkerKernel, pattern: c.Pattern, faultAround: 1},
-		{mode: ModeRawCross, base: ModeRaw, worker: WorkerRaw, pattern: c.Pattern, faultAround: 1, crossCPU: true},
+	var all []run
+	for _, m := range Registry {
+		all = append(all, run{mode: m.Name, base: m.Family, daemon: m.Daemon, worker: m.Worker, pattern: c.Pattern,
+			faultAround: 1, shared: m.Shared, crossCPU: m.CrossCPU})
 	}
 	if c.FaultAround > 1 {
 		all = append(all,
@@ -105,15 +103,12 @@ func Plan(c Config) []run {
 	}
 	var out []run
 	for _, r := range all {
-		if slices.Contains(c.Modes, r.base) {
+		if slices.Contains(c.Modes, r.base) || slices.Contains(c.Modes, r.mode) {
 			out = append(out, r)
 		}
 	}
 	return out
 }
-
-// ValidModes are the names --modes accepts.
-var ValidModes = []string{ModeLocal, ModeCentral, ModeRaw, ModeKernel}
 
 func (c *Config) defaults() error {
 	if c.Workers < 1 {
@@ -282,7 +277,7 @@ func runDirect(ctx context.Context, c Config, layout Layout, r run, dir string) 
 			args := []string{"worker", "--mode", string(r.worker), "--dataspace", "anon",
 				"--pages", strconv.Itoa(c.Pages), "--pattern", string(r.pattern), "--stride", strconv.Itoa(c.Stride),
 				"--verify", verify.String(), "--cpu", strconv.Itoa(int(cpus[w%len(cpus)])), "--result", path}
-			if r.worker == WorkerRaw {
+			if r.worker == WorkerRaw || r.worker == WorkerXproc {
 				args = append(args, "--fault-around", strconv.Itoa(r.faultAround))
 			}
 			if r.crossCPU {

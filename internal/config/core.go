@@ -82,6 +82,10 @@ type Core struct {
 	RejoinGrace time.Duration
 	// LogLevel is the minimum level logged.
 	LogLevel LogLevel
+	// Rebalance is off, or advise: sample every partition's load each
+	// RebalanceInterval and report the moves core would make.
+	Rebalance         Rebalance
+	RebalanceInterval time.Duration
 	// Dataspaces are owned by core and attachable from every node.
 	Dataspaces []Dataspace
 
@@ -101,6 +105,9 @@ func DefaultCore() *Core {
 		OrphanGrace:    DefaultOrphanGrace,
 		RejoinGrace:    DefaultRejoinGrace,
 		LogLevel:       LogInfo,
+
+		Rebalance:         RebalanceOff,
+		RebalanceInterval: DefaultRebalanceInterval,
 	}
 }
 
@@ -142,6 +149,7 @@ func parseCore(name string, data []byte) (*Core, *decoder, error) {
 	t.setDuration("orphan_grace", &c.OrphanGrace)
 	t.setDuration("rejoin_grace", &c.RejoinGrace)
 	setEnum(t, "log_level", &c.LogLevel, logLevels...)
+	parseRebalance(t, c)
 	for _, dt := range t.tables("dataspace") {
 		c.Dataspaces = append(c.Dataspaces, decodeDataspace(dt))
 	}

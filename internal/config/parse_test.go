@@ -39,6 +39,8 @@ fault_around = 16
 orphan_grace = "1m"
 rejoin_grace = "5s"
 log_level = "debug"
+rebalance = "advise"
+rebalance_interval = "30s"
 
 [[dataspace]]
 name = "dataset"
@@ -65,6 +67,7 @@ func TestParseCoreFull(t *testing.T) {
 		File: "core.toml", Socket: "/tmp/vc/core.sock", SocketGroup: "vcored", StateDir: "/tmp/vc/state",
 		CgroupParent: "test/vcored-1", ReservedCPUs: hw.MustParse[hw.CPU]("0,2"), ReservedMemory: hw.GiB,
 		Pager: PagerCentral, FaultAround: 16, OrphanGrace: time.Minute, RejoinGrace: 5 * time.Second, LogLevel: LogDebug,
+		Rebalance: RebalanceAdvise, RebalanceInterval: 30 * time.Second,
 		Dataspaces: []Dataspace{
 			{Name: "dataset", Size: 64 * hw.MiB, Content: ContentZero},
 			{Name: "blob", Size: 8 * hw.KiB, Content: ContentFile, Source: "/var/lib/vcored/blob.bin"},

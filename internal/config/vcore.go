@@ -118,6 +118,10 @@ type Subsystem struct {
 	MaxConnections int
 	MaxRegions     int
 	PidsMax        int
+	// Movable: the subsystem may be moved to another node by stopping it
+	// and starting it there (a restart-mode move); without it only live
+	// moves. Recorded for the rebalancer; no move exists yet.
+	Movable bool
 }
 
 // CPURequest is a subsystem's CPU demand: a Count picked from the partition
@@ -278,6 +282,7 @@ func decodeSubsystem(t *table) Subsystem {
 	t.setInt("max_connections", &s.MaxConnections, 1, MaxMaxConnections)
 	t.setInt("max_regions", &s.MaxRegions, 1, MaxMaxRegions)
 	t.setInt("pids_max", &s.PidsMax, 0, MaxPidsMax)
+	t.setBool("movable", &s.Movable)
 	if et := t.sub("env"); et != nil {
 		s.Env = map[string]string{}
 		for k := range et.m {

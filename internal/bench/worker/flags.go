@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/vcored/vcored/internal/bench"
@@ -15,7 +16,7 @@ import (
 )
 
 // Synopsis is the one-line usage of `vcored worker`.
-const Synopsis = "--mode uffd|raw|kernel --dataspace NAME[,NAME] (--pages N | --size BYTES) [--pattern seq|random|stride] [--verify KIND:SEED] [--cpu N] [--fault-around N] [--result FILE]"
+const Synopsis = "--mode uffd|raw|xproc|kernel --dataspace NAME[,NAME] (--pages N | --size BYTES) [--pattern seq|random|stride] [--verify KIND:SEED] [--read] [--cpu N] [--handler-cpu N] [--fault-around N] [--rounds N] [--unbound] [--wait-file FILE] [--result FILE]"
 
 // listFlag collects a repeatable, comma-separated string flag.
 type listFlag []string
@@ -37,14 +38,14 @@ type Flags struct {
 	pages, stride, cpu, faultAround, rounds, handlerCPU *int
 	waitFile                                            *string
 	seed                                                *uint64
-	read, unbound                                       *bool
+	read, unbound, rawHandler                           *bool
 }
 
 // BindFlags defines the worker's flags on fs.
 func BindFlags(fs *flag.FlagSet) *Flags {
 	f := &Flags{}
-	f.mode = fs.String("mode", "uffd", "uffd: dataspaces served by vcored (needs $VCORE_SOCKET); raw: minimal in-process userfaultfd handler; kernel: plain anonymous memory")
-	fs.Var(&f.names, "dataspace", "dataspace `NAME` to attach (repeatable or comma-separated); in raw/kernel mode a label per region")
+	f.mode = fs.String("mode", "uffd", "uffd: dataspaces served by vcored (needs $VCORE_SOCKET); raw: minimal in-process userfaultfd handler; xproc: the same handler in a process of its own; kernel: plain anonymous memory")
+	fs.Var(&f.names, "dataspace", "dataspace `NAME` to attach (repeatable or comma-separated); in raw/xproc/kernel mode a label per region")
 	f.pages = fs.Int("pages", 0, "pages per dataspace")
 	f.size = fs.String("size", "", "bytes per dataspace, e.g. 64MiB (instead of --pages)")
 	f.pattern = fs.String("pattern", "seq", "touch order: seq, random or stride")
@@ -53,12 +54,13 @@ func BindFlags(fs *flag.FlagSet) *Flags {
 	f.verify = fs.String("verify", "", "check content after touching: zero:0 or pattern:SEED (write touches store the expected word)")
 	f.read = fs.Bool("read", false, "touch by reading instead of writing")
 	f.result = fs.String("result", "", "write the measurements as JSON to `FILE` (stdout when empty)")
-	f.cpu = fs.Int("cpu", -1, "pin the touching thread (and the raw handler) to this CPU; -1: no pinning")
-	f.faultAround = fs.Int("fault-around", 1, "raw mode: pages resolved per fault")
+	f.cpu = fs.Int("cpu", -1, "pin the touching thread (and the raw/xproc handler) to this CPU; -1: no pinning")
+	f.faultAround = fs.Int("fault-around", 1, "raw and xproc modes: pages resolved per fault")
 	f.unbound = fs.Bool("unbound", false, "uffd mode: attach without binding the memory to the vcore's node (pages land where the pager runs)")
-	f.handlerCPU = fs.Int("handler-cpu", -1, "raw mode: pin the handler thread to this CPU instead of --cpu (a cross-CPU round trip); -1: same as --cpu")
+	f.handlerCPU = fs.Int("handler-cpu", -1, "raw and xproc modes: pin the handler thread to this CPU instead of --cpu (a cross-CPU round trip); -1: same as --cpu")
 	f.rounds = fs.Int("rounds", 1, "touch every page this many times, dropping the pages (MADV_DONTNEED) between rounds so each round faults again")
 	f.waitFile = fs.String("wait-file", "", "after attaching, wait until `FILE` exists before touching")
+	f.rawHandler = fs.Bool("raw-handler", false, "internal: be the handler process of an xproc worker (the worker's socket is fd 3)")
 	return f
 }
 
@@ -68,6 +70,9 @@ func (f *Flags) Unbound() bool { return *f.unbound }
 
 // Config turns the parsed flags into a Config; errors wrap bench.ErrUsage.
 func (f *Flags) Config(attach AttachFunc) (Config, error) {
+	if *f.rawHandler {
+		return f.handlerConfig()
+	}
 	mode, err := bench.ParseWorkerMode(*f.mode)
 	if err != nil {
 		return Config{}, err
@@ -96,16 +101,42 @@ func (f *Flags) Config(attach AttachFunc) (Config, error) {
 	switch {
 	case *f.faultAround < 1:
 		return Config{}, fmt.Errorf("%w: --fault-around %d: want at least 1", bench.ErrUsage, *f.faultAround)
-	case *f.handlerCPU >= 0 && mode != bench.WorkerRaw:
-		return Config{}, fmt.Errorf("%w: --handler-cpu applies to raw mode only", bench.ErrUsage)
-	case *f.faultAround > 1 && mode != bench.WorkerRaw:
-		return Config{}, fmt.Errorf("%w: --fault-around applies to raw mode only (vcored's pagers take it from their config)", bench.ErrUsage)
+	case *f.handlerCPU >= 0 && !rawLike(mode):
+		return Config{}, fmt.Errorf("%w: --handler-cpu applies to raw and xproc modes only", bench.ErrUsage)
+	case *f.faultAround > 1 && !rawLike(mode):
+		return Config{}, fmt.Errorf("%w: --fault-around applies to raw and xproc modes only (vcored's pagers take it from their config)", bench.ErrUsage)
 	}
-	return Config{
+	var handler []string
+	if mode == bench.WorkerXproc {
+		exe, err := os.Executable()
+		if err != nil {
+			return Config{}, fmt.Errorf("worker: find own executable for the handler process: %w", err)
+		}
+		handler = []string{exe, "worker"}
+	}
+	return Config{HandlerCommand: handler,
 		Mode: mode, Dataspaces: names, Pages: n, Pattern: pattern, Stride: *f.stride, Seed: *f.seed,
 		Verify: verify, Read: *f.read, CPU: *f.cpu, FaultAround: *f.faultAround, Attach: attach,
 		Rounds: *f.rounds, WaitFile: *f.waitFile, HandlerCPU: *f.handlerCPU,
 	}, nil
+}
+
+func rawLike(m bench.WorkerMode) bool { return m == bench.WorkerRaw || m == bench.WorkerXproc }
+
+// handlerConfig is the Config of the handler role (--raw-handler): only
+// --cpu, --fault-around and --verify apply.
+func (f *Flags) handlerConfig() (Config, error) {
+	var verify bench.Verify
+	if *f.verify != "" {
+		var err error
+		if verify, err = bench.ParseVerify(*f.verify); err != nil {
+			return Config{}, err
+		}
+	}
+	if *f.faultAround < 1 {
+		return Config{}, fmt.Errorf("%w: --fault-around %d: want at least 1", bench.ErrUsage, *f.faultAround)
+	}
+	return Config{HandlerRole: true, CPU: *f.cpu, FaultAround: *f.faultAround, Verify: verify}, nil
 }
 
 // pageCount turns --pages or --size into a page count.

@@ -34,17 +34,25 @@ const (
 
 // startRawHandler registers mem (MISSING) on a new uffd and starts serving
 // it from v's content (zero when v is unset).
-func startRawHandler(mem []byte, v bench.Verify, faultAround, cpu int) (_ *rawHandler, err error) {
-	// A thread blocked in a userfaultfd page fault keeps its P: with
-	// GOMAXPROCS=1 (a worker started with a one-CPU affinity) the handler
-	// could only run when the runtime preempts the blocked toucher, ~10 ms
-	// later. The handler needs a P of its own.
-	if runtime.GOMAXPROCS(0) < 2 {
-		runtime.GOMAXPROCS(2)
-	}
-	u, err := linux.OpenUffd()
+func startRawHandler(mem []byte, v bench.Verify, faultAround, cpu int) (*rawHandler, error) {
+	u, start, err := registerUffd(mem)
 	if err != nil {
 		return nil, err
+	}
+	r, err := serveRawHandler(u, start, len(mem), v, faultAround, cpu)
+	if err != nil {
+		u.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// registerUffd opens a uffd in this process and registers mem on it
+// (MISSING). It returns the uffd and mem's start address.
+func registerUffd(mem []byte) (_ *linux.Uffd, start uintptr, err error) {
+	u, err := linux.OpenUffd()
+	if err != nil {
+		return nil, 0, err
 	}
 	defer func() {
 		if err != nil {
@@ -52,11 +60,26 @@ func startRawHandler(mem []byte, v bench.Verify, faultAround, cpu int) (_ *rawHa
 		}
 	}()
 	if _, err := u.API(0); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	start := uintptr(unsafe.Pointer(unsafe.SliceData(mem)))
+	start = uintptr(unsafe.Pointer(unsafe.SliceData(mem)))
 	if _, err := u.Register(start, uintptr(len(mem)), linux.UFFDIO_REGISTER_MODE_MISSING); err != nil {
-		return nil, err
+		return nil, 0, err
+	}
+	return u, start, nil
+}
+
+// serveRawHandler starts the handler thread on u, a uffd on which the
+// range [start, start+length) is registered, in this process's address
+// space or (raw_xproc) in another one's. The handler owns u from then on
+// (stop closes it); on error the caller still owns it.
+func serveRawHandler(u *linux.Uffd, start uintptr, length int, v bench.Verify, faultAround, cpu int) (*rawHandler, error) {
+	// A thread blocked in a userfaultfd page fault keeps its P: with
+	// GOMAXPROCS=1 (a worker started with a one-CPU affinity) the handler
+	// could only run when the runtime preempts the blocked toucher, ~10 ms
+	// later. The handler needs a P of its own.
+	if runtime.GOMAXPROCS(0) < 2 {
+		runtime.GOMAXPROCS(2)
 	}
 	stop, err := linux.NewEventFD()
 	if err != nil {
@@ -64,7 +87,7 @@ func startRawHandler(mem []byte, v bench.Verify, faultAround, cpu int) (_ *rawHa
 	}
 	r := &rawHandler{uffd: u, stopFD: stop, done: make(chan error, 1)}
 	ready := make(chan error, 1)
-	go r.serve(start, len(mem), v, faultAround, cpu, ready)
+	go r.serve(start, length, v, faultAround, cpu, ready)
 	if err := <-ready; err != nil {
 		stop.Close()
 		return nil, err

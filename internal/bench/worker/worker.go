@@ -1,6 +1,7 @@
 // Package worker is `vcored worker`: a process that gets memory in one of
-// three ways (a vcored dataspace, a minimal in-process userfaultfd handler,
-// or plain anonymous memory), touches every page once in a chosen order,
+// four ways (a vcored dataspace, a minimal userfaultfd handler in the
+// worker's own process or in a process of its own, or plain anonymous
+// memory), touches every page once in a chosen order,
 // times each first touch, checks the content and the placement of the
 // pages, and writes what it measured as a bench.WorkerResult.
 //
@@ -40,7 +41,7 @@ type AttachFunc func(ctx context.Context, name string, size int) (Mapping, error
 // Config is what one worker run does.
 type Config struct {
 	Mode bench.WorkerMode
-	// Dataspaces are attached (uffd mode) in order; in raw and kernel mode
+	// Dataspaces are attached (uffd mode) in order; in raw, xproc and kernel mode
 	// each name is one anonymous region of its own.
 	Dataspaces []string
 	// Pages per dataspace (each of the page size).
@@ -60,6 +61,15 @@ type Config struct {
 	// HandlerCPU pins the raw handler thread elsewhere than CPU (-1: same
 	// CPU): the cross-CPU reference round trip.
 	HandlerCPU int
+	// HandlerCommand is the argv prefix that runs this program as `vcored
+	// worker` (xproc mode starts its handler process with it plus
+	// --raw-handler …). Flags.Config sets it to [this executable, worker].
+	HandlerCommand []string
+	// HandlerRole makes Run serve as the handler process of an xproc
+	// worker (`vcored worker --raw-handler`): the uffd arrives on fd 3;
+	// Verify, FaultAround and CPU are the handler's, nothing is touched and
+	// Run returns no result.
+	HandlerRole bool
 	// FaultAround is the pages resolved per fault by the raw handler (>=1).
 	FaultAround int
 	// Rounds repeats the touch loop: after each round but the last the
@@ -85,6 +95,9 @@ var ErrVerify = errors.New("worker: content mismatch")
 func Run(ctx context.Context, cfg Config) (*bench.WorkerResult, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.HandlerRole {
+		return nil, ServeRawHandler(ctx, cfg.Verify, max(cfg.FaultAround, 1), cfg.CPU)
 	}
 	if err := check(&cfg); err != nil {
 		return nil, err
@@ -141,6 +154,13 @@ func check(cfg *Config) error {
 		return fmt.Errorf("%w: pages %d (want >= 1)", bench.ErrUsage, cfg.Pages)
 	case cfg.Mode == bench.WorkerUffd && cfg.Attach == nil:
 		return fmt.Errorf("%w: uffd mode needs an attach function", bench.ErrUsage)
+	case cfg.Mode == bench.WorkerXproc && len(cfg.HandlerCommand) == 0:
+		return fmt.Errorf("%w: xproc mode needs the command that runs the handler process", bench.ErrUsage)
+	case cfg.Rounds > 1 && (cfg.Mode == bench.WorkerRaw || cfg.Mode == bench.WorkerXproc):
+		// The raw handler resolves each page once: after MADV_DONTNEED it
+		// would only wake the re-faulting toucher, which faults again, for
+		// ever (it spun a CPU).
+		return fmt.Errorf("%w: rounds %d: the raw handler serves each page once (rounds apply to uffd and kernel modes)", bench.ErrUsage, cfg.Rounds)
 	case cfg.Mode == bench.WorkerKernel && cfg.Verify.Kind == "pattern":
 		return fmt.Errorf("%w: kernel mode memory is zero-filled; verify pattern needs uffd or raw", bench.ErrUsage)
 	}
@@ -163,7 +183,7 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 	ds := &bench.DataspaceResult{Name: name, Verify: cfg.Verify.String()}
 
 	var mem []byte
-	var handler *rawHandler
+	var handler faultHandler
 	switch cfg.Mode {
 	case bench.WorkerUffd:
 		m, err := cfg.Attach(ctx, name, size)
@@ -175,7 +195,7 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 		if len(mem) < size {
 			return nil, fmt.Errorf("worker: dataspace %q maps %d bytes, want %d", name, len(mem), size)
 		}
-	case bench.WorkerRaw, bench.WorkerKernel:
+	case bench.WorkerRaw, bench.WorkerXproc, bench.WorkerKernel:
 		mem, err = linux.Mmap(size, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE|linux.MAP_ANONYMOUS|linux.MAP_NORESERVE)
 		if err != nil {
 			return nil, fmt.Errorf("worker: %s: %w", name, err)
@@ -186,19 +206,35 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 		if err := linux.Madvise(mem, linux.MADV_NOHUGEPAGE); err != nil {
 			return nil, fmt.Errorf("worker: %s: %w", name, err)
 		}
-		if cfg.Mode == bench.WorkerRaw {
-			hcpu := cfg.CPU
-			if cfg.HandlerCPU >= 0 {
-				hcpu = cfg.HandlerCPU
-			}
-			handler, err = startRawHandler(mem, cfg.Verify, cfg.FaultAround, hcpu)
+		hcpu := cfg.CPU
+		if cfg.HandlerCPU >= 0 {
+			hcpu = cfg.HandlerCPU
+		}
+		switch cfg.Mode {
+		case bench.WorkerRaw:
+			h, err := startRawHandler(mem, cfg.Verify, cfg.FaultAround, hcpu)
 			if err != nil {
 				return nil, fmt.Errorf("worker: %s: raw handler: %w", name, err)
 			}
+			handler = h
+		case bench.WorkerXproc:
+			h, err := startXprocHandler(ctx, cfg.HandlerCommand, mem, cfg.Verify, cfg.FaultAround, hcpu)
+			if err != nil {
+				return nil, fmt.Errorf("worker: %s: raw handler process: %w", name, err)
+			}
+			handler = h
 		}
 	default:
 		return nil, fmt.Errorf("%w: mode %q", bench.ErrUsage, cfg.Mode)
 	}
+	defer func() {
+		// On the error paths that return before the handler is stopped
+		// below (it must not outlive the run); before the unmap above.
+		if handler != nil {
+			_, herr := handler.stop()
+			err = errors.Join(err, closeErr("stop handler of "+name, herr))
+		}
+	}()
 
 	if cfg.WaitFile != "" {
 		if err := waitFile(ctx, cfg.WaitFile); err != nil {
@@ -245,6 +281,7 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 
 	if handler != nil {
 		faults, herr := handler.stop()
+		handler = nil
 		ds.HandlerFaults = faults
 		if herr != nil {
 			ds.Errors = append(ds.Errors, herr.Error())
@@ -268,6 +305,13 @@ func runOne(ctx context.Context, cfg Config, name string, order []int) (_ *bench
 		}
 	}
 	return ds, nil
+}
+
+// faultHandler is a raw handler, in this process or in another one.
+type faultHandler interface {
+	// stop ends the service and returns the faults served and the first
+	// error the handler hit.
+	stop() (int64, error)
 }
 
 // waitFile polls until path exists or ctx ends.

@@ -1,0 +1,64 @@
+package bench
+
+import (
+	"github.com/vcored/vcored/internal/config"
+)
+
+// ModeSpec is one row of the mode registry: how the runs of a mode are
+// made and what the mode is for. A new mode (prefetch, replicas, …) is a
+// new row here, its ratios a new field of Ratios, its goals new rows of
+// targetSpecs; the plan, --modes, --help, the text table and the JSON
+// follow the registry.
+type ModeSpec struct {
+	Name string
+	// Family is what --modes selects the mode by besides its own name
+	// (the reference floors all belong to raw_floor).
+	Family string
+	// Daemon is the pager mode of the daemons serving the workers; "" for
+	// modes whose workers the bench runs directly.
+	Daemon config.PagerMode
+	Worker WorkerMode
+	// Shared gives every worker the core-owned dataspace too (its faults
+	// are forwarded to core; reported separately).
+	Shared bool
+	// CrossCPU pins the raw handler to core's CPU instead of the toucher's.
+	CrossCPU bool
+	// Doc says in one line what the mode measures (--help, docs).
+	Doc string
+}
+
+// Registry lists the bench's main modes in display order. Each runs with
+// the bench's access pattern and one page per fault.
+var Registry = []ModeSpec{
+	{Name: ModeLocal, Family: ModeLocal, Daemon: config.PagerLocal, Worker: WorkerUffd, Shared: true,
+		Doc: "vcored: each vcore's pagers, on the partition's CPUs, serve its workers' faults"},
+	{Name: ModeCentral, Family: ModeCentral, Daemon: config.PagerCentral, Worker: WorkerUffd,
+		Doc: "vcored's baseline: one pager thread in core, on core's CPU, serves every fault"},
+	{Name: ModeRaw, Family: ModeRaw, Worker: WorkerRaw,
+		Doc: "floor: a minimal userfaultfd handler thread in the worker's own process, on the faulting CPU"},
+	{Name: ModeRawXproc, Family: ModeRaw, Worker: WorkerXproc,
+		Doc: "floor of any pager outside the worker: the same handler in a process of its own, on the faulting CPU"},
+	{Name: ModeRawCross, Family: ModeRaw, Worker: WorkerRaw, CrossCPU: true,
+		Doc: "the in-process handler on core's CPU: this machine's bare cross-CPU fault round trip"},
+	{Name: ModeKernel, Family: ModeKernel, Worker: WorkerKernel,
+		Doc: "the kernel's own first touch of anonymous memory, no userfaultfd"},
+}
+
+// ValidModes are the names --modes accepts: every registered mode.
+var ValidModes = func() []string {
+	var out []string
+	for _, m := range Registry {
+		out = append(out, m.Name)
+	}
+	return out
+}()
+
+// LookupMode returns the registry row of name.
+func LookupMode(name string) (ModeSpec, bool) {
+	for _, m := range Registry {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return ModeSpec{}, false
+}
