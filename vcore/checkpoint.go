@@ -377,6 +377,9 @@ func (v *VCore) handleCheckpoint(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := v.Checkpoint(r.Context(), r.PathValue("name"))
+	// A checkpoint may outlast the server's write timeout (set when the
+	// request was read): the answer gets a deadline of its own.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(10 * time.Second))
 	if err != nil {
 		code := http.StatusInternalServerError
 		switch {
