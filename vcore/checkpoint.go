@@ -313,10 +313,12 @@ func (v *VCore) Checkpoint(ctx context.Context, name string) (api.CheckpointResu
 		if !res.Dataspaces[i].Attached {
 			continue
 		}
-		if merged, info, err := p.im.Compact(maxLayers); err != nil {
-			errs = append(errs, fmt.Errorf("dataspace %s: compact: %w", p.name, err))
-		} else if merged {
-			res.Dataspaces[i].Compacted, res.Dataspaces[i].Layers = true, info.Layers
+		if p.im.Layers() > maxLayers {
+			if merged, info, err := p.im.Compact(compactTo); err != nil {
+				errs = append(errs, fmt.Errorf("dataspace %s: compact: %w", p.name, err))
+			} else if merged {
+				res.Dataspaces[i].Compacted, res.Dataspaces[i].Layers = true, info.Layers
+			}
 		}
 		if err := p.reopen(); err != nil {
 			errs = append(errs, fmt.Errorf("dataspace %s: reopen image: %w", p.name, err))

@@ -207,6 +207,31 @@ persistent = true
 	}
 	t.Logf("checkpoint 2: frozen %s, %d pages, %d bytes", time.Duration(res.FrozenNS), res.Pages, res.Bytes)
 
+	// Checkpoints with nothing written add empty layers; past 8 layers
+	// the image is compacted to 4.
+	compacted := false
+	for i := 3; i <= 9; i++ {
+		res, err := checkpointCLI(t, sock, "p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := res.Dataspaces[0]
+		if d.Pages != 0 {
+			t.Fatalf("checkpoint %d of an idle worker stored %d pages", i, d.Pages)
+		}
+		if d.Compacted {
+			compacted = true
+			if d.Layers != 4 {
+				t.Fatalf("checkpoint %d compacted to %d layers, want 4", i, d.Layers)
+			}
+		} else if d.Layers != i {
+			t.Fatalf("checkpoint %d: %d layers", i, d.Layers)
+		}
+	}
+	if !compacted {
+		t.Fatal("9 layers and no compaction")
+	}
+
 	// Bad requests change nothing.
 	if _, err := checkpointCLI(t, sock, "nosuch"); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Errorf("checkpoint of an unknown subsystem: %v", err)
