@@ -242,6 +242,7 @@ type uffdEntry struct {
 	wpAsync bool        // InitUffd negotiated async write protection (Track regions)
 	wpKnown bool        // this pager negotiated the uffd (else its WP mode is unknown)
 	written syncWritten // pages written in sync WP mode (track.go)
+	touch   touchOrder  // first touches of Track regions (touch.go)
 }
 
 // region is a Region with its stats slot.
@@ -527,6 +528,9 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 	}
 	if _, err := e.u.Register(r.Start, r.Length, mode); err != nil {
 		return fmt.Errorf("pager: uffd %d region %q: %w", id, r.Dataspace, err)
+	}
+	if r.Track {
+		e.touch.grow(int(r.Length / p.ps))
 	}
 	if r.Track && !e.wpAsync {
 		// Sync: protect what is present already (pages copied in later

@@ -114,6 +114,13 @@ func trackRegion(t *testing.T, sync bool) {
 	if got := written(); len(got) != 0 {
 		t.Fatalf("idle epoch: %v", got)
 	}
+	// First touches in order: the read faults of the first half (every
+	// fourth page: fault-around maps 4), then page 20's write (21 came
+	// with it), then page 30's; page 3's writes were no first touch.
+	order, err := p.TouchOrder(1, base, uintptr(len(mem)))
+	if err != nil || !slices.Equal(order, []uint64{0, 4, 8, 12, 20, 30}) {
+		t.Fatalf("TouchOrder = %v, %v; want [0 4 8 12 20 30]", order, err)
+	}
 }
 
 // A Track region on a uffd this pager did not negotiate is refused: a

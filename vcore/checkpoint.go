@@ -313,6 +313,18 @@ func (v *VCore) Checkpoint(ctx context.Context, name string) (api.CheckpointResu
 		if !res.Dataspaces[i].Attached {
 			continue
 		}
+		// The order the worker first touched its pages, for a restore's
+		// prefetch (a hint: a failure is reported, nothing else).
+		if a := atts[i]; a != nil {
+			order, err := v.pgr.TouchOrder(a.uffd, a.region.Addr, uintptr(a.region.Size))
+			if err == nil && len(order) > 0 {
+				err = p.im.WriteTouchOrder(order)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("dataspace %s: touch order: %w", p.name, err))
+			}
+			res.Dataspaces[i].TouchPages = len(order)
+		}
 		if p.im.Layers() > maxLayers {
 			if merged, info, err := p.im.Compact(compactTo); err != nil {
 				errs = append(errs, fmt.Errorf("dataspace %s: compact: %w", p.name, err))

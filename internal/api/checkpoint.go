@@ -35,6 +35,9 @@ type CheckpointDataspace struct {
 	// collecting it), so every present page was stored.
 	Rescan    bool `json:"rescan,omitempty"`
 	Compacted bool `json:"compacted,omitempty"` // old layers were merged afterwards
+	// TouchPages is the length of the first-touch order recorded with
+	// the image (TOUCH-ORDER), for a restore's prefetch.
+	TouchPages int `json:"touch_pages"`
 }
 
 // Post sends an empty POST to path and decodes the JSON answer into v. It

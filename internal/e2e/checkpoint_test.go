@@ -7,12 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vcored/vcored/internal/api"
+	"github.com/vcored/vcored/internal/ckpt"
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/linux"
 	"github.com/vcored/vcored/vcore/client"
@@ -194,6 +196,12 @@ persistent = true
 		t.Errorf("image at %s, want %s", d.Image, want)
 	}
 	t.Logf("checkpoint 1: frozen %s, %d pages, %d bytes", time.Duration(res.FrozenNS), res.Pages, res.Bytes)
+	// The worker touched its pages in order, one fault each.
+	order, err := ckpt.ReadTouchOrder(d.Image)
+	if err != nil || len(order) != ckptPages || d.TouchPages != ckptPages || !slices.IsSorted(order) {
+		t.Fatalf("touch order: %d pages (reported %d), sorted %v, %v; want the %d pages in order",
+			len(order), d.TouchPages, slices.IsSorted(order), err, ckptPages)
+	}
 
 	touchFile(t, filepath.Join(dir, "go2"))
 	wait("written2")
