@@ -37,3 +37,36 @@ vmtest2:
 
 vmtest4:
 	$(MAKE) vmtest NODES=4
+
+# NRI end-to-end test dependencies (internal/nrie2e): a real containerd v2
+# with ctr and the runc shim built from containerd's Go module, Debian's runc
+# and busybox-static (the test image's shell), and crictl. Idempotent: a pinned binary already in $(GOBIN) whose
+# --version reports the pinned version is not rebuilt.
+CONTAINERD_VERSION ?= v2.4.2
+CRICTL_VERSION     ?= v1.37.0
+GOBIN_DIR          := $(shell $(GO) env GOPATH)/bin
+
+.PHONY: nri-deps
+nri-deps:
+	@debs=""; command -v runc >/dev/null || debs="runc"; command -v busybox >/dev/null || debs="$$debs busybox-static"; \
+	if [ -n "$$debs" ]; then echo "nri-deps: installing$$debs"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$debs >/dev/null; fi
+	@if $(GOBIN_DIR)/containerd --version 2>/dev/null | grep -q ' $(CONTAINERD_VERSION) ' && \
+	    $(GOBIN_DIR)/ctr --version 2>/dev/null | grep -q ' $(CONTAINERD_VERSION)$$' && \
+	    test -x $(GOBIN_DIR)/containerd-shim-runc-v2; then \
+		echo "nri-deps: containerd $(CONTAINERD_VERSION) already installed"; \
+	else \
+		echo "nri-deps: building containerd $(CONTAINERD_VERSION)"; \
+		CGO_ENABLED=1 $(GO) install \
+		  -ldflags "-X github.com/containerd/containerd/v2/version.Version=$(CONTAINERD_VERSION)" \
+		  github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD_VERSION) \
+		  github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD_VERSION) \
+		  github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD_VERSION); \
+	fi
+	@if $(GOBIN_DIR)/crictl --version 2>/dev/null | grep -q '$(CRICTL_VERSION)'; then \
+		echo "nri-deps: crictl $(CRICTL_VERSION) already installed"; \
+	else \
+		echo "nri-deps: building crictl $(CRICTL_VERSION)"; \
+		$(GO) install -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRICTL_VERSION)" \
+		  sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION); \
+	fi

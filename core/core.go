@@ -65,8 +65,10 @@ type Core struct {
 	mu       sync.Mutex
 	sessions map[string]*session        // live vcore sessions by VCoreID
 	held     map[string]map[uint64]bool // uffd ids core holds, by VCoreID (value: served by core)
+	owner    map[uint64]string          // the VCoreID that added each held uffd id
 	failover map[string]bool            // VCoreIDs whose faults core serves because the vcore is gone
 	regions  map[uint64][]wire.Region   // regions of held uffds, as the vcore described them
+	locals   map[string]*holderContent  // vcores' declared local dataspaces, by VCoreID
 	counters struct {
 		forwarded, forwardErrors, claims, refused, reclaimed uint64
 	}
@@ -79,16 +81,8 @@ type dataspace struct {
 	closer io.Closer
 }
 
-// kind is the dataspace's content kind as the wire protocol names it.
-func (d *dataspace) kind() string {
-	switch {
-	case d.cfg.Source != "":
-		return "file"
-	case d.cfg.Content == config.ContentPattern:
-		return "pattern"
-	}
-	return "zero"
-}
+// kind is the dataspace's content kind.
+func (d *dataspace) kind() content.Kind { return content.KindOf(d.src) }
 
 // New checks the configuration against the machine and computes the
 // partition plan. It creates nothing: every side effect happens in Run.
@@ -135,8 +129,10 @@ func New(o Options) (*Core, error) {
 		dataspaces: map[string]*dataspace{},
 		sessions:   map[string]*session{},
 		held:       map[string]map[uint64]bool{},
+		owner:      map[uint64]string{},
 		failover:   map[string]bool{},
 		regions:    map[uint64][]wire.Region{},
+		locals:     map[string]*holderContent{},
 	}, nil
 }
 
@@ -154,16 +150,23 @@ func (c *Core) Run(ctx context.Context) (err error) {
 				ds.closer.Close()
 			}
 		}
+		c.mu.Lock()
+		for h := range c.locals {
+			c.dropLocalsLocked(h)
+		}
+		c.mu.Unlock()
 	}()
+	// Core-owned dataspaces come from core's configuration only; each source
+	// file is opened once, here.
 	for _, d := range c.cfg.Dataspaces {
-		ds := &dataspace{cfg: d, src: content.Zero()}
-		switch {
-		case d.Source != "":
-			if ds.src, ds.closer, err = content.File(d.Source); err != nil {
-				return fmt.Errorf("core: dataspace %q: %w", d.Name, err)
-			}
-		case d.Content == config.ContentPattern:
-			ds.src = content.Pattern(d.Seed)
+		ds := &dataspace{cfg: d}
+		if d.Source != "" {
+			ds.src, ds.closer, err = content.File(d.Source)
+		} else {
+			ds.src, ds.closer, err = content.Open(content.Kind(d.Content), d.Seed, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("core: dataspace %q: %w", d.Name, err)
 		}
 		c.dataspaces[d.Name] = ds
 	}
@@ -302,6 +305,9 @@ func (c *Core) reclaim(ctx context.Context, le Lease) {
 	ids := c.held[le.Holder]
 	delete(c.held, le.Holder)
 	delete(c.failover, le.Holder)
+	for id := range ids {
+		delete(c.owner, id)
+	}
 	c.counters.reclaimed++
 	c.mu.Unlock()
 	log := c.log.With("node", le.Node, "holder", le.Holder, "cgroup", le.Cgroup)
@@ -321,6 +327,9 @@ func (c *Core) reclaim(ctx context.Context, le Lease) {
 			log.Error("reclaiming the partition failed; will retry", "err", err)
 			c.mu.Lock()
 			c.held[le.Holder] = ids
+			for id := range ids {
+				c.owner[id] = le.Holder
+			}
 			c.mu.Unlock()
 			return
 		}
@@ -331,6 +340,9 @@ func (c *Core) reclaim(ctx context.Context, le Lease) {
 		delete(c.regions, id)
 		c.mu.Unlock()
 	}
+	c.mu.Lock()
+	c.dropLocalsLocked(le.Holder)
+	c.mu.Unlock()
 	if _, err := c.ledger.Release(le.Holder); err != nil {
 		if errors.Is(err, ErrLedgerWrite) {
 			log.Error("partition reclaimed; freeing the lease is pending until the ledger can be written", "err", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"sync/atomic"
@@ -37,6 +38,14 @@ type session struct {
 func (c *Core) serveWire(ctx context.Context, conn *wire.Conn) {
 	peer := conn.Peer()
 	log := c.log.With("peer_pid", peer.Pid)
+	// Authority by role: the framed protocol claims partitions, hands over
+	// uffds and changes state, so only root or core's own uid may speak it.
+	// socket_group members get the read-only HTTP status and nothing else.
+	if peer.Uid != 0 && peer.Uid != os.Geteuid() {
+		log.Warn("refused a framed-protocol peer: only root or core's uid may act as a vcore", "uid", peer.Uid, "gid", peer.Gid)
+		c.refuse(conn, wire.CodeDenied, fmt.Sprintf("uid %d may not speak core's framed protocol (socket_group grants read-only HTTP status)", peer.Uid))
+		return
+	}
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	f, err := conn.Recv()
 	if err != nil {
@@ -180,8 +189,11 @@ func (c *Core) grant(conn *wire.Conn, pid int, cl *wire.Claim) (*session, error)
 		Pager: c.mode, FaultAround: max(c.cfg.FaultAround, 1),
 	}
 	for _, d := range c.cfg.Dataspaces {
-		ok2.Dataspaces = append(ok2.Dataspaces, wire.DataspaceInfo{Name: d.Name, Size: uint64(d.Size), Source: d.Source,
-			Content: wire.ContentKind(c.dataspaces[d.Name].kind()), Seed: d.Seed})
+		info := wire.DataspaceInfo{Name: d.Name, Size: uint64(d.Size), Content: c.dataspaces[d.Name].kind()}
+		if info.Content == wire.ContentPattern {
+			info.Seed = d.Seed
+		}
+		ok2.Dataspaces = append(ok2.Dataspaces, info)
 	}
 	if err := conn.SendMsg(ok2); err != nil {
 		c.ledger.Orphan(cl.VCoreID)
@@ -224,9 +236,7 @@ func (c *Core) takeBack(s *session) {
 			s.log.Warn("take back: dup uffd", "uffd", id, "err", err)
 			continue
 		}
-		c.mu.Lock()
-		regions := append([]wire.Region(nil), c.regions[id]...)
-		c.mu.Unlock()
+		regions := c.currentRegions(id, in.Regions)
 		// A frame holds at most wire.MaxPayload bytes: the first regions
 		// ride with the TakeBack, the rest follow as RegionAdds.
 		first := min(len(regions), takeBackBatch)
@@ -303,16 +313,47 @@ func (c *Core) handle(s *session, f wire.Frame) (done bool) {
 	switch m := m.(type) {
 	case *wire.UffdAdd:
 		c.addUffd(s, m, f.FDs[0])
+	case *wire.DataspaceAdd:
+		if err := c.declare(s, m, f.FDs); err != nil {
+			s.log.Warn("dataspace add", "subsystem", m.Subsystem, "dataspace", m.Name, "err", err)
+			c.refuse(s.conn, wire.CodeBadRequest, err.Error())
+		}
 	case *wire.RegionAdd:
+		if !c.owns(s, m.UffdID) {
+			c.refuseForeign(s, f.Type, m.UffdID)
+			return false
+		}
 		if err := c.addRegion(s, m.UffdID, m.Region); err != nil {
 			s.log.Warn("region add", "uffd", m.UffdID, "err", err)
 			c.refuse(s.conn, wire.CodeNotFound, err.Error())
 		}
+	case *wire.RegionRemove:
+		if !c.owns(s, m.UffdID) {
+			c.refuseForeign(s, f.Type, m.UffdID)
+			return false
+		}
+		c.removeRegions(s, m.UffdID, m.Start, m.Length)
 	case *wire.UffdRemove:
+		if !c.owns(s, m.UffdID) {
+			c.refuseForeign(s, f.Type, m.UffdID)
+			return false
+		}
 		c.removeUffd(s, m.UffdID)
 	case *wire.Forward:
+		if !c.owns(s, m.UffdID) {
+			s.log.Warn("refused a Forward for a uffd this vcore does not own", "uffd", m.UffdID)
+			_ = s.conn.SendMsg(&wire.ForwardDone{SeqNo: m.SeqNo, Errno: int32(syscall.EPERM)})
+			return false
+		}
 		c.forward(s, m)
 	case *wire.Release:
+		// A partition is never released while its processes run: the vcore
+		// stops its subsystems first (or core does, reclaiming an orphan).
+		if pids := c.partitionProcs(s.lease.Cgroup); len(pids) > 0 {
+			s.log.Warn("refused Release: the partition still runs processes", "cgroup", s.lease.Cgroup, "pids", pids)
+			c.refuse(s.conn, wire.CodeConflict, fmt.Sprintf("partition %s still runs processes %v: stop its subsystems first", s.lease.Cgroup, pids))
+			return false
+		}
 		s.released.Store(true)
 		le, err := c.ledger.Release(s.id)
 		if errors.Is(err, ErrLedgerWrite) {
@@ -340,26 +381,68 @@ func (c *Core) handle(s *session, f wire.Frame) (done bool) {
 	return false
 }
 
+// partitionProcs lists the processes left in a partition's cgroup tree
+// (nil when it is gone or cannot be read).
+func (c *Core) partitionProcs(cgroup string) []int {
+	if cgroup == "" || !c.cg.Exists(cgroup) {
+		return nil
+	}
+	g, err := c.cg.Load(cgroup)
+	if err != nil {
+		return nil
+	}
+	pids, _ := g.Procs()
+	return pids
+}
+
+// owns reports whether uffd id was added by s's vcore (this session or an
+// earlier one of the same holder).
+func (c *Core) owns(s *session, id uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.owner[id] == s.id
+}
+
+func (c *Core) refuseForeign(s *session, t wire.Type, id uint64) {
+	s.log.Warn("refused a message about a uffd this vcore does not own", "type", t, "uffd", id)
+	c.refuse(s.conn, wire.CodeDenied, fmt.Sprintf("%s: uffd %d is not one of this vcore's", t, id))
+}
+
 func (c *Core) addUffd(s *session, m *wire.UffdAdd, fd int) {
 	u := linux.NewUffd(fd)
 	c.mu.Lock()
+	holder, known := c.owner[m.UffdID]
 	failover := c.failover[s.id]
 	c.mu.Unlock()
-	serve := m.Serve || failover
-	if err := c.pg.AddUffd(m.UffdID, u, m.WorkerPid, serve); err != nil {
-		if errors.Is(err, pager.ErrDuplicateUffd) {
-			return // re-sent after a reconnect: core still holds it
-		}
-		s.log.Warn("uffd add", "uffd", m.UffdID, "worker", m.WorkerPid, "err", err)
-		c.refuse(s.conn, wire.CodeInternal, err.Error())
+	switch {
+	case known && holder != s.id:
+		u.Close()
+		s.log.Warn("refused UffdAdd: the id belongs to another vcore", "uffd", m.UffdID, "holder", holder)
+		c.refuse(s.conn, wire.CodeConflict, fmt.Sprintf("uffd id %d is held for another vcore", m.UffdID))
 		return
+	case known:
+		// Re-sent after a reconnect: core still holds it; the regions the
+		// vcore lists now are the truth.
+		u.Close()
+	default:
+		serve := m.Serve || failover
+		if err := c.pg.AddUffd(m.UffdID, u, m.WorkerPid, serve); err != nil {
+			s.log.Warn("uffd add", "uffd", m.UffdID, "worker", m.WorkerPid, "err", err)
+			code := wire.CodeInternal
+			if errors.Is(err, pager.ErrDuplicateUffd) {
+				code = wire.CodeConflict
+			}
+			c.refuse(s.conn, code, err.Error())
+			return
+		}
+		c.mu.Lock()
+		if c.held[s.id] == nil {
+			c.held[s.id] = map[uint64]bool{}
+		}
+		c.held[s.id][m.UffdID] = serve
+		c.owner[m.UffdID] = s.id
+		c.mu.Unlock()
 	}
-	c.mu.Lock()
-	if c.held[s.id] == nil {
-		c.held[s.id] = map[uint64]bool{}
-	}
-	c.held[s.id][m.UffdID] = serve
-	c.mu.Unlock()
 	for _, r := range m.Regions {
 		if err := c.addRegion(s, m.UffdID, r); err != nil {
 			s.log.Warn("uffd add: region", "uffd", m.UffdID, "err", err)
@@ -367,9 +450,102 @@ func (c *Core) addUffd(s *session, m *wire.UffdAdd, fd int) {
 	}
 }
 
+// localKey names a vcore's local dataspace: subsystem and dataspace name.
+type localKey struct{ sub, name string }
+
+// localDS is a local dataspace a vcore declared, and its content.
+type localDS struct {
+	spec   wire.DataspaceAdd
+	src    content.Source
+	closer io.Closer // the file of file content, else nil
+}
+
+// holderContent is what one vcore (by VCoreID) declared. Replaced file
+// sources are closed with the holder's lease (a region may still use them).
+type holderContent struct {
+	ds      map[localKey]*localDS
+	retired []io.Closer
+}
+
+// declare records a local dataspace of s's vcore. File content arrives as
+// the frame's descriptor: core never opens a path a peer names. A repeated
+// identical declaration (a reconnect) keeps the source already held.
+func (c *Core) declare(s *session, m *wire.DataspaceAdd, fds []int) error {
+	var f *os.File
+	switch {
+	case m.Content == wire.ContentFile && len(fds) == 1:
+		f = os.NewFile(uintptr(fds[0]), fmt.Sprintf("dataspace %s/%s of %s", m.Subsystem, m.Name, s.id))
+	case m.Content == wire.ContentFile:
+		return fmt.Errorf("dataspace %q: file content must carry its open file", m.Name)
+	case len(fds) > 0:
+		linux.CloseFDs(fds)
+		return fmt.Errorf("dataspace %q: %s content carries no descriptor", m.Name, m.Content)
+	}
+	src, closer, err := content.Open(m.Content, m.Seed, f)
+	if err != nil {
+		return fmt.Errorf("dataspace %q: %w", m.Name, err)
+	}
+	key := localKey{m.Subsystem, m.Name}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	hc := c.locals[s.id]
+	if hc == nil {
+		hc = &holderContent{ds: map[localKey]*localDS{}}
+		c.locals[s.id] = hc
+	}
+	if old := hc.ds[key]; old != nil {
+		if old.spec == *m && sameContent(old.src, src) {
+			if closer != nil {
+				closer.Close()
+			}
+			return nil
+		}
+		s.log.Info("local dataspace re-declared with other content", "subsystem", m.Subsystem, "dataspace", m.Name,
+			"was", old.spec.Content, "now", m.Content)
+		if old.closer != nil {
+			hc.retired = append(hc.retired, old.closer)
+		}
+	}
+	hc.ds[key] = &localDS{spec: *m, src: src, closer: closer}
+	return nil
+}
+
+// sameContent: equal sources, or two descriptors of the same file.
+func sameContent(a, b content.Source) bool {
+	fa, oka := content.FileOf(a)
+	fb, okb := content.FileOf(b)
+	if !oka || !okb {
+		return a == b
+	}
+	sa, err1 := fa.Stat()
+	sb, err2 := fb.Stat()
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb) && sa.Size() == sb.Size()
+}
+
+// dropLocalsLocked closes what a holder declared. Called with mu held,
+// after its uffds are gone.
+func (c *Core) dropLocalsLocked(holder string) {
+	hc := c.locals[holder]
+	if hc == nil {
+		return
+	}
+	for _, d := range hc.ds {
+		if d.closer != nil {
+			d.closer.Close()
+		}
+	}
+	for _, cl := range hc.retired {
+		cl.Close()
+	}
+	delete(c.locals, holder)
+}
+
 // addRegion records a region of a held uffd with the content core serves it
-// from: the core-owned dataspace's content for forwarded regions, or the
-// region's own (zero, pattern, file) for a vcore's local dataspaces.
+// from: the core-owned dataspace's (core's configuration) for forwarded
+// regions, the vcore's declared local dataspace otherwise. A region naming
+// neither is refused. The vcore is the authority: a region identical to one
+// core has is a re-send (nothing changes); a different one overlapping
+// regions core has replaces them.
 func (c *Core) addRegion(s *session, id uint64, wr wire.Region) error {
 	r := pager.Region{Start: uintptr(wr.Start), Length: uintptr(wr.Length), Dataspace: wr.Dataspace, Offset: wr.Offset}
 	if wr.Forward {
@@ -379,41 +555,114 @@ func (c *Core) addRegion(s *session, id uint64, wr wire.Region) error {
 		}
 		r.Content = ds.src
 	} else {
-		src, err := regionContent(wr)
-		if err != nil {
-			return err
-		}
-		r.Content = src
-	}
-	err := c.pg.AddRegion(id, r)
-	if errors.Is(err, pager.ErrOverlap) {
-		return nil // re-sent after a reconnect
-	}
-	if err == nil {
 		c.mu.Lock()
-		c.regions[id] = append(c.regions[id], wr)
+		var d *localDS
+		if hc := c.locals[s.id]; hc != nil {
+			d = hc.ds[localKey{wr.Subsystem, wr.Dataspace}]
+		}
 		c.mu.Unlock()
+		if d == nil {
+			return fmt.Errorf("region %#x+%#x: dataspace %q of subsystem %q was not declared by this vcore", wr.Start, wr.Length, wr.Dataspace, wr.Subsystem)
+		}
+		r.Content = d.src
 	}
-	return err
+	cur, err := c.pg.Regions(id)
+	if err != nil {
+		return err
+	}
+	for _, o := range cur {
+		if o == r {
+			c.recordRegion(id, wr)
+			return nil // re-sent after a reconnect
+		}
+	}
+	gone, err := c.pg.ForgetRange(id, r.Start, r.Length)
+	if err != nil {
+		return err
+	}
+	for _, g := range gone {
+		s.log.Info("region replaced: the vcore's view wins", "uffd", id, "old_start", fmt.Sprintf("%#x", g.Start),
+			"old_length", g.Length, "old_dataspace", g.Dataspace, "new_start", fmt.Sprintf("%#x", wr.Start), "new_dataspace", wr.Dataspace)
+	}
+	if err := c.pg.AddRegion(id, r); err != nil {
+		c.forgetRegions(id, wr.Start, wr.Length)
+		return err
+	}
+	c.recordRegion(id, wr)
+	return nil
 }
 
-// regionContent builds the content source a wire region names.
-func regionContent(wr wire.Region) (content.Source, error) {
-	switch wr.Content {
-	case wire.ContentZero, "":
-		return content.Zero(), nil
-	case wire.ContentPattern:
-		return content.Pattern(wr.Seed), nil
-	case wire.ContentFile:
-		src, _, err := content.File(wr.Path)
-		return src, err
+// recordRegion sets wr in the description of uffd id, replacing what it
+// overlaps.
+func (c *Core) recordRegion(id uint64, wr wire.Region) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rs := c.regions[id][:0:0]
+	for _, o := range c.regions[id] {
+		if !o.Overlaps(wr) {
+			rs = append(rs, o)
+		}
 	}
-	return nil, fmt.Errorf("region %q: unknown content %q", wr.Dataspace, wr.Content)
+	c.regions[id] = append(rs, wr)
+}
+
+// forgetRegions drops the described regions of uffd id overlapping
+// [start, start+length).
+func (c *Core) forgetRegions(id, start, length uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	probe := wire.Region{Start: start, Length: length}
+	rs := c.regions[id][:0:0]
+	for _, o := range c.regions[id] {
+		if !o.Overlaps(probe) {
+			rs = append(rs, o)
+		}
+	}
+	c.regions[id] = rs
+}
+
+// removeRegions forgets the regions the vcore detached (RegionRemove). The
+// vcore unregistered them; core only drops them from its table, so a region
+// the vcore registered there meanwhile stays registered.
+func (c *Core) removeRegions(s *session, id, start, length uint64) {
+	if _, err := c.pg.ForgetRange(id, uintptr(start), uintptr(length)); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
+		s.log.Warn("region remove", "uffd", id, "err", err)
+	}
+	c.forgetRegions(id, start, length)
+}
+
+// currentRegions describes uffd id's regions as core's pager has them now
+// (the worker may have unmapped some while core served it), with the
+// subsystem the vcore named for each dataspace.
+func (c *Core) currentRegions(id uint64, table []pager.Region) []wire.Region {
+	c.mu.Lock()
+	desc := append([]wire.Region(nil), c.regions[id]...)
+	c.mu.Unlock()
+	var out []wire.Region
+	for _, pr := range table {
+		var parent *wire.Region
+		for i := range desc {
+			d := &desc[i]
+			if d.Dataspace != pr.Dataspace {
+				continue
+			}
+			if parent == nil || (pr.Offset >= d.Offset && pr.Offset < d.Offset+d.Length) {
+				parent = d
+			}
+		}
+		if parent == nil {
+			continue
+		}
+		out = append(out, wire.Region{Start: uint64(pr.Start), Length: uint64(pr.Length), Dataspace: pr.Dataspace,
+			Offset: pr.Offset, Subsystem: parent.Subsystem, Forward: parent.Forward})
+	}
+	return out
 }
 
 func (c *Core) removeUffd(s *session, id uint64) {
 	c.mu.Lock()
 	delete(c.held[s.id], id)
+	delete(c.owner, id)
 	delete(c.regions, id)
 	c.mu.Unlock()
 	if err := c.pg.RemoveUffd(id); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
@@ -426,6 +675,9 @@ func (c *Core) dropUffds(holder string) {
 	ids := c.held[holder]
 	delete(c.held, holder)
 	delete(c.failover, holder)
+	for id := range ids {
+		delete(c.owner, id)
+	}
 	c.mu.Unlock()
 	for id := range ids {
 		_ = c.pg.RemoveUffd(id)
@@ -433,6 +685,9 @@ func (c *Core) dropUffds(holder string) {
 		delete(c.regions, id)
 		c.mu.Unlock()
 	}
+	c.mu.Lock()
+	c.dropLocalsLocked(holder)
+	c.mu.Unlock()
 }
 
 // forward resolves a fault a vcore could not: core's dup of the worker's

@@ -116,6 +116,11 @@ type Options struct {
 	// for long: while it runs, further forwarded faults queue (up to 4096,
 	// then they are woken to be raised again later).
 	Forward func(Fault)
+	// RegionsChanged, if set, is told the uffd id whose region table an
+	// UNMAP or REMAP event of the worker changed (the pager cut or moved
+	// regions; Regions(id) has the new table), so a holder can tell others.
+	// It is called on a pager thread with no lock held and must not block.
+	RegionsChanged func(id uint64)
 	// Log receives warnings (unknown faults, dropped uffds). Nil: discard.
 	Log *slog.Logger
 	// SyncWriteTracking makes Track regions use synchronous write
@@ -575,6 +580,49 @@ func (p *Pager) RemoveRegion(id uint64, start uintptr) error {
 	return nil
 }
 
+// ForgetRange drops from uffd id's table every region that overlaps
+// [start, start+length) and returns them. Unlike RemoveRegion it leaves the
+// kernel registration alone: another holder of the fd (the vcore, for core)
+// owns it and may already have registered a new region there. Forgotten
+// faults there are left pending, as faults outside every region are.
+func (p *Pager) ForgetRange(id uint64, start, length uintptr) ([]Region, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, err := p.entryLocked(id)
+	if err != nil {
+		return nil, err
+	}
+	old := e.table()
+	var gone []Region
+	table := make([]*region, 0, len(old))
+	for _, r := range old {
+		if r.Start < start+length && start < r.end {
+			gone = append(gone, r.Region)
+			continue
+		}
+		table = append(table, r)
+	}
+	if len(gone) > 0 {
+		e.regions.Store(&table)
+	}
+	return gone, nil
+}
+
+// Regions returns uffd id's current region table, by start address.
+func (p *Pager) Regions(id uint64) ([]Region, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, err := p.entryLocked(id)
+	if err != nil {
+		return nil, err
+	}
+	var out []Region
+	for _, r := range e.table() {
+		out = append(out, r.Region)
+	}
+	return out, nil
+}
+
 func (p *Pager) entryLocked(id uint64) (*uffdEntry, error) {
 	if p.closed {
 		return nil, fmt.Errorf("%w (uffd %d)", ErrClosed, id)
@@ -853,13 +901,19 @@ func (p *Pager) applyEvent(e *uffdEntry, m *linux.UffdMsg) {
 	case linux.UFFD_EVENT_UNMAP:
 		start, end := m.Range()
 		p.mu.Lock()
-		p.cutLocked(e, start, end, 0, false)
+		changed := p.cutLocked(e, start, end, 0, false)
 		p.mu.Unlock()
+		if changed && p.opts.RegionsChanged != nil {
+			p.opts.RegionsChanged(e.id)
+		}
 	case linux.UFFD_EVENT_REMAP:
 		from, to, n := m.Remap()
 		p.mu.Lock()
-		p.cutLocked(e, from, from+n, to, true)
+		changed := p.cutLocked(e, from, from+n, to, true)
 		p.mu.Unlock()
+		if changed && p.opts.RegionsChanged != nil {
+			p.opts.RegionsChanged(e.id)
+		}
 	case linux.UFFD_EVENT_REMOVE:
 		// MADV_DONTNEED/REMOVE: the pages are gone but the range stays
 		// mapped and registered; the next touch faults and is refilled
@@ -873,10 +927,9 @@ func (p *Pager) applyEvent(e *uffdEntry, m *linux.UffdMsg) {
 // cutLocked removes [start, end) from e's regions; with move, the removed
 // parts reappear at to+(their address-start) with the same dataspace
 // offsets (mremap).
-func (p *Pager) cutLocked(e *uffdEntry, start, end, to uintptr, move bool) {
+func (p *Pager) cutLocked(e *uffdEntry, start, end, to uintptr, move bool) (changed bool) {
 	old := e.table()
 	var table, moved []*region
-	changed := false
 	for _, r := range old {
 		if r.end <= start || r.Start >= end {
 			table = append(table, r)
@@ -898,11 +951,12 @@ func (p *Pager) cutLocked(e *uffdEntry, start, end, to uintptr, move bool) {
 		}
 	}
 	if !changed {
-		return
+		return false
 	}
 	table = append(table, moved...)
 	slices.SortFunc(table, func(a, b *region) int { return cmp.Compare(a.Start, b.Start) })
 	e.regions.Store(&table)
+	return true
 }
 
 func (p *Pager) subRegion(r *region, s, t uintptr) *region {

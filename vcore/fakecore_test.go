@@ -28,6 +28,8 @@ type fakeCore struct {
 	takeBacks []takeBackItem
 	// coreContent is what core-owned dataspaces hold, by name.
 	coreContent map[string]content.Source
+	// locals is what the vcore declared (DataspaceAdd), by subsystem and name.
+	locals map[dsKey]content.Source
 
 	ln       *wire.Listener
 	pgr      *pager.Pager
@@ -39,6 +41,8 @@ type fakeCore struct {
 	claims     []wire.Claim
 	uffdAdds   []wire.UffdAdd
 	regionAdds []wire.RegionAdd
+	regionRems []wire.RegionRemove
+	declares   []wire.DataspaceAdd
 	removes    []uint64
 	forwards   int
 	releases   int
@@ -61,7 +65,7 @@ func (fc *fakeCore) set(f func(fc *fakeCore)) {
 // path).
 func newFakeCoreAt(t *testing.T, socket string, grant wire.ClaimOK) *fakeCore {
 	t.Helper()
-	fc := &fakeCore{t: t, socket: socket, grant: grant, coreContent: map[string]content.Source{}, done: make(chan struct{})}
+	fc := &fakeCore{t: t, socket: socket, grant: grant, coreContent: map[string]content.Source{}, locals: map[dsKey]content.Source{}, done: make(chan struct{})}
 	var err error
 	if fc.pgr, err = pager.New(pager.Options{Threads: 1}); err != nil {
 		t.Fatal(err)
@@ -131,6 +135,28 @@ func (fc *fakeCore) handle(ctx context.Context, c *wire.Conn) {
 			for _, r := range x.Regions {
 				fc.addRegion(x.UffdID, r)
 			}
+		case *wire.DataspaceAdd:
+			var file *os.File
+			if len(f.FDs) == 1 {
+				file = os.NewFile(uintptr(f.FDs[0]), x.Name)
+			}
+			src, closer, err := content.Open(x.Content, x.Seed, file)
+			if err != nil {
+				fc.t.Errorf("fake core: DataspaceAdd %+v: %v", *x, err)
+				continue
+			}
+			if closer != nil {
+				fc.t.Cleanup(func() { closer.Close() })
+			}
+			fc.mu.Lock()
+			fc.declares = append(fc.declares, *x)
+			fc.locals[dsKey{x.Subsystem, x.Name}] = src
+			fc.mu.Unlock()
+		case *wire.RegionRemove:
+			fc.mu.Lock()
+			fc.regionRems = append(fc.regionRems, *x)
+			fc.mu.Unlock()
+			fc.pgr.ForgetRange(x.UffdID, uintptr(x.Start), uintptr(x.Length))
 		case *wire.RegionAdd:
 			fc.mu.Lock()
 			fc.regionAdds = append(fc.regionAdds, *x)
@@ -171,19 +197,22 @@ type takeBackItem struct {
 }
 
 // addRegion registers a region on the fake core's dup, with the content core
-// would use (its own for core-owned dataspaces).
+// would use (its own for core-owned dataspaces, the declared one for local
+// dataspaces), replacing what it overlaps as core does.
 func (fc *fakeCore) addRegion(id uint64, r wire.Region) {
 	fc.mu.Lock()
 	src := fc.coreContent[r.Dataspace]
-	fc.mu.Unlock()
-	if src == nil {
-		switch r.Content {
-		case wire.ContentPattern:
-			src = content.Pattern(r.Seed)
-		default:
-			src = content.Zero()
+	if !r.Forward {
+		if l := fc.locals[dsKey{r.Subsystem, r.Dataspace}]; l != nil {
+			src = l
 		}
 	}
+	fc.mu.Unlock()
+	if src == nil {
+		fc.t.Errorf("fake core: region %+v names a dataspace neither core owns nor the vcore declared", r)
+		return
+	}
+	fc.pgr.ForgetRange(id, uintptr(r.Start), uintptr(r.Length))
 	err := fc.pgr.AddRegion(id, pager.Region{Start: uintptr(r.Start), Length: uintptr(r.Length), Dataspace: r.Dataspace, Offset: r.Offset, Content: src})
 	if err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
 		fc.t.Errorf("fake core: region %+v: %v", r, err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hist"
 	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
@@ -294,7 +295,8 @@ func (v *VCore) serveAll(on bool) {
 }
 
 // sendUffdLocked sends UffdAdd (with a dup of the fd) and the RegionAdds
-// that did not fit. Called with mu held.
+// that did not fit, after declaring the local dataspaces they name. Called
+// with mu held.
 func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
 	dup, err := v.pgr.Uffd(u.id)
 	if err != nil {
@@ -302,6 +304,16 @@ func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
 	}
 	defer dup.Close()
 	regions := u.wireRegions()
+	for _, r := range regions {
+		if r.Forward {
+			continue
+		}
+		if sub := v.regionSub(u, r); sub != nil {
+			if err := v.declareLocked(conn, sub, r.Dataspace); err != nil {
+				return err
+			}
+		}
+	}
 	first := regions[:min(len(regions), maxRegionsInAdd)]
 	add := &wire.UffdAdd{UffdID: u.id, WorkerPid: u.pid, Serve: v.grant.Pager == wire.PagerCentral, Regions: first}
 	if err := conn.SendMsg(add, dup.FD()); err != nil {
@@ -312,6 +324,57 @@ func (v *VCore) sendUffdLocked(conn *wire.Conn, u *uffdState) error {
 			return fmt.Errorf("vcore: RegionAdd %d: %w", u.id, err)
 		}
 	}
+	return nil
+}
+
+// regionSub is the subsystem whose local dataspace r names.
+func (v *VCore) regionSub(u *uffdState, r wire.Region) *subsystem {
+	if u.sub != nil && (r.Subsystem == "" || r.Subsystem == u.sub.cfg.Name) {
+		return u.sub
+	}
+	return v.subByName(r.Subsystem)
+}
+
+// dsKey names a local dataspace: its subsystem and name.
+type dsKey struct{ sub, name string }
+
+// declaredSet is what core was told on one connection (DataspaceAdd is
+// sent once per dataspace and session).
+type declaredSet struct {
+	conn *wire.Conn
+	set  map[dsKey]bool
+}
+
+// declareLocked sends DataspaceAdd for sub's local dataspace name on conn
+// unless it was sent there already. File content travels as the vcore's
+// open read-only descriptor. A dataspace this vcore has no source for (a
+// taken-back region of a subsystem it does not run) is not declared: core
+// keeps what the previous vcore declared. Called with mu held.
+func (v *VCore) declareLocked(conn *wire.Conn, sub *subsystem, name string) error {
+	if v.declared.conn != conn {
+		v.declared = declaredSet{conn: conn, set: map[dsKey]bool{}}
+	}
+	key := dsKey{sub.cfg.Name, name}
+	if v.declared.set[key] {
+		return nil
+	}
+	d, ok := sub.localDataspace(name)
+	src := sub.source(name)
+	if !ok || src == nil {
+		return nil
+	}
+	m := &wire.DataspaceAdd{Subsystem: sub.cfg.Name, Name: name, Content: content.KindOf(src), Size: uint64(d.Size)}
+	if m.Content == wire.ContentPattern {
+		m.Seed = d.Seed
+	}
+	var fds []int
+	if f, ok := content.FileOf(src); ok {
+		fds = append(fds, int(f.Fd()))
+	}
+	if err := conn.SendMsg(m, fds...); err != nil {
+		return fmt.Errorf("vcore: DataspaceAdd %s/%s: %w", sub.cfg.Name, name, err)
+	}
+	v.declared.set[key] = true
 	return nil
 }
 
@@ -386,7 +449,7 @@ func (v *VCore) takeBack(tb *wire.TakeBack, fd int) {
 		v.log.Warn("TakeBack of a uffd already held", "uffd", tb.UffdID)
 		return
 	}
-	st := &uffdState{id: tb.UffdID, pid: tb.WorkerPid, regions: map[uintptr]*regionState{}}
+	st := &uffdState{id: tb.UffdID, pid: tb.WorkerPid, regions: map[uintptr]*regionState{}, taken: true}
 	if p, err := cgroupOf(v.procfs, tb.WorkerPid); err == nil {
 		if name, ok := subsystemOf(p, v.groups); ok {
 			st.sub = v.subByName(name)
@@ -417,20 +480,23 @@ func (v *VCore) takeBackRegion(id uint64, r wire.Region) {
 }
 
 // addTakenRegionLocked registers a region of a taken-back uffd and reserves
-// its quota (a local region of a known subsystem). Called with mu held.
+// its quota (a local region of a known subsystem). A local region of a
+// dataspace this vcore has no source for is forwarded: core serves it from
+// what the previous vcore declared. Called with mu held.
 func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
 	pr := pager.Region{Start: uintptr(r.Start), Length: uintptr(r.Length), Dataspace: r.Dataspace, Offset: r.Offset, Forward: r.Forward}
-	local := !r.Forward
-	if local {
-		src := st.sub.source(r.Dataspace)
-		if src == nil {
-			var err error
-			if src, err = v.wireSource(r); err != nil {
-				v.log.Error("take back region", "uffd", st.id, "dataspace", r.Dataspace, "err", err)
-				return
-			}
+	local := false
+	if !r.Forward {
+		if sub := v.regionSub(st, r); sub != nil {
+			pr.Content = sub.source(r.Dataspace)
 		}
-		pr.Content = src
+		if pr.Content == nil {
+			pr.Forward = true
+			v.log.Warn("taken-back region of a dataspace this vcore does not have: core serves it", "uffd", st.id,
+				"subsystem", r.Subsystem, "dataspace", r.Dataspace)
+		} else {
+			local = true
+		}
 	}
 	if err := v.pgr.AddRegion(st.id, pr); err != nil {
 		v.log.Error("take back region", "uffd", st.id, "dataspace", r.Dataspace, "err", err)
@@ -442,4 +508,126 @@ func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
 		rs.charged = r.Length
 	}
 	st.regions[uintptr(r.Start)] = rs
+}
+
+// adoptTakenLocked finds the uffd of w's process that this vcore took back
+// from core (a worker has one uffd; it reconnects after its vcore died and
+// sends it again). The worker's connection then uses that entry, whose
+// regions are what core served meanwhile, instead of a second entry for
+// the same uffd whose stale table could serve a page of a detached
+// dataspace. Called with mu held.
+func (v *VCore) adoptTakenLocked(w *worker) *uffdState {
+	for _, st := range v.uffds {
+		if st.pid == w.pid && st.taken {
+			st.taken = false
+			if st.sub == nil {
+				st.sub = w.sub
+			}
+			w.uffd = st.id
+			v.log.Info("worker reconnected: it keeps the uffd taken back from core", "uffd", st.id, "pid", w.pid)
+			return st
+		}
+	}
+	return nil
+}
+
+// dropStaleLocked forgets the regions of st that overlap r, a range the
+// worker just mapped and attached: whatever was registered there belongs
+// to a mapping that is gone (its Detach or UNMAP event was lost with a dead
+// vcore). Core is told (RegionRemove). It reports whether it dropped any.
+// Called with mu held.
+func (v *VCore) dropStaleLocked(st *uffdState, r wire.Region) bool {
+	dropped := false
+	for start, rs := range st.regions {
+		if !rs.wire.Overlaps(r) {
+			continue
+		}
+		if err := v.pgr.RemoveRegion(st.id, start); err != nil && !errors.Is(err, pager.ErrNoRegion) {
+			v.log.Warn("remove a stale region", "uffd", st.id, "start", fmt.Sprintf("%#x", start), "err", err)
+		}
+		v.untrackLocked(st, start)
+		delete(st.regions, start)
+		if st.sub != nil {
+			st.sub.quota.Release(int64(rs.charged))
+		}
+		v.sendLocked(&wire.RegionRemove{UffdID: st.id, Start: rs.wire.Start, Length: rs.wire.Length})
+		v.log.Info("dropped a stale region under a new attach", "uffd", st.id, "start", fmt.Sprintf("%#x", rs.wire.Start),
+			"dataspace", rs.wire.Dataspace, "new_dataspace", r.Dataspace)
+		dropped = true
+	}
+	// A region the pager cut (an UNMAP it read) may start elsewhere.
+	if cur, err := v.pgr.Regions(st.id); err == nil {
+		for _, pr := range cur {
+			if pr.Start < uintptr(r.Start+r.Length) && uintptr(r.Start) < pr.End() {
+				_ = v.pgr.RemoveRegion(st.id, pr.Start)
+				dropped = true
+			}
+		}
+	}
+	return dropped
+}
+
+// regionsChanged brings the vcore's region records, and core's, in line
+// with the pager's table after the worker unmapped or moved registered
+// memory without a Detach (the pager read the UNMAP/REMAP event): a
+// region that is gone or was cut is removed (RegionRemove), the pieces
+// that remain or moved are added (RegionAdd), and the quota follows.
+func (v *VCore) regionsChanged(id uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st := v.uffds[id]
+	if st == nil {
+		return
+	}
+	cur, err := v.pgr.Regions(id)
+	if err != nil {
+		return
+	}
+	have := map[uintptr]pager.Region{}
+	for _, pr := range cur {
+		have[pr.Start] = pr
+	}
+	var gone []*regionState
+	for start, rs := range st.regions {
+		if pr, ok := have[start]; ok && uint64(pr.Length) == rs.wire.Length && pr.Offset == rs.wire.Offset {
+			delete(have, start) // unchanged
+			continue
+		}
+		gone = append(gone, rs)
+		v.untrackLocked(st, start) // a persistent region cut or moved is no longer checkpointed
+		delete(st.regions, start)
+		if st.sub != nil {
+			st.sub.quota.Release(int64(rs.charged))
+		}
+		v.sendLocked(&wire.RegionRemove{UffdID: id, Start: rs.wire.Start, Length: rs.wire.Length})
+	}
+	for _, pr := range have { // pieces of cut or moved regions
+		var parent *regionState
+		for _, g := range gone {
+			if g.wire.Dataspace == pr.Dataspace {
+				parent = g
+				break
+			}
+		}
+		if parent == nil {
+			continue
+		}
+		w := parent.wire
+		w.Start, w.Length, w.Offset = uint64(pr.Start), uint64(pr.Length), pr.Offset
+		rs := &regionState{wire: w, local: parent.local}
+		if parent.charged > 0 && st.sub != nil {
+			st.sub.quota.Force(int64(w.Length))
+			rs.charged = w.Length
+		}
+		st.regions[pr.Start] = rs
+		if sub := v.regionSub(st, w); rs.local && sub != nil && v.conn != nil {
+			if err := v.declareLocked(v.conn, sub, w.Dataspace); err != nil {
+				v.log.Warn("declare a dataspace to core", "dataspace", w.Dataspace, "err", err)
+			}
+		}
+		v.sendLocked(&wire.RegionAdd{UffdID: id, Region: w})
+	}
+	if len(gone) > 0 {
+		v.log.Debug("regions changed by the worker's unmap", "uffd", id, "removed", len(gone), "regions", len(st.regions))
+	}
 }

@@ -132,12 +132,15 @@ type VCore struct {
 	uffds     map[uint64]*uffdState
 	seq       uint64
 	releaseOK chan struct{} // closed when core acks Release
+	declared  declaredSet   // local dataspaces declared to core on conn
 
 	// fwdMu guards the forwarded faults in flight and their latencies.
 	fwdMu   sync.Mutex
 	fwdSeq  uint64
 	pending map[uint64]pendingForward
 	fwdLat  map[string]*hist.Histogram
+
+	ext externals // containers placed by the NRI plugin (external.go)
 }
 
 // New checks opts.Config against the machine and returns a VCore ready to
@@ -223,7 +226,9 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 		Threads:     v.cfg.PagerThreads,
 		FaultAround: v.faultAround(),
 		Forward:     v.forward,
-		Log:         v.log.With("part", "pager"),
+		// An UNMAP the pager read changes core's view too.
+		RegionsChanged: func(id uint64) { go v.regionsChanged(id) },
+		Log:            v.log.With("part", "pager"),
 		// Persistent dataspaces: sync write tracking on request (else
 		// async where the kernel has it).
 		SyncWriteTracking: syncWriteTracking(),
@@ -300,18 +305,23 @@ func (v *VCore) prepare() error {
 }
 
 func (v *VCore) openSource(d config.Dataspace) (content.Source, error) {
-	switch d.Content {
-	case config.ContentPattern:
-		return content.Pattern(d.Seed), nil
-	case config.ContentFile:
-		src, c, err := content.File(d.Source)
-		if err != nil {
-			return nil, err
-		}
-		v.closers = append(v.closers, c)
-		return src, nil
+	var (
+		src content.Source
+		c   io.Closer
+		err error
+	)
+	if d.Content == config.ContentFile {
+		src, c, err = content.File(d.Source) // the vcore's own configuration names the file
+	} else {
+		src, c, err = content.Open(d.Content, d.Seed, nil)
 	}
-	return content.Zero(), nil
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		v.closers = append(v.closers, c)
+	}
+	return src, nil
 }
 
 // shutdown stops the subsystems, deletes their cgroups, releases the lease

@@ -155,7 +155,7 @@ size = "600MiB"
 		names = append(names, r.Region.Dataspace)
 		switch r.Region.Dataspace {
 		case "data":
-			if r.Region.Forward || r.Region.Content != wire.ContentPattern || r.Region.Seed != localSeed || r.Region.Length != uint64(hw.MiB) {
+			if r.Region.Forward || r.Region.Subsystem != "work" || r.Region.Length != uint64(hw.MiB) {
 				t.Errorf("local region = %+v", r.Region)
 			}
 		case "shared":
@@ -383,10 +383,22 @@ func TestTakeBack(t *testing.T) {
 	id := uint64(os.Getpid())<<32 | 7
 	e.core.set(func(fc *fakeCore) {
 		fc.takeBacks = []takeBackItem{{fd: u.FD(), msg: wire.TakeBack{UffdID: id, WorkerPid: os.Getpid(), Regions: []wire.Region{
-			{Start: addr, Length: uint64(length), Dataspace: "data", Content: wire.ContentPattern, Seed: seed},
+			{Start: addr, Length: uint64(length), Dataspace: "data", Subsystem: "keeper"},
 		}}}}
 	})
-	cfg := e.config(t, "")
+	// The region names subsystem keeper's local dataspace: no content
+	// travels with it, the vcore's own configuration says what it holds.
+	cfg := e.config(t, `
+[[subsystem]]
+name = "keeper"
+command = ["sleep", "infinity"]
+memory = "32MiB"
+[[subsystem.dataspace]]
+name = "data"
+size = "1MiB"
+content = "pattern"
+seed = 5
+`)
 	e.startVCore(t, cfg)
 	waitFor(t, "the uffd to be taken back", func() bool {
 		var p api.Pager

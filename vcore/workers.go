@@ -22,6 +22,7 @@ type uffdState struct {
 	pid     int
 	sub     *subsystem // nil: a taken-back uffd whose worker's subsystem is unknown
 	regions map[uintptr]*regionState
+	taken   bool // taken back from core and not yet reclaimed by the worker's new connection
 }
 
 // regionState is one registered region of a uffd.
@@ -72,6 +73,9 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 			sub = v.subByName(name)
 		}
 	}
+	if sub == nil && err == nil {
+		sub = v.externalOf(path) // a container placed by the NRI plugin
+	}
 	if sub == nil {
 		v.log.Warn("refused a connection: not a process of this vcore's subsystems", "pid", pid, "uid", c.Peer().Uid, "cgroup", path, "err", err)
 		_ = c.SendMsg(&wire.Error{Code: wire.CodeDenied,
@@ -105,7 +109,7 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 		}
 		switch x := m.(type) {
 		case *wire.Hello:
-			if x.Role != wire.RoleWorker || x.Pid != pid {
+			if x.Role != wire.RoleWorker || !v.helloPidOK(w, x.Pid) {
 				_ = c.SendMsg(&wire.Error{Code: wire.CodeDenied, Msg: fmt.Sprintf("Hello as %s pid %d from pid %d", x.Role, x.Pid, pid)})
 				return
 			}
@@ -167,36 +171,38 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		return
 	}
 
-	// What backs the range.
+	// What backs the range. The region names the dataspace (and, for a
+	// local one, the subsystem that declares it), never a file.
 	region := wire.Region{Start: a.Addr, Length: a.Length, Dataspace: a.Name}
 	var (
 		src   content.Source
 		size  uint64
 		local bool
+		kind  wire.ContentKind
+		seed  uint64
 	)
 	v.mu.Lock()
 	info, offered := v.core[a.Name]
 	v.mu.Unlock()
 	if d, ok := w.sub.localDataspace(a.Name); ok {
 		local, size, src = true, uint64(d.Size), w.sub.sources[a.Name]
-		region.Content, region.Seed, region.Path = wire.ContentKind(d.Content), d.Seed, d.Source
+		region.Subsystem = w.sub.cfg.Name
+		kind, seed = wire.ContentKind(d.Content), d.Seed
 	} else if slices.Contains(w.sub.cfg.Dataspaces, a.Name) {
 		if !offered {
 			refuse(wire.CodeNotFound, "core-owned dataspace %q is not offered by core", a.Name)
 			return
 		}
 		size = info.Size
-		region.Forward, region.Path = true, info.Source
+		region.Forward = true
 		switch {
 		case info.Content != "":
-			region.Content, region.Seed = info.Content, info.Seed
-		case info.Source != "":
-			region.Content = wire.ContentFile
+			kind, seed = info.Content, info.Seed
 		case a.Content != "":
 			// core's catalogue does not say; the worker's hint does.
-			region.Content, region.Seed = a.Content, a.Seed
+			kind, seed = a.Content, a.Seed
 		default:
-			region.Content = wire.ContentZero
+			kind = wire.ContentZero
 		}
 	} else {
 		refuse(wire.CodeNotFound, "subsystem %s has no dataspace %q (local: %s; core-owned: %s)",
@@ -239,7 +245,10 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		return
 	}
 	persist := persistentOf(w.sub, a.Name)
-	if local && persist != nil {
+	if !local {
+		persist = nil
+	}
+	if persist != nil {
 		if async, _ := v.pgr.WriteTracking(st.id); !async && v.grant.Pager == wire.PagerCentral {
 			// core's pager serves this uffd and would not record the
 			// write-protect faults of sync tracking.
@@ -248,20 +257,13 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 			refuse(wire.CodeUnsupported, "persistent dataspace %q in central pager mode needs async write tracking (Linux 6.7)", a.Name)
 			return
 		}
-		if err := persist.reserve(); err != nil {
-			v.mu.Unlock()
-			w.sub.quota.Release(int64(charged))
-			refuse(wire.CodeDenied, "%v", err)
-			return
-		}
-	} else {
-		persist = nil
 	}
 	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local, Track: persist != nil}
-	if err := v.pgr.AddRegion(st.id, pr); err != nil {
-		if persist != nil {
-			persist.unreserve()
-		}
+	err := v.pgr.AddRegion(st.id, pr)
+	if errors.Is(err, pager.ErrOverlap) && v.dropStaleLocked(st, region) {
+		err = v.pgr.AddRegion(st.id, pr)
+	}
+	if err != nil {
 		v.mu.Unlock()
 		w.sub.quota.Release(int64(charged))
 		code := wire.CodeInternal
@@ -272,6 +274,14 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		return
 	}
 	if persist != nil {
+		// One region at a time (a stale one was dropped above).
+		if err := persist.reserve(); err != nil {
+			_ = v.pgr.RemoveRegion(st.id, uintptr(a.Addr))
+			v.mu.Unlock()
+			w.sub.quota.Release(int64(charged))
+			refuse(wire.CodeDenied, "%v", err)
+			return
+		}
 		if err := persist.start(v.pgr, st.id, ckpt.Region{Pid: w.pid, Addr: uintptr(a.Addr), Size: a.Length}); err != nil {
 			_ = v.pgr.RemoveRegion(st.id, uintptr(a.Addr))
 			v.mu.Unlock()
@@ -281,11 +291,16 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		}
 	}
 	st.regions[uintptr(a.Addr)] = &regionState{wire: region, local: local, charged: charged}
+	if local && v.conn != nil {
+		if err := v.declareLocked(v.conn, w.sub, a.Name); err != nil {
+			v.log.Warn("declare a dataspace to core", "dataspace", a.Name, "err", err)
+		}
+	}
 	v.sendLocked(&wire.RegionAdd{UffdID: st.id, Region: region})
 	v.mu.Unlock()
 
 	ok := &wire.AttachOK{Name: a.Name, Addr: a.Addr, Node: int(v.cfg.Node), Size: size,
-		Content: region.Content, Seed: region.Seed, Bind: local && a.Bind}
+		Content: kind, Seed: seed, Bind: local && a.Bind}
 	if err := w.conn.SendMsg(ok); err != nil {
 		v.log.Warn("answer an attach", "pid", w.pid, "err", err)
 	}
@@ -300,6 +315,10 @@ func (v *VCore) takeUffd(w *worker, fd int) error {
 	if v.stopping {
 		linux.CloseFDs([]int{fd})
 		return errStopping
+	}
+	if st := v.adoptTakenLocked(w); st != nil {
+		linux.CloseFDs([]int{fd}) // the same uffd, taken back from core
+		return nil
 	}
 	id := v.newIDLocked(w.pid)
 	serve := v.grant.Pager == wire.PagerLocal || v.conn == nil
@@ -352,6 +371,9 @@ func (v *VCore) detach(w *worker, addr uint64) {
 	if st.sub != nil {
 		st.sub.quota.Release(int64(r.charged))
 	}
+	// Core's view of the regions is the vcore's: it must not serve this
+	// range from the detached dataspace after a failover.
+	v.sendLocked(&wire.RegionRemove{UffdID: st.id, Start: r.wire.Start, Length: r.wire.Length})
 }
 
 // workerClosed drops the worker's uffd when its connection ends.
@@ -382,23 +404,6 @@ func (v *VCore) dropUffdLocked(st *uffdState, remove bool) {
 		}
 	}
 	v.sendLocked(&wire.UffdRemove{UffdID: st.id})
-}
-
-// wireSource builds the content of a region core described (a taken-back
-// region of a dataspace this vcore's configuration does not declare).
-func (v *VCore) wireSource(r wire.Region) (content.Source, error) {
-	switch r.Content {
-	case wire.ContentPattern:
-		return content.Pattern(r.Seed), nil
-	case wire.ContentFile:
-		src, c, err := content.File(r.Path)
-		if err != nil {
-			return nil, err
-		}
-		v.closers = append(v.closers, c)
-		return src, nil
-	}
-	return content.Zero(), nil
 }
 
 func localNames(s *subsystem) string {

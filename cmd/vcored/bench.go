@@ -25,7 +25,7 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	flagsUsage := fs.Usage
 	fs.Usage = func() {
 		flagsUsage()
-		writeBenchHelp(e.stderr)
+		writeBenchHelp(e.stdout)
 	}
 	workers := fs.Int("workers", 1, "workers per vcore")
 	pages := fs.Int("pages", 0, fmt.Sprintf("pages each worker touches (default %d, --quick %d)", bench.DefaultPages, bench.QuickPages))

@@ -91,7 +91,7 @@ func TestBenchHelpListsEveryFlagAndMode(t *testing.T) {
 	if code := run([]string{"bench", "--help"}, &out, &errb); code != exitOK {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
-	help := errb.String()
+	help := out.String() // --help goes to stdout
 	usage, _, _ := strings.Cut(help, "\n")
 	for _, f := range []string{"quick", "check", "modes", "workers", "pages", "pattern", "stride", "fault-around", "reps", "json", "svg", "keep-temp", "no-progress"} {
 		if !strings.Contains(usage, "--"+f) {

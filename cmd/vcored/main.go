@@ -50,6 +50,7 @@ var commands = []command{
 	{name: "check", summary: "validate core and vcore configuration files", run: runCheck},
 	{name: "core", summary: "run the root daemon that owns the machine and leases partitions", run: runCore},
 	{name: "vcore", summary: "run a per-node daemon: subsystems, cgroups and local pagers", run: runVcore},
+	{name: "nri", summary: "run the containerd NRI plugin: place annotated pods' containers on the vcores' partitions", run: runNRI},
 	{name: "status", summary: "show partitions, vcores and subsystems of a running core or vcore", run: runStatus},
 	{name: "checkpoint", summary: "write a checkpoint of a subsystem's persistent dataspaces", run: runCheckpoint},
 	{name: "bench", summary: "compare local pagers with the single-pager baseline", run: runBench},

@@ -19,7 +19,8 @@ type statusReport struct {
 	Info       api.Info                   `json:"info"`
 	Partitions []api.Partition            `json:"partitions,omitempty"`
 	VCores     []api.VCore                `json:"vcores,omitempty"`
-	Subsystems map[string][]api.Subsystem `json:"subsystems"` // keyed by vcore socket
+	Subsystems map[string][]api.Subsystem `json:"subsystems"`           // keyed by vcore socket
+	Containers map[string][]api.External  `json:"containers,omitempty"` // placed by `vcored nri`, keyed by vcore socket
 	Errors     []string                   `json:"errors,omitempty"`
 }
 
@@ -80,6 +81,7 @@ func collectStatus(ctx context.Context, socket string, euid int) (*statusReport,
 			continue
 		}
 		rep.Subsystems[s] = subs
+		collectContainers(ctx, rep, s)
 	}
 	return rep, nil
 }
@@ -161,6 +163,7 @@ func printStatus(e *env, rep *statusReport) {
 		}
 		fmt.Fprintln(w)
 	}
+	printContainers(w, rep)
 	for _, err := range rep.Errors {
 		fmt.Fprintf(w, "error: %s\n", err)
 	}

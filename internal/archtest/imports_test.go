@@ -25,6 +25,7 @@ var adapters = map[string]string{
 	"github.com/shirou/gopsutil":             "internal/sysinfo",
 	"github.com/schollz/progressbar":         "internal/progress",
 	"github.com/opencontainers/runtime-spec": "internal/cgroups",
+	"github.com/containerd/nri":              "internal/nri",
 }
 
 // engines may not be imported by mechanisms.

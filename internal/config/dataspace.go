@@ -8,16 +8,6 @@ import (
 	"github.com/vcored/vcored/internal/hw"
 )
 
-// Content says what a dataspace's pages hold before anyone writes them.
-type Content string
-
-// Content kinds.
-const (
-	ContentZero    Content = "zero"    // zero-filled (the default without a source)
-	ContentPattern Content = "pattern" // a deterministic pattern per offset (content.Pattern(seed)); used by tests and bench
-	ContentFile    Content = "file"    // read-only copy of the file at Source (the default with a source)
-)
-
 // pageAlign is the granularity dataspace sizes must have. The smallest page
 // size Linux uses on any architecture is 4 KiB; a daemon on a machine with
 // larger pages rounds the size up to its page size.

@@ -1,6 +1,21 @@
 package config
 
-import "github.com/BurntSushi/toml"
+import (
+	"github.com/BurntSushi/toml"
+
+	"github.com/vcored/vcored/internal/content"
+)
+
+// Content says what a dataspace's pages hold before anyone writes them: the
+// one content enum of internal/content.
+type Content = content.Kind
+
+// Content kinds.
+const (
+	ContentZero    = content.KindZero    // zero-filled (the default without a source)
+	ContentPattern = content.KindPattern // a deterministic pattern per offset (content.Pattern(seed)); used by tests and bench
+	ContentFile    = content.KindFile    // read-only copy of the file at Source (the default with a source)
+)
 
 // Kind is the kind of a configuration file.
 type Kind int

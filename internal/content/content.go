@@ -150,16 +150,12 @@ func File(path string) (Source, io.Closer, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("content: %w", err)
 	}
-	st, err := f.Stat()
+	src, err := fromFile(f, path)
 	if err != nil {
 		f.Close()
-		return nil, nil, fmt.Errorf("content: %w", err)
+		return nil, nil, err
 	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, nil, fmt.Errorf("content: %s is not a regular file (%s)", path, st.Mode().Type())
-	}
-	return &fileSource{f: f, size: uint64(st.Size()), path: path}, f, nil
+	return src, f, nil
 }
 
 type fileSource struct {

@@ -29,6 +29,9 @@ var vcoredBin string
 var cgPrefix = fmt.Sprintf("vcored-e2e-%d", os.Getpid())
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv(helperEnv); mode != "" {
+		os.Exit(runHelper(mode)) // a helper process (security_test.go), not the tests
+	}
 	os.Exit(testMain(m))
 }
 

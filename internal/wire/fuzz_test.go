@@ -73,28 +73,30 @@ func fuzzUnmarshal(f *testing.F, t Type) {
 	})
 }
 
-func FuzzHello(f *testing.F)       { fuzzUnmarshal(f, TypeHello) }
-func FuzzHelloOK(f *testing.F)     { fuzzUnmarshal(f, TypeHelloOK) }
-func FuzzError(f *testing.F)       { fuzzUnmarshal(f, TypeError) }
-func FuzzAck(f *testing.F)         { fuzzUnmarshal(f, TypeAck) }
-func FuzzClaim(f *testing.F)       { fuzzUnmarshal(f, TypeClaim) }
-func FuzzClaimOK(f *testing.F)     { fuzzUnmarshal(f, TypeClaimOK) }
-func FuzzRelease(f *testing.F)     { fuzzUnmarshal(f, TypeRelease) }
-func FuzzUffdAdd(f *testing.F)     { fuzzUnmarshal(f, TypeUffdAdd) }
-func FuzzRegionAdd(f *testing.F)   { fuzzUnmarshal(f, TypeRegionAdd) }
-func FuzzUffdRemove(f *testing.F)  { fuzzUnmarshal(f, TypeUffdRemove) }
-func FuzzForward(f *testing.F)     { fuzzUnmarshal(f, TypeForward) }
-func FuzzForwardDone(f *testing.F) { fuzzUnmarshal(f, TypeForwardDone) }
-func FuzzTakeBack(f *testing.F)    { fuzzUnmarshal(f, TypeTakeBack) }
-func FuzzAttach(f *testing.F)      { fuzzUnmarshal(f, TypeAttach) }
-func FuzzAttachOK(f *testing.F)    { fuzzUnmarshal(f, TypeAttachOK) }
-func FuzzAttachErr(f *testing.F)   { fuzzUnmarshal(f, TypeAttachErr) }
-func FuzzDetach(f *testing.F)      { fuzzUnmarshal(f, TypeDetach) }
+func FuzzHello(f *testing.F)        { fuzzUnmarshal(f, TypeHello) }
+func FuzzHelloOK(f *testing.F)      { fuzzUnmarshal(f, TypeHelloOK) }
+func FuzzError(f *testing.F)        { fuzzUnmarshal(f, TypeError) }
+func FuzzAck(f *testing.F)          { fuzzUnmarshal(f, TypeAck) }
+func FuzzClaim(f *testing.F)        { fuzzUnmarshal(f, TypeClaim) }
+func FuzzClaimOK(f *testing.F)      { fuzzUnmarshal(f, TypeClaimOK) }
+func FuzzRelease(f *testing.F)      { fuzzUnmarshal(f, TypeRelease) }
+func FuzzUffdAdd(f *testing.F)      { fuzzUnmarshal(f, TypeUffdAdd) }
+func FuzzRegionAdd(f *testing.F)    { fuzzUnmarshal(f, TypeRegionAdd) }
+func FuzzUffdRemove(f *testing.F)   { fuzzUnmarshal(f, TypeUffdRemove) }
+func FuzzForward(f *testing.F)      { fuzzUnmarshal(f, TypeForward) }
+func FuzzForwardDone(f *testing.F)  { fuzzUnmarshal(f, TypeForwardDone) }
+func FuzzTakeBack(f *testing.F)     { fuzzUnmarshal(f, TypeTakeBack) }
+func FuzzDataspaceAdd(f *testing.F) { fuzzUnmarshal(f, TypeDataspaceAdd) }
+func FuzzRegionRemove(f *testing.F) { fuzzUnmarshal(f, TypeRegionRemove) }
+func FuzzAttach(f *testing.F)       { fuzzUnmarshal(f, TypeAttach) }
+func FuzzAttachOK(f *testing.F)     { fuzzUnmarshal(f, TypeAttachOK) }
+func FuzzAttachErr(f *testing.F)    { fuzzUnmarshal(f, TypeAttachErr) }
+func FuzzDetach(f *testing.F)       { fuzzUnmarshal(f, TypeDetach) }
 
 // TestFuzzTargetsCoverTable keeps the per-message fuzz targets in step
 // with the message table.
 func TestFuzzTargetsCoverTable(t *testing.T) {
-	if n := len(table); n != 17 {
+	if n := len(table); n != 19 {
 		t.Fatalf("the message table has %d types: add a Fuzz<Type> target for each new one and update this count", n)
 	}
 }

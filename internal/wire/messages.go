@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hw"
 )
 
@@ -28,14 +29,15 @@ const (
 	RoleVCore  Role = "vcore"  // a vcore, speaking to core
 )
 
-// ContentKind is what a dataspace's pages are filled with.
-type ContentKind string
+// ContentKind is what a dataspace's pages are filled with (the one enum of
+// internal/content).
+type ContentKind = content.Kind
 
 // Content kinds.
 const (
-	ContentZero    ContentKind = "zero"    // zero pages
-	ContentPattern ContentKind = "pattern" // a deterministic pattern per offset, from Seed
-	ContentFile    ContentKind = "file"    // a read-only file (Path)
+	ContentZero    = content.KindZero    // zero pages
+	ContentPattern = content.KindPattern // a deterministic pattern per offset, from Seed
+	ContentFile    = content.KindFile    // a read-only file, passed as a descriptor (DataspaceAdd)
 )
 
 // PagerMode says where a partition's faults are served.
@@ -62,9 +64,7 @@ const (
 	CodeLimit       ErrCode = "limit"       // a configured cap (connections, regions) is reached; the message names it
 )
 
-func validContent(k ContentKind) bool {
-	return k == ContentZero || k == ContentPattern || k == ContentFile
-}
+func validContent(k ContentKind) bool { return k.Valid() }
 
 // ---------------------------------------------------------------- session
 
@@ -123,12 +123,12 @@ type Claim struct {
 	Subsystems []SubsystemState `json:"subsystems,omitempty"` // non-empty when re-registering
 }
 
-// DataspaceInfo is one entry of core's dataspace catalogue.
+// DataspaceInfo is one entry of core's dataspace catalogue. It names no
+// file: forwarded faults are served by core, which alone opens its sources.
 type DataspaceInfo struct {
 	Name    string      `json:"name"`
 	Size    uint64      `json:"size"`
-	Source  string      `json:"source,omitempty"`  // read-only source file (ContentFile)
-	Content ContentKind `json:"content,omitempty"` // "" from an older core: file with a Source, else zero
+	Content ContentKind `json:"content,omitempty"` // "" = zero
 	Seed    uint64      `json:"seed,omitempty"`    // ContentPattern
 }
 
@@ -149,17 +149,17 @@ type Release struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// Region is a registered range of a worker's address space and what
-// backs it.
+// Region is a registered range of a worker's address space and the
+// dataspace that backs it. It names the dataspace, never a file: core
+// resolves a forwarded region from its own configuration and a local one
+// from the vcore's DataspaceAdd for (Subsystem, Dataspace).
 type Region struct {
-	Start     uint64      `json:"start"`
-	Length    uint64      `json:"length"`
-	Dataspace string      `json:"dataspace"`
-	Offset    uint64      `json:"offset"` // offset of Start in the dataspace
-	Content   ContentKind `json:"content"`
-	Seed      uint64      `json:"seed,omitempty"` // ContentPattern
-	Path      string      `json:"path,omitempty"` // ContentFile
-	Forward   bool        `json:"forward,omitempty"`
+	Start     uint64 `json:"start"`
+	Length    uint64 `json:"length"`
+	Dataspace string `json:"dataspace"`
+	Offset    uint64 `json:"offset"`              // offset of Start in the dataspace
+	Subsystem string `json:"subsystem,omitempty"` // local regions: the subsystem whose dataspace it is
+	Forward   bool   `json:"forward,omitempty"`   // a core-owned dataspace
 }
 
 func (r *Region) validate() error {
@@ -170,10 +170,38 @@ func (r *Region) validate() error {
 		return fmt.Errorf("%w: region %#x+%#x wraps around", ErrProtocol, r.Start, r.Length)
 	case r.Dataspace == "" || len(r.Dataspace) > MaxName:
 		return fmt.Errorf("%w: region at %#x: dataspace name of %d bytes (want 1..%d)", ErrProtocol, r.Start, len(r.Dataspace), MaxName)
-	case !validContent(r.Content):
-		return fmt.Errorf("%w: region at %#x: unknown content kind %q", ErrProtocol, r.Start, r.Content)
+	case len(r.Subsystem) > MaxName:
+		return fmt.Errorf("%w: region at %#x: subsystem name of %d bytes (max %d)", ErrProtocol, r.Start, len(r.Subsystem), MaxName)
 	}
 	return nil
+}
+
+// Overlaps reports whether r and o share an address.
+func (r Region) Overlaps(o Region) bool {
+	return r.Start < o.Start+o.Length && o.Start < r.Start+r.Length
+}
+
+// DataspaceAdd declares a local dataspace of one of the vcore's subsystems
+// (vcore -> core), once per session before the first region naming it.
+// ContentFile carries the vcore's open read-only file as the frame's one
+// descriptor: a capability, not a path. Core serves the dataspace's regions
+// from it when it serves the vcore's faults (central mode, failover).
+type DataspaceAdd struct {
+	Subsystem string      `json:"subsystem"`
+	Name      string      `json:"name"`
+	Content   ContentKind `json:"content"`
+	Seed      uint64      `json:"seed,omitempty"`
+	Size      uint64      `json:"size"` // bytes; 0 = unbounded
+}
+
+// RegionRemove tells core that the regions of a uffd overlapping
+// [Start, Start+Length) are gone (vcore -> core): the worker detached or
+// unmapped them. Core forgets them; a region the vcore still serves there is
+// re-sent as RegionAdd.
+type RegionRemove struct {
+	UffdID uint64 `json:"uffd_id"`
+	Start  uint64 `json:"start"`
+	Length uint64 `json:"length"`
 }
 
 // UffdAdd hands core a dup of a worker's userfaultfd (the frame carries it)
@@ -491,6 +519,55 @@ func (m *RegionAdd) Unmarshal(b []byte) error {
 	}
 	if err := m.Region.validate(); err != nil {
 		return fmt.Errorf("RegionAdd: %w", err)
+	}
+	return nil
+}
+
+// Type implements Message.
+func (*DataspaceAdd) Type() Type { return TypeDataspaceAdd }
+
+// AppendMarshal implements Message.
+func (m *DataspaceAdd) AppendMarshal(dst []byte) ([]byte, error) { return appendJSON(dst, m.Type(), m) }
+
+// Marshal returns the payload encoding.
+func (m *DataspaceAdd) Marshal() ([]byte, error) { return m.AppendMarshal(nil) }
+
+// Unmarshal implements Message. Whether a descriptor came with it (exactly
+// one for ContentFile, none otherwise) is the receiver's check.
+func (m *DataspaceAdd) Unmarshal(b []byte) error {
+	*m = DataspaceAdd{}
+	if err := decodeJSON(m.Type(), b, m); err != nil {
+		return err
+	}
+	if err := checkName(m.Type(), "name", m.Name, true); err != nil {
+		return err
+	}
+	if err := checkName(m.Type(), "subsystem", m.Subsystem, false); err != nil {
+		return err
+	}
+	if !validContent(m.Content) {
+		return fmt.Errorf("%w: DataspaceAdd %q: unknown content kind %q", ErrProtocol, m.Name, m.Content)
+	}
+	return nil
+}
+
+// Type implements Message.
+func (*RegionRemove) Type() Type { return TypeRegionRemove }
+
+// AppendMarshal implements Message.
+func (m *RegionRemove) AppendMarshal(dst []byte) ([]byte, error) { return appendJSON(dst, m.Type(), m) }
+
+// Marshal returns the payload encoding.
+func (m *RegionRemove) Marshal() ([]byte, error) { return m.AppendMarshal(nil) }
+
+// Unmarshal implements Message.
+func (m *RegionRemove) Unmarshal(b []byte) error {
+	*m = RegionRemove{}
+	if err := decodeJSON(m.Type(), b, m); err != nil {
+		return err
+	}
+	if m.Length == 0 || m.Start+m.Length < m.Start {
+		return fmt.Errorf("%w: RegionRemove: bad range %#x+%#x", ErrProtocol, m.Start, m.Length)
 	}
 	return nil
 }

@@ -9,7 +9,7 @@ import (
 	"github.com/vcored/vcored/internal/hw"
 )
 
-var sampleRegion = Region{Start: 0x7f0000000000, Length: 1 << 20, Dataspace: "heap", Offset: 4096, Content: ContentPattern, Seed: 42, Forward: true}
+var sampleRegion = Region{Start: 0x7f0000000000, Length: 1 << 20, Dataspace: "heap", Offset: 4096, Forward: true}
 
 // samples holds one filled-in value of every message type.
 var samples = []Message{
@@ -20,14 +20,16 @@ var samples = []Message{
 	&Claim{Node: 1, CPUs: hw.MustParse[hw.CPU]("2-3"), Memory: 1 << 30, VCoreID: "node1", Socket: "/run/vcored/node1.sock",
 		Subsystems: []SubsystemState{{Name: "db", Cgroup: "vcored/node1/db", Pids: []int{10, 11}, CPUs: hw.MustParse[hw.CPU]("3"), Memory: 512 << 20}}},
 	&ClaimOK{Node: 1, CPUs: hw.MustParse[hw.CPU]("2-3"), Mems: hw.MustParse[hw.Node]("1"), Memory: 1 << 30, Cgroup: "vcored/node1",
-		Pager: PagerCentral, FaultAround: 16, Dataspaces: []DataspaceInfo{{Name: "shared", Size: 1 << 24, Source: "/srv/blob"}}},
+		Pager: PagerCentral, FaultAround: 16, Dataspaces: []DataspaceInfo{{Name: "shared", Size: 1 << 24, Content: ContentPattern, Seed: 5}}},
 	&Release{Reason: "SIGTERM"},
 	&UffdAdd{UffdID: 3, WorkerPid: 4321, Serve: true, Regions: []Region{sampleRegion}},
 	&RegionAdd{UffdID: 3, Region: sampleRegion},
 	&UffdRemove{UffdID: 3},
+	&DataspaceAdd{Subsystem: "db", Name: "heap", Content: ContentFile, Size: 1 << 20},
+	&RegionRemove{UffdID: 3, Start: 0x7f0000000000, Length: 1 << 20},
 	&Forward{UffdID: 3, Addr: 0x7f0000001000, Dataspace: "shared", Offset: 8192, TID: 4322, SeqNo: 77},
 	&ForwardDone{SeqNo: 77, Errno: -11, ServeNanos: 12345},
-	&TakeBack{UffdID: 3, WorkerPid: 4321, Regions: []Region{sampleRegion, {Start: 1 << 40, Length: 4096, Dataspace: "f", Content: ContentFile, Path: "/x"}}},
+	&TakeBack{UffdID: 3, WorkerPid: 4321, Regions: []Region{sampleRegion, {Start: 1 << 40, Length: 4096, Dataspace: "f", Subsystem: "db"}}},
 	&Attach{Name: "heap", Addr: 0x7f0000000000, Length: 1 << 20, Bind: true, Content: ContentPattern, Seed: 9},
 	&AttachOK{Name: "heap", Addr: 0x7f0000000000, Node: 0, Size: 1 << 20, Content: ContentZero, Bind: true},
 	&AttachErr{Name: "heap", Addr: 0x7f0000000000, Code: CodeNotFound, Msg: "no dataspace heap"},
@@ -147,7 +149,7 @@ func TestUnmarshalRejects(t *testing.T) {
 		{"claimok fault-around", &ClaimOK{}, `{"pager":"local","fault_around":0}`},
 		{"region zero length", &RegionAdd{}, `{"uffd_id":1,"region":{"start":4096,"length":0,"dataspace":"a","content":"zero"}}`},
 		{"region wraps", &RegionAdd{}, `{"uffd_id":1,"region":{"start":18446744073709547520,"length":8192,"dataspace":"a","content":"zero"}}`},
-		{"region content", &UffdAdd{}, `{"uffd_id":1,"regions":[{"start":0,"length":1,"dataspace":"a","content":"random"}]}`},
+		{"region subsystem", &UffdAdd{}, `{"uffd_id":1,"regions":[{"start":0,"length":1,"dataspace":"a","subsystem":"` + strings.Repeat("s", 256) + `"}]}`},
 		{"region no dataspace", &TakeBack{}, `{"uffd_id":1,"regions":[{"start":0,"length":1,"content":"zero"}]}`},
 		{"attach no name", &Attach{}, `{"addr":4096,"length":4096}`},
 		{"attach no length", &Attach{}, `{"name":"a","addr":4096}`},
@@ -206,5 +208,56 @@ func TestProtocolDocExample(t *testing.T) {
 	}
 	if want := []byte{0x43, 0, 0, 0, 0x20, 0, 1, 0}; !reflect.DeepEqual(a[:HeaderSize], want) {
 		t.Errorf("Attach header % x, want % x", a[:HeaderSize], want)
+	}
+}
+
+// TestNoPathOnTheWire: no message names a file. A Region or DataspaceInfo
+// has no field that could carry a path, and a peer's "path" or "source" in
+// the JSON is dropped on decoding (it cannot reach core).
+func TestNoPathOnTheWire(t *testing.T) {
+	for _, typ := range []reflect.Type{reflect.TypeFor[Region](), reflect.TypeFor[DataspaceInfo](), reflect.TypeFor[DataspaceAdd]()} {
+		for f := range typ.Fields() {
+			tag := strings.ToLower(f.Name + " " + f.Tag.Get("json"))
+			if strings.Contains(tag, "path") || strings.Contains(tag, "source") || strings.Contains(tag, "file") {
+				t.Errorf("%s.%s (json %q) could name a file", typ.Name(), f.Name, f.Tag.Get("json"))
+			}
+		}
+	}
+	var m RegionAdd
+	raw := `{"uffd_id":1,"region":{"start":4096,"length":4096,"dataspace":"x","offset":0,"content":"file","path":"/etc/shadow","source":"/etc/shadow"}}`
+	if err := m.Unmarshal([]byte(raw)); err != nil {
+		t.Fatal(err)
+	}
+	out, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "shadow") {
+		t.Errorf("a path survived decoding: %s", out)
+	}
+	var ok ClaimOK
+	if err := ok.Unmarshal([]byte(`{"pager":"local","fault_around":1,"dataspaces":[{"name":"s","size":1,"source":"/etc/shadow"}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := ok.Marshal(); strings.Contains(string(out), "shadow") {
+		t.Errorf("a path survived decoding: %s", out)
+	}
+}
+
+func TestDataspaceAddAndRegionRemoveValidate(t *testing.T) {
+	for _, tc := range []struct {
+		m   Message
+		raw string
+	}{
+		{new(DataspaceAdd), `{"name":"","content":"zero"}`},
+		{new(DataspaceAdd), `{"name":"a","content":"tape"}`},
+		{new(DataspaceAdd), `{"name":"a","subsystem":"` + strings.Repeat("s", MaxName+1) + `","content":"zero"}`},
+		{new(RegionRemove), `{"uffd_id":1,"start":4096,"length":0}`},
+		{new(RegionRemove), `{"uffd_id":1,"start":18446744073709547520,"length":8192}`},
+		{new(RegionAdd), `{"uffd_id":1,"region":{"start":0,"length":4096,"dataspace":"a","subsystem":"` + strings.Repeat("s", MaxName+1) + `"}}`},
+	} {
+		if err := tc.m.Unmarshal([]byte(tc.raw)); !errors.Is(err, ErrProtocol) {
+			t.Errorf("%s %s: err %v, want ErrProtocol", tc.m.Type(), tc.raw, err)
+		}
 	}
 }
