@@ -96,10 +96,16 @@ func InitUffd(u *linux.Uffd) (features uint64, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("pager: probe userfaultfd features: %w", err)
 	}
-	if _, err := u.API(Features & have); err != nil {
+	want := Features & have
+	if have&linux.WPAsyncFeatures == linux.WPAsyncFeatures {
+		// Write tracking for Track regions; it changes nothing for ranges
+		// registered without MODE_WP.
+		want |= linux.WPAsyncFeatures
+	}
+	if _, err := u.API(want); err != nil {
 		return 0, fmt.Errorf("pager: negotiate userfaultfd fd %d: %w", u.FD(), err)
 	}
-	return Features & have, nil
+	return want, nil
 }
 
 // Options configure a Pager.
@@ -132,6 +138,10 @@ type Options struct {
 	// NoPoison delivers SIGBUS with tgkill even where the kernel has
 	// UFFDIO_POISON (tests of the pre-6.6 fallback).
 	NoPoison bool
+	// SyncWriteTracking makes Track regions use synchronous write
+	// protection even where the kernel has async (what a kernel before
+	// 6.7 gets): for tests and comparisons. See TakeWritten.
+	SyncWriteTracking bool
 }
 
 // DefaultUnknownGrace is Options.UnknownGrace's default: long enough for a
@@ -152,6 +162,17 @@ type Region struct {
 	Content content.Source
 	// Forward: faults go to Options.Forward instead of being resolved here.
 	Forward bool
+	// Track: the region is also registered for write protection
+	// (UFFDIO_REGISTER_MODE_WP), so that a checkpoint finds the pages
+	// written since the last one. Async where the uffd negotiated
+	// linux.WPAsyncFeatures (InitUffd asks for them when the kernel has
+	// them): the kernel marks written pages, PAGEMAP_SCAN collects them
+	// (ckpt.AsyncTracker). Else sync: the first write to a page per epoch
+	// raises a WP fault the pager threads record and resolve, and
+	// TakeWritten collects them (WriteTracking says which). Pages are
+	// copied in write-protected (never as the shared zero page): one the
+	// worker only reads stays clean.
+	Track bool
 }
 
 // End is the first address after the region.
@@ -245,7 +266,11 @@ type uffdEntry struct {
 	use    sync.RWMutex
 	closed bool // under use
 
-	serving bool // under Pager.mu
+	serving bool        // under Pager.mu
+	wpAsync bool        // InitUffd negotiated async write protection (Track regions)
+	wpKnown bool        // this pager negotiated the uffd (else its WP mode is unknown)
+	written syncWritten // pages written in sync WP mode (track.go)
+	touch   touchOrder  // first touches of Track regions (touch.go)
 }
 
 // region is a Region with its stats slot.
@@ -431,12 +456,13 @@ func (p *Pager) AddUffd(id uint64, u *linux.Uffd, pid int, serve bool) error {
 	if err != nil {
 		return fail(fmt.Errorf("pager: uffd %d: %w", id, err))
 	}
+	var features uint64
 	if !ok {
-		if _, err := InitUffd(u); err != nil {
+		if features, err = p.initUffd(u); err != nil {
 			return fail(fmt.Errorf("uffd %d: %w", id, err))
 		}
 	}
-	e := &uffdEntry{id: id, u: u, pid: pid}
+	e := &uffdEntry{id: id, u: u, pid: pid, wpAsync: features&linux.WPAsyncFeatures == linux.WPAsyncFeatures, wpKnown: !ok}
 	if pid > 0 {
 		if e.watch, err = linux.WatchPid(pid); err != nil {
 			return fail(fmt.Errorf("pager: uffd %d: watch worker %d: %w", id, pid, err))
@@ -532,8 +558,28 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 		return fmt.Errorf("%w: %#x+%#x (%q) overlaps the registered %#x+%#x (%q) on uffd %d",
 			ErrOverlap, r.Start, r.Length, r.Dataspace, ov.Start, ov.Length, ov.Dataspace, id)
 	}
-	if _, err := e.u.Register(r.Start, r.Length, linux.UFFDIO_REGISTER_MODE_MISSING); err != nil {
+	mode := uint64(linux.UFFDIO_REGISTER_MODE_MISSING)
+	if r.Track {
+		if !e.wpKnown {
+			// Negotiated by another holder: whether a write raises a WP
+			// fault (sync) or not (async) is unknown here.
+			return fmt.Errorf("%w: %q: write tracking on a userfaultfd this pager did not negotiate", ErrBadRegion, r.Dataspace)
+		}
+		mode |= linux.UFFDIO_REGISTER_MODE_WP
+	}
+	if _, err := e.u.Register(r.Start, r.Length, mode); err != nil {
 		return fmt.Errorf("pager: uffd %d region %q: %w", id, r.Dataspace, err)
+	}
+	if r.Track {
+		e.touch.grow(int(r.Length / p.ps))
+	}
+	if r.Track && !e.wpAsync {
+		// Sync: protect what is present already (pages copied in later
+		// are copied protected).
+		if err := e.u.WriteProtect(r.Start, r.Length, linux.UFFDIO_WRITEPROTECT_MODE_WP); err != nil {
+			_ = e.u.Unregister(r.Start, r.Length)
+			return fmt.Errorf("pager: uffd %d region %q: write-protect: %w", id, r.Dataspace, err)
+		}
 	}
 	nr := &region{Region: r, end: r.End(), ds: p.stats.indexOf(r.Dataspace)}
 	table := make([]*region, 0, len(old)+1)
@@ -751,7 +797,7 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write
 		lo = r.Start + (idx-idx%uintptr(p.around))*ps
 		hi = min(lo+uintptr(p.around)*ps, r.end)
 	}
-	if r.Content.IsZero() && !write {
+	if r.Content.IsZero() && !write && !r.Track {
 		n, err := e.u.ZeroPage(lo, hi-lo, 0)
 		if err == nil || !errors.Is(err, linux.EEXIST) {
 			return int(uintptr(n) / ps), err
@@ -774,7 +820,11 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write
 			return 0, err
 		}
 	}
-	n, err := e.u.Copy(lo, src, 0)
+	var cmode uint64
+	if r.Track {
+		cmode = linux.UFFDIO_COPY_MODE_WP // clean until the worker writes it
+	}
+	n, err := e.u.Copy(lo, src, cmode)
 	if err == nil || !errors.Is(err, linux.EEXIST) {
 		return int(uintptr(n) / ps), err
 	}
@@ -782,7 +832,7 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write
 		return int(uintptr(n) / ps), nil
 	}
 	off := addr - lo
-	m, err := e.u.Copy(addr, src[off:off+ps], 0)
+	m, err := e.u.Copy(addr, src[off:off+ps], cmode)
 	if errors.Is(err, linux.EEXIST) {
 		return int(uintptr(n) / ps), e.u.Wake(addr, ps)
 	}

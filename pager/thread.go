@@ -144,6 +144,13 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 		}
 		return nil
 	}
+	if m.PagefaultFlags()&linux.UFFD_PAGEFAULT_FLAG_WP != 0 {
+		// A write to a page protected for sync write tracking.
+		return t.settle(e, r, addr, true, start, p.wpFault(e, r, addr), st)
+	}
+	if r.Track {
+		e.touch.record(addr)
+	}
 	write := m.PagefaultFlags()&linux.UFFD_PAGEFAULT_FLAG_WRITE != 0
 	pages, err := p.resolve(e, r, addr, t.buf, write)
 	st.pages += uint64(pages)

@@ -575,6 +575,7 @@ func (v *VCore) dropStaleLocked(st *uffdState, r wire.Region) bool {
 		if err := v.pgr.RemoveRegion(st.id, start); err != nil && !errors.Is(err, pager.ErrNoRegion) {
 			v.log.Warn("remove a stale region", "uffd", st.id, "start", fmt.Sprintf("%#x", start), "err", err)
 		}
+		v.untrackLocked(st, start)
 		delete(st.regions, start)
 		if st.sub != nil {
 			st.sub.quota.Release(int64(rs.charged))
@@ -623,6 +624,7 @@ func (v *VCore) regionsChanged(id uint64) {
 			continue
 		}
 		gone = append(gone, rs)
+		v.untrackLocked(st, start) // a persistent region cut or moved is no longer checkpointed
 		delete(st.regions, start)
 		if st.sub != nil {
 			st.sub.quota.Release(int64(rs.charged))

@@ -19,6 +19,7 @@ func (v *VCore) httpHandler() http.Handler {
 	mux.HandleFunc("GET /v1/subsystems", func(w http.ResponseWriter, r *http.Request) { api.WriteJSON(w, v.Subsystems()) })
 	mux.HandleFunc("GET /v1/pager", func(w http.ResponseWriter, r *http.Request) { api.WriteJSON(w, v.PagerStatus()) })
 	mux.Handle("GET /metrics", v.reg.Handler())
+	mux.HandleFunc("POST /v1/subsystems/{name}/checkpoint", v.handleCheckpoint)
 	v.serveExternal(mux)
 	return mux
 }

@@ -236,6 +236,9 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 		// An UNMAP the pager read changes core's view too.
 		RegionsChanged: func(id uint64) { go v.regionsChanged(id) },
 		Log:            v.log.With("part", "pager"),
+		// Persistent dataspaces: sync write tracking on request (else
+		// async where the kernel has it).
+		SyncWriteTracking: syncWriteTracking(),
 	}); err != nil {
 		return fmt.Errorf("vcore: start the pager: %w", err)
 	}
@@ -291,6 +294,13 @@ func (v *VCore) prepare() error {
 		s.quota = ramalloc.NewQuota(sc.Name, int64(sc.Memory))
 		for _, d := range sc.Local {
 			src, err := v.openSource(d)
+			if err == nil && d.Persistent {
+				var p *persistentDS
+				if p, err = v.openPersistent(sc.Name, d, src); err == nil {
+					src = p
+					v.closers = append(v.closers, p)
+				}
+			}
 			if err != nil {
 				return fmt.Errorf("vcore: subsystem %s: dataspace %s: %w", sc.Name, d.Name, err)
 			}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/vcored/vcored/internal/ckpt"
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
@@ -306,7 +307,21 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 			w.sub.cfg.Name, n, w.sub.maxRegions())
 		return
 	}
-	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local}
+	persist := persistentOf(w.sub, a.Name)
+	if !local {
+		persist = nil
+	}
+	if persist != nil {
+		if async, _ := v.pgr.WriteTracking(st.id); !async && v.grant.Pager == wire.PagerCentral {
+			// core's pager serves this uffd and would not record the
+			// write-protect faults of sync tracking.
+			v.mu.Unlock()
+			w.sub.quota.Release(int64(charged))
+			refuse(wire.CodeUnsupported, "persistent dataspace %q in central pager mode needs async write tracking (Linux 6.7)", a.Name)
+			return
+		}
+	}
+	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local, Track: persist != nil}
 	err := v.pgr.AddRegion(st.id, pr)
 	if errors.Is(err, pager.ErrOverlap) && v.staleOverlap(w.pid, a) && v.dropStaleLocked(st, region) {
 		err = v.pgr.AddRegion(st.id, pr)
@@ -320,6 +335,23 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		}
 		refuse(code, "register %#x+%#x: %v", a.Addr, a.Length, err)
 		return
+	}
+	if persist != nil {
+		// One region at a time (a stale one was dropped above).
+		if err := persist.reserve(); err != nil {
+			_ = v.pgr.RemoveRegion(st.id, uintptr(a.Addr))
+			v.mu.Unlock()
+			w.sub.quota.Release(int64(charged))
+			refuse(wire.CodeDenied, "%v", err)
+			return
+		}
+		if err := persist.start(v.pgr, st.id, ckpt.Region{Pid: w.pid, Addr: uintptr(a.Addr), Size: a.Length}); err != nil {
+			_ = v.pgr.RemoveRegion(st.id, uintptr(a.Addr))
+			v.mu.Unlock()
+			w.sub.quota.Release(int64(charged))
+			refuse(wire.CodeInternal, "start write tracking of persistent dataspace %q: %v", a.Name, err)
+			return
+		}
 	}
 	if old := st.regions[uintptr(a.Addr)]; old != nil && st.sub != nil {
 		// A region the worker unmapped without Detach, mapped anew.
@@ -493,6 +525,7 @@ func (v *VCore) detach(w *worker, addr uint64) {
 	if err := v.pgr.RemoveRegion(st.id, uintptr(addr)); err != nil && !errors.Is(err, pager.ErrUnknownUffd) && !errors.Is(err, pager.ErrNoRegion) {
 		v.log.Warn("remove region", "uffd", st.id, "addr", addr, "err", err)
 	}
+	v.untrackLocked(st, uintptr(addr))
 	delete(st.regions, uintptr(addr))
 	if st.sub != nil {
 		st.sub.quota.Release(int64(r.charged))
@@ -522,6 +555,7 @@ func (v *VCore) workerClosed(w *worker) {
 // returned and core drops its dup. Called with mu held.
 func (v *VCore) dropUffdLocked(st *uffdState, remove bool) {
 	delete(v.uffds, st.id)
+	v.untrackLocked(st, 0)
 	if remove {
 		if err := v.pgr.RemoveUffd(st.id); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
 			v.log.Warn("remove uffd", "uffd", st.id, "err", err)

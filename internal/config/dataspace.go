@@ -28,6 +28,9 @@ type Dataspace struct {
 	Source string
 	// Seed parameterises ContentPattern (0 otherwise).
 	Seed uint64
+	// Persistent (local dataspaces only): the memory outlives the worker
+	// in a checkpoint image under the vcore's state_dir.
+	Persistent bool
 }
 
 // decodeDataspace reads one [[dataspace]] table.
@@ -67,6 +70,7 @@ func decodeDataspace(t *table) Dataspace {
 	if t.has("seed") && ds.Content != ContentPattern {
 		t.d.add(t.key("seed"), ErrConflict, nil, "seed is only used with content = \"pattern\"")
 	}
+	decodePersistent(t, &ds)
 	t.done()
 	return ds
 }

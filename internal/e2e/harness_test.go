@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
-	if os.Getenv(limitHelperEnv) != "" {
+	if os.Getenv(limitHelperEnv) != "" || os.Getenv(ckptHelperEnv) != "" {
 		return m.Run() // a helper process of limits_test.go
 	}
 	if os.Geteuid() != 0 {

@@ -1,0 +1,68 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+)
+
+// CheckpointResult answers POST /v1/subsystems/NAME/checkpoint on a vcore:
+// what the checkpoint of a subsystem's persistent dataspaces wrote.
+type CheckpointResult struct {
+	Subsystem string `json:"subsystem"`
+	// FrozenNS is how long the subsystem's cgroup was frozen.
+	FrozenNS int64 `json:"frozen_ns"`
+	// Pages and Bytes sum the dataspaces' new layers.
+	Pages      int                   `json:"pages"`
+	Bytes      int64                 `json:"bytes"`
+	Dataspaces []CheckpointDataspace `json:"dataspaces"`
+}
+
+// CheckpointDataspace is one persistent dataspace of a checkpoint.
+type CheckpointDataspace struct {
+	Name  string `json:"name"`
+	Image string `json:"image"` // the image directory
+	// Attached: a worker had it attached; otherwise nothing was written
+	// (the image already holds its last state).
+	Attached  bool  `json:"attached"`
+	Pages     int   `json:"pages"`      // pages in the new layer (written since the last checkpoint)
+	DataPages int   `json:"data_pages"` // of them, not all zero
+	Bytes     int64 `json:"bytes"`      // the layer file's size
+	Layers    int   `json:"layers"`     // layers in the image afterwards
+	// Rescan: the dirty set was lost (an earlier checkpoint failed after
+	// collecting it), so every present page was stored.
+	Rescan    bool `json:"rescan,omitempty"`
+	Compacted bool `json:"compacted,omitempty"` // old layers were merged afterwards
+	// TouchPages is the length of the first-touch order recorded with
+	// the image (TOUCH-ORDER), for a restore's prefetch.
+	TouchPages int `json:"touch_pages"`
+}
+
+// Post sends an empty POST to path and decodes the JSON answer into v. It
+// has no time limit of its own: ctx bounds it.
+func (c *Client) Post(ctx context.Context, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://vcored"+path, nil)
+	if err != nil {
+		return err
+	}
+	hc := *c.hc
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", c.Socket, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", c.Socket, path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %s: %s", c.Socket, path, resp.Status, body)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("%s %s: decode: %w", c.Socket, path, err)
+	}
+	return nil
+}
