@@ -444,8 +444,14 @@ func (s *session) exchange(ctx context.Context, l *link, req *wire.Attach) (*wir
 	select {
 	case f = <-l.replies:
 	case <-l.dead:
-		s.breakLink()
-		return nil, fmt.Errorf("%w: the vcore closed the connection", wire.ErrClosed)
+		// The reader queues a frame before it marks the link dead: an
+		// answer that arrived just before the close is still the answer.
+		select {
+		case f = <-l.replies:
+		default:
+			s.breakLink()
+			return nil, fmt.Errorf("%w: the vcore closed the connection", wire.ErrClosed)
+		}
 	case <-ctx.Done():
 		s.breakLink() // the answer may still come: the exchange is out of step
 		return nil, ctx.Err()
