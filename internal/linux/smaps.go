@@ -2,7 +2,6 @@ package linux
 
 import (
 	"bufio"
-	"encoding/binary"
 	"fmt"
 	"os"
 	"strconv"
@@ -64,32 +63,14 @@ func uffdRegisteredIn(path string, start, length uintptr) (bool, error) {
 }
 
 // AnyPresentIn reports whether process pid has any page of [start,
-// start+length) present or swapped out (the pages it has touched), from
-// /proc/PID/pagemap (bits 63 and 62). Reading the pagemap faults nothing in.
+// start+length) present or swapped out (the pages it has touched); see
+// Pagemap.PresentPages. Reading the pagemap faults nothing in.
 func AnyPresentIn(pid int, start, length uintptr) (bool, error) {
-	ps := uintptr(pageSize)
-	if start%ps != 0 || length%ps != 0 {
-		return false, fmt.Errorf("linux: pagemap range %#x+%#x is not page-aligned", start, length)
-	}
-	f, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", pid))
+	p, err := OpenPagemap(pid)
 	if err != nil {
-		return false, fmt.Errorf("linux: %w", err)
+		return false, err
 	}
-	defer f.Close()
-	buf := make([]byte, 8*4096)
-	for a, end := start, start+length; a < end; {
-		n := min(uintptr(len(buf)/8), (end-a)/ps)
-		b := buf[:8*n]
-		if got, err := f.ReadAt(b, int64(a/ps*8)); got != len(b) {
-			return false, fmt.Errorf("linux: pagemap of pid %d at %#x: %w", pid, a, err)
-		}
-		for i := range n {
-			e := binary.NativeEndian.Uint64(b[8*i:])
-			if e&(1<<63) != 0 || (e&(1<<62) != 0 && e&0x1f < 24) {
-				return true, nil
-			}
-		}
-		a += n * ps
-	}
-	return false, nil
+	defer p.Close()
+	pages, err := p.PresentPages(start, start+length)
+	return len(pages) > 0, err
 }
