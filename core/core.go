@@ -110,11 +110,17 @@ func New(o Options) (*Core, error) {
 	}
 	gid := -1
 	if o.Config.SocketGroup != "" {
-		g, err := user.LookupGroup(o.Config.SocketGroup)
-		if err != nil {
-			return nil, fmt.Errorf("%w: socket_group %q: %w", ErrConfig, o.Config.SocketGroup, err)
+		// A numeric id is taken as it is (a machine without /etc/group, or
+		// a group only a directory service knows); a name is looked up.
+		if n, err := strconv.Atoi(o.Config.SocketGroup); err == nil && n >= 0 {
+			gid = n
+		} else {
+			g, err := user.LookupGroup(o.Config.SocketGroup)
+			if err != nil {
+				return nil, fmt.Errorf("%w: socket_group %q: %w", ErrConfig, o.Config.SocketGroup, err)
+			}
+			gid, _ = strconv.Atoi(g.Gid)
 		}
-		gid, _ = strconv.Atoi(g.Gid)
 	}
 	for _, ds := range o.Config.Dataspaces {
 		if ds.Source == "" {

@@ -156,6 +156,16 @@ func (p *persistentDS) reserve() error {
 	return nil
 }
 
+// holderPid is the pid of the process whose region holds p, or 0.
+func (p *persistentDS) holderPid() int {
+	p.attMu.Lock()
+	defer p.attMu.Unlock()
+	if p.att == nil {
+		return 0
+	}
+	return p.att.region.Pid
+}
+
 // unreserve undoes reserve after a failed attach.
 func (p *persistentDS) unreserve() {
 	p.attMu.Lock()

@@ -1,12 +1,15 @@
 package vcore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/vcored/vcored/internal/ckpt"
@@ -337,8 +340,14 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		return
 	}
 	if persist != nil {
-		// One region at a time (a stale one was dropped above).
-		if err := persist.reserve(); err != nil {
+		// One region at a time (a stale one was dropped above). A holder
+		// that has exited (a restarted worker attaching before the pager's
+		// exit notice reached the reaper) is forgotten first.
+		err := persist.reserve()
+		if err != nil && v.forgetExitedLocked(persist.holderPid()) {
+			err = persist.reserve()
+		}
+		if err != nil {
 			_ = v.pgr.RemoveRegion(st.id, uintptr(a.Addr))
 			v.mu.Unlock()
 			w.sub.quota.Release(int64(charged))
@@ -549,6 +558,41 @@ func (v *VCore) workerClosed(w *worker) {
 	if st := v.uffds[w.uffd]; st != nil {
 		v.log.Debug("worker connection closed; its regions stay served", "pid", w.pid, "uffd", st.id, "regions", len(st.regions))
 	}
+}
+
+// forgetExitedLocked drops the uffds of pid when that process has exited,
+// as the reaper would on its next round, and reports whether it dropped
+// any. Called with mu held.
+func (v *VCore) forgetExitedLocked(pid int) bool {
+	if pid <= 0 || processAlive(pid) {
+		return false
+	}
+	dropped := false
+	for _, st := range v.uffds {
+		if st.pid == pid {
+			v.log.Debug("worker gone: forgetting its uffd", "uffd", st.id, "pid", pid)
+			v.dropUffdLocked(st, true)
+			dropped = true
+		}
+	}
+	return dropped
+}
+
+// processAlive reports whether pid names a live process (a zombie counts
+// as exited: its memory is gone).
+func processAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// "pid (comm) S ...": the state follows the last ')'.
+	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+		return b[i+2] != 'Z' && b[i+2] != 'X'
+	}
+	return true
 }
 
 // dropUffdLocked forgets a uffd: the pager closes it (remove), its quota is

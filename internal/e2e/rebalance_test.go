@@ -26,7 +26,7 @@ func burner(name string) string {
 	return fmt.Sprintf(`
 [[subsystem]]
 name = %q
-command = ["nice", "-n", "19", "sh", "-c", "while :; do :; done"]
+command = ["sh", "-c", "renice -n 19 -p $$ >/dev/null; while :; do :; done"]
 cpus = 1
 memory = "32MiB"
 `, name)

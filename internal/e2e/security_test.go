@@ -349,7 +349,7 @@ func (c *cluster) runPeer(t *testing.T, holder string) map[string]map[string]str
 // Release. The real vcore re-claims its partition afterwards.
 func TestSecurityGroupMemberIsReadOnly(t *testing.T) {
 	c := newCluster(t)
-	core := c.startCore(strings.Replace(c.coreConfig(`socket_group = "nogroup"`), `orphan_grace = "30s"`, `orphan_grace = "10m"`, 1))
+	core := c.startCore(strings.Replace(c.coreConfig(`socket_group = "65534"`), `orphan_grace = "30s"`, `orphan_grace = "10m"`, 1))
 	c.helperBin() // the directory must be reachable by nobody
 
 	// A free node: the member cannot claim it.
