@@ -77,6 +77,9 @@ nri-deps:
 # interpreter and libraries, and the pods' pause binary, all added to the
 # initramfs with --extra. Not part of `make vmtest` (see README).
 NRI_GUEST_DIR := $(CURDIR)/bin/nri-guest
+# NRI_RUN=NRIPlacement NRI_MEM_PER_NODE=1G also runs TestNRIPlacement there.
+NRI_RUN          ?= NUMA
+NRI_MEM_PER_NODE ?= 768M
 NRI_GUEST_TOOLS = $(NRI_GUEST_DIR)/containerd,$(NRI_GUEST_DIR)/containerd-shim-runc-v2,$(NRI_GUEST_DIR)/ctr,$(NRI_GUEST_DIR)/crictl,$(NRI_GUEST_DIR)/nrie2e-pause
 
 .PHONY: nri-guest-deps vmtest-nri
@@ -107,6 +110,6 @@ nri-guest-deps:
 
 vmtest-nri: nri-guest-deps
 	$(GO) build -o bin/vmtest ./internal/vmtest/cmd/vmtest
-	bin/vmtest --nodes 2 --cpus-per-node $(CPUS_PER_NODE) --mem-per-node $(MEM_PER_NODE) \
-		--timeout $(VMTEST_TIMEOUT) --pkgs ./internal/nrie2e --run NUMA \
+	bin/vmtest --nodes 2 --cpus-per-node $(CPUS_PER_NODE) --mem-per-node $(NRI_MEM_PER_NODE) \
+		--timeout $(VMTEST_TIMEOUT) --pkgs ./internal/nrie2e --run '$(NRI_RUN)' \
 		--extra $(NRI_GUEST_TOOLS),$$(command -v runc) $(VMTEST_FLAGS)

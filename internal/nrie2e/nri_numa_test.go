@@ -18,24 +18,6 @@ import (
 	"github.com/vcored/vcored/topology"
 )
 
-// guestEtcFiles makes the files containerd copies into a host-network
-// sandbox (/etc/hosts, /etc/resolv.conf), which the guest's initramfs
-// lacks; they are removed at the end. Outside the guest it does nothing.
-func guestEtcFiles(t *testing.T) {
-	if !inGuest() {
-		return
-	}
-	for name, body := range map[string]string{"/etc/hosts": "127.0.0.1 localhost\n", "/etc/resolv.conf": ""} {
-		if _, err := os.Stat(name); err == nil {
-			continue
-		}
-		if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.Remove(name) })
-	}
-}
-
 // TestNRIPlacementNUMA: core, a vcore on node 0 and one on node 1, and a
 // pod with two containers annotated for node 1 (1 CPU each) and a plain
 // one. The annotated ones get disjoint CPUs of node 1's partition,
@@ -55,7 +37,6 @@ func TestNRIPlacementNUMA(t *testing.T) {
 	if skip != "" {
 		t.Skip(skip)
 	}
-	guestEtcFiles(t)
 	n0, n1 := m.Nodes[0].ID, m.Nodes[1].ID
 	e := newEnvOn(t, "192MiB", n0, n1)
 	part := e.vcores[1].cpus
@@ -92,7 +73,7 @@ func TestNRIPlacementNUMA(t *testing.T) {
 			return strings.Contains(out, "WORKER-OK"), tail(out, 600)
 		})
 	}
-	t.Logf("workers verified their pages after %s", time.Since(t0).Round(time.Millisecond))
+	t.Logf("workers verified their pages after %s; %s", time.Since(t0).Round(time.Millisecond), memAvailable())
 
 	// Node 1's vcore placed both and served the pages; node 0's has none.
 	exts := vcoreGetFrom[[]api.External](e, sock1, "/v1/external")
@@ -213,4 +194,16 @@ func TestNRIPlacementNUMA(t *testing.T) {
 	e.crictl("stopp", bigPod)
 	e.crictl("rmp", bigPod)
 	t.Logf("done after %s", time.Since(t0).Round(time.Millisecond))
+}
+
+// memAvailable is /proc/meminfo's MemAvailable (the guest's headroom with
+// containerd, the shims and the pods running), for the log.
+func memAvailable() string {
+	data, _ := os.ReadFile("/proc/meminfo")
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			return "MemAvailable " + strings.Join(strings.Fields(v), " ")
+		}
+	}
+	return "MemAvailable unknown"
 }

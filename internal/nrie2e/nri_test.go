@@ -196,8 +196,9 @@ func tail(s string, n int) string {
 }
 
 // newEnv builds the binaries and the image and starts everything, with one
-// vcore on node 0.
-func newEnv(t *testing.T) *env { return newEnvOn(t, "512MiB", 0) }
+// vcore on node 0 (192MiB: room for three 64MiB containers, and less than
+// a node of the qemu guest has).
+func newEnv(t *testing.T) *env { return newEnvOn(t, "192MiB", 0) }
 
 // vcoreInfo is one vcore of the env: vcore<i> runs on nodes[i].
 type vcoreInfo struct {
@@ -237,6 +238,7 @@ func newEnvOn(t *testing.T, memory string, nodes ...hw.Node) *env {
 			t.Skipf("no %s in the guest (make vmtest-nri installs it with the container tools): %v", guestPause, err)
 		}
 	}
+	guestEtcFiles(t)
 	dir, err := os.MkdirTemp("", "vcored-nri-")
 	if err != nil {
 		t.Fatal(err)
@@ -506,6 +508,24 @@ func (e *env) cleanup() {
 		os.RemoveAll(e.dir)
 	} else {
 		e.t.Logf("kept %s", e.dir)
+	}
+}
+
+// guestEtcFiles makes the files containerd copies into a host-network
+// sandbox (/etc/hosts, /etc/resolv.conf), which the guest's initramfs
+// lacks; they are removed at the end. Outside the guest it does nothing.
+func guestEtcFiles(t *testing.T) {
+	if !inGuest() {
+		return
+	}
+	for name, body := range map[string]string{"/etc/hosts": "127.0.0.1 localhost\n", "/etc/resolv.conf": ""} {
+		if _, err := os.Stat(name); err == nil {
+			continue
+		}
+		if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(name) })
 	}
 }
 

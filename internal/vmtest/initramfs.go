@@ -93,6 +93,8 @@ echo "+cpuset +memory +pids" > ` + cgroupRoot + `/cgroup.subtree_control || echo
 # With NUMA balancing on, move_pages(nodes=NULL) reports present pages as
 # -ENOENT on 6.1: placement checks need it off.
 echo 0 > /proc/sys/kernel/numa_balancing
+# Loopback up: servers on 127.0.0.1 (containerd's CRI streaming server).
+ip link set lo up || echo "vmtest: cannot bring lo up"
 set -a
 . ` + guestEnvFile + `
 set +a
