@@ -6,6 +6,7 @@
 #   make vmtest NODES=3     one guest with 3 nodes (NODES takes a comma list too)
 #   make vmtest2 / vmtest4  one guest with 2 / 4 nodes
 #   make vmtest VMTEST_FLAGS='--run Mbind --keep'   extra harness flags
+#   make vmtest-nri         the NRI test (containerd in a 2-node guest; see below)
 #
 # The guest runs every package with a *_numa_test.go file plus
 # internal/vmtest.CorePackages; see internal/vmtest/doc.go.
