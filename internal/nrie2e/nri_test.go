@@ -59,6 +59,9 @@ func TestMain(m *testing.M) {
 		}
 		if err != nil && skip == "" {
 			skip = fmt.Sprintf("%s not found in PATH or %s (run `make nri-deps`)", name, gobin)
+			if inGuest() {
+				skip = fmt.Sprintf("%s not found in the guest's PATH (make vmtest-nri installs the container tools)", name)
+			}
 		}
 		if o := os.Getenv("NRIE2E_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); o != "" {
 			p = o
@@ -107,7 +110,8 @@ type env struct {
 	bin      string // vcored
 	procs    []*proc
 	machine  *topology.Machine
-	partCPUs hw.CPUSet
+	partCPUs hw.CPUSet // the first vcore's partition
+	vcores   []vcoreInfo
 	ctrd     *proc
 	plugin   *proc
 	// absent are the hostPaths that did not exist before containerd ran.
@@ -191,8 +195,29 @@ func tail(s string, n int) string {
 	return s
 }
 
-// newEnv builds the binaries and the image and starts everything.
-func newEnv(t *testing.T) *env {
+// newEnv builds the binaries and the image and starts everything, with one
+// vcore on node 0 (192MiB: room for three 64MiB containers, and less than
+// a node of the qemu guest has).
+func newEnv(t *testing.T) *env { return newEnvOn(t, "192MiB", 0) }
+
+// vcoreInfo is one vcore of the env: vcore<i> runs on nodes[i].
+type vcoreInfo struct {
+	node   hw.Node
+	cpus   hw.CPUSet // its partition: the node's usable CPUs but core's
+	socket string
+}
+
+// inGuest: the qemu guest of `make vmtest-nri` (no go tool there; the
+// harness installed vcored, the tools and the pause binary).
+func inGuest() bool { return os.Getenv("VMTEST") == "1" }
+
+// guestPause is the pause binary's name on the guest's PATH (see the
+// Makefile's vmtest-nri).
+const guestPause = "nrie2e-pause"
+
+// newEnvOn starts core, a vcore per node (each with memory), containerd
+// and the plugin, and imports the image.
+func newEnvOn(t *testing.T, memory string, nodes ...hw.Node) *env {
 	if skip != "" {
 		t.Skip(skip)
 	}
@@ -207,6 +232,13 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Skipf("no busybox (Debian's busybox-static) for the workload image: %v", err)
 	}
+	var pause string
+	if inGuest() {
+		if pause, err = exec.LookPath(guestPause); err != nil {
+			t.Skipf("no %s in the guest (make vmtest-nri installs it with the container tools): %v", guestPause, err)
+		}
+	}
+	guestEtcFiles(t)
 	dir, err := os.MkdirTemp("", "vcored-nri-")
 	if err != nil {
 		t.Fatal(err)
@@ -224,26 +256,44 @@ func newEnv(t *testing.T) *env {
 			t.Fatalf("build %s: %v\n%s", pkg, err, b)
 		}
 	}
-	build(e.bin, "github.com/vcored/vcored/cmd/vcored")
-	build(e.path("pause"), "./testdata/pause")
+	if inGuest() {
+		e.bin = os.Getenv("VCORED")
+	} else {
+		build(e.bin, "github.com/vcored/vcored/cmd/vcored")
+		pause = e.path("pause")
+		build(pause, "./testdata/pause")
+	}
 	tarball := e.path("image.tar")
-	if err := writeImage(tarball, image, map[string]string{"pause": e.path("pause"), "vcored": e.bin, "bin/busybox": busybox}); err != nil {
+	if err := writeImage(tarball, image, map[string]string{"pause": pause, "vcored": e.bin, "bin/busybox": busybox}); err != nil {
 		t.Fatal(err)
 	}
 
-	// core + one vcore on node 0.
+	// core + a vcore per node.
 	lowest, _ := m.AllowedCPUs.Min()
-	node0 := m.Nodes[0].CPUs.Intersect(m.AllowedCPUs)
-	e.partCPUs = node0.Difference(hw.MustParse[hw.CPU](strconv.Itoa(int(lowest))))
+	for i, id := range nodes {
+		n, ok := m.NodeByID(id)
+		if !ok {
+			t.Skipf("no node %d on this host (%s)", id, m.NodeIDs())
+		}
+		cpus := n.CPUs.Intersect(m.AllowedCPUs).Difference(hw.NewSet(lowest))
+		if cpus.IsEmpty() {
+			t.Skipf("node %d has no CPU for a partition (core keeps CPU %d)", id, lowest)
+		}
+		e.vcores = append(e.vcores, vcoreInfo{node: id, cpus: cpus, socket: e.path(fmt.Sprintf("vcore%d/vcore%d.sock", i, i))})
+	}
+	e.partCPUs = e.vcores[0].cpus
 	e.write("core.toml", fmt.Sprintf("socket = %q\nstate_dir = %q\ncgroup_parent = %q\nreserved_cpus = \"%d\"\nreserved_memory = \"64MiB\"\n",
 		e.path("core.sock"), e.path("core-state"), e.cgParent+"-vcored", lowest))
-	os.MkdirAll(e.path("vcore0"), 0o755)
-	e.write("vcore0.toml", fmt.Sprintf("node = 0\ncore_socket = %q\nsocket = %q\nstate_dir = %q\ncpus = %q\nmemory = \"512MiB\"\nstop_grace = \"2s\"\n",
-		e.path("core.sock"), e.vcoreSocket(), e.path("vcore0-state"), e.partCPUs.String()))
 	core := e.start("core", nil, e.bin, "core", "--config", e.path("core.toml"))
 	e.waitAPI(core, e.path("core.sock"))
-	vc := e.start("vcore0", nil, e.bin, "vcore", "--config", e.path("vcore0.toml"))
-	e.waitAPI(vc, e.vcoreSocket())
+	for i, v := range e.vcores {
+		name := fmt.Sprintf("vcore%d", i)
+		os.MkdirAll(e.path(name), 0o755)
+		e.write(name+".toml", fmt.Sprintf("node = %d\ncore_socket = %q\nsocket = %q\nstate_dir = %q\ncpus = %q\nmemory = %q\nstop_grace = \"2s\"\n",
+			v.node, e.path("core.sock"), v.socket, e.path(name+"-state"), v.cpus.String(), memory))
+		vc := e.start(name, nil, e.bin, "vcore", "--config", e.path(name+".toml"))
+		e.waitAPI(vc, v.socket)
+	}
 
 	e.startContainerd()
 	out, err := exec.Command(tools["ctr"], "--address", e.path("containerd.sock"), "-n", "k8s.io", "images", "import",
@@ -256,7 +306,8 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func (e *env) vcoreSocket() string { return e.path("vcore0/vcore0.sock") }
+// vcoreSocket is the first vcore's socket.
+func (e *env) vcoreSocket() string { return e.vcores[0].socket }
 
 func (e *env) write(name, body string) string {
 	p := e.path(name)
@@ -321,10 +372,11 @@ state = %[2]q
         BinaryName = %[8]q
         Root = %[9]q
         SystemdCgroup = false
+        NoPivotRoot = %[11]v
 [plugins.'io.containerd.grpc.v1.cri']
   disable_tcp_service = true
 `, e.path("ctrd-root"), e.path("ctrd-state"), e.path("containerd.sock"), e.path("containerd.sock.ttrpc"),
-		e.path("nri.sock"), e.path("nri-plugins"), image, tools["runc"], e.path("runc-root"), e.path("opt"))
+		e.path("nri.sock"), e.path("nri-plugins"), image, tools["runc"], e.path("runc-root"), e.path("opt"), rootIsRamfs())
 	for _, p := range hostPaths {
 		if _, err := os.Stat(p); os.IsNotExist(err) {
 			e.absent = append(e.absent, p)
@@ -457,6 +509,39 @@ func (e *env) cleanup() {
 	} else {
 		e.t.Logf("kept %s", e.dir)
 	}
+}
+
+// guestEtcFiles makes the files containerd copies into a host-network
+// sandbox (/etc/hosts, /etc/resolv.conf), which the guest's initramfs
+// lacks; they are removed at the end. Outside the guest it does nothing.
+func guestEtcFiles(t *testing.T) {
+	if !inGuest() {
+		return
+	}
+	for name, body := range map[string]string{"/etc/hosts": "127.0.0.1 localhost\n", "/etc/resolv.conf": ""} {
+		if _, err := os.Stat(name); err == nil {
+			continue
+		}
+		if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(name) })
+	}
+}
+
+// rootIsRamfs says whether / is the initial ramfs (the qemu guest's
+// initramfs), where pivot_root(2) fails with EINVAL: runc must then move
+// the container's root with MS_MOVE and chroot (NoPivotRoot).
+func rootIsRamfs() bool {
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	for line := range strings.SplitSeq(string(data), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if f := strings.Fields(pre); ok && len(f) > 4 && f[4] == "/" {
+			fs := strings.Fields(post)
+			return len(fs) > 0 && (fs[0] == "rootfs" || fs[0] == "ramfs")
+		}
+	}
+	return false
 }
 
 func killShims(dir string) {

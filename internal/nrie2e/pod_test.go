@@ -54,8 +54,14 @@ func (e *env) ctrConfig(pod, name string, cpus int, annotations map[string]strin
 	return e.write(pod+"-"+name+".json", string(b))
 }
 
-// vcoreGet fetches path from the vcore.
+// vcoreGet fetches path from the first vcore.
 func vcoreGet[T any](e *env, path string) T {
+	e.t.Helper()
+	return vcoreGetFrom[T](e, e.vcoreSocket(), path)
+}
+
+// vcoreGetFrom fetches path from the vcore at sock.
+func vcoreGetFrom[T any](e *env, sock, path string) T {
 	e.t.Helper()
 	// Retried for a minute: the vcore is pinned to a CPU other tests share.
 	var (
@@ -64,7 +70,7 @@ func vcoreGet[T any](e *env, path string) T {
 	)
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err = api.NewClient(e.vcoreSocket()).Get(ctx, path, &v)
+		err = api.NewClient(sock).Get(ctx, path, &v)
 		cancel()
 		if err == nil {
 			return v

@@ -18,8 +18,8 @@
 //
 // Inside the guest /init mounts proc, sysfs, devtmpfs, tmpfs (/tmp, /run) and
 // cgroup2 on /sys/fs/cgroup (+cpuset +memory +pids enabled for children),
-// sets kernel.numa_balancing=0 (with it on, move_pages misreports present
-// pages on 6.1), exports VMTEST=1, VMTEST_NODES, VMTEST_CPUS_PER_NODE and
+// brings lo up, sets kernel.numa_balancing=0 (with it on, move_pages
+// misreports present pages on 6.1), exports VMTEST=1, VMTEST_NODES, VMTEST_CPUS_PER_NODE and
 // VMTEST_MEM_PER_NODE (see GuestEnv), puts vcored on PATH (also exported as
 // VCORED), and runs every test binary from its package directory (so
 // testdata/ resolves as under `go test`).
@@ -29,6 +29,12 @@
 // CorePackages. Tests that need n nodes skip on hosts with fewer, saying how
 // many they found; in the guest they read the expected shape from GuestEnv.
 //
+// Tools a test needs in the guest are added with --extra HOST[=GUEST]
+// (default GUEST /usr/bin/<name>): a dynamically linked binary comes with
+// its ELF interpreter and the libraries ldd lists, at their host paths
+// (WithLibs). `make vmtest-nri` uses it for containerd, the shim, ctr,
+// crictl (static builds) and Debian's runc.
+//
 // Entry points: `make vmtest` (2 then 4 nodes), `make vmtest2`, `make vmtest4`,
-// or `go run ./internal/vmtest/cmd/vmtest --nodes 2,4 --cpus-per-node 2`.
+// `make vmtest-nri`, or `go run ./internal/vmtest/cmd/vmtest --nodes 2,4 --cpus-per-node 2`.
 package vmtest

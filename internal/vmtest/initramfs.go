@@ -40,6 +40,9 @@ type Image struct {
 	// TestArgs are passed to every test binary (e.g. -test.v,
 	// -test.run=REGEX, -test.timeout=5m).
 	TestArgs []string
+	// Extras are further host files (tools the tests run), with their
+	// parent directories; WithLibs adds a dynamic binary's libraries.
+	Extras []Extra
 }
 
 // Guest paths.
@@ -90,6 +93,8 @@ echo "+cpuset +memory +pids" > ` + cgroupRoot + `/cgroup.subtree_control || echo
 # With NUMA balancing on, move_pages(nodes=NULL) reports present pages as
 # -ENOENT on 6.1: placement checks need it off.
 echo 0 > /proc/sys/kernel/numa_balancing
+# Loopback up: servers on 127.0.0.1 (containerd's CRI streaming server).
+ip link set lo up || echo "vmtest: cannot bring lo up"
 set -a
 . ` + guestEnvFile + `
 set +a
@@ -179,7 +184,8 @@ func WriteInitramfs(w io.Writer, img Image) error {
 	if err := c.File(guestInit, 0o755, []byte(InitScript(img))); err != nil {
 		return err
 	}
-	made := map[string]bool{guestSrcDir: true}
+	made := map[string]bool{guestSrcDir: true, "/bin": true, "/sbin": true, "/usr": true, "/usr/bin": true,
+		"/usr/sbin": true, "/etc": true, "/dev": true, "/tmp": true, "/run": true, "/root": true}
 	mkdirs := func(dir string) error {
 		var chain []string
 		for d := dir; !made[d] && d != "/" && d != "."; d = path.Dir(d) {
@@ -192,6 +198,22 @@ func WriteInitramfs(w io.Writer, img Image) error {
 			made[chain[i]] = true
 		}
 		return nil
+	}
+	added := map[string]bool{}
+	for _, x := range img.Extras {
+		if added[x.Guest] {
+			continue // a library two extras need
+		}
+		added[x.Guest] = true
+		if !path.IsAbs(x.Guest) {
+			return fmt.Errorf("vmtest: initramfs extra %s: guest path %q is not absolute", x.Host, x.Guest)
+		}
+		if err := mkdirs(path.Dir(x.Guest)); err != nil {
+			return err
+		}
+		if err := addHostFile(c, x.Guest, x.Host); err != nil {
+			return err
+		}
 	}
 	for _, tb := range img.Binaries {
 		if err := addHostFile(c, path.Join(guestBinDir, tb.Name+".test"), tb.Path); err != nil {

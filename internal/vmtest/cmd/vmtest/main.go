@@ -49,6 +49,7 @@ type options struct {
 	verbose     bool
 	gzip        bool
 	noVcored    bool
+	extras      []vmtest.Extra
 }
 
 func parseNodes(s string) ([]int, error) {
@@ -79,6 +80,19 @@ func run() int {
 	flag.BoolVar(&o.verbose, "v", true, "run test binaries with -test.v")
 	flag.BoolVar(&o.gzip, "gzip", false, "gzip the initramfs (smaller file, slower boot under TCG)")
 	flag.BoolVar(&o.noVcored, "no-vcored", false, "do not build vcored into the guest")
+	flag.Func("extra", "HOST[=GUEST]: also install this host file in the guest (default GUEST: "+vmtest.DefaultExtraDir+"/<name>), with the\ninterpreter and libraries of a dynamic binary; repeatable, or a comma list", func(s string) error {
+		for _, f := range strings.Split(s, ",") {
+			if f = strings.TrimSpace(f); f == "" {
+				continue
+			}
+			x, err := vmtest.ParseExtra(f)
+			if err != nil {
+				return err
+			}
+			o.extras = append(o.extras, x)
+		}
+		return nil
+	})
 	flag.Parse()
 	if flag.NArg() != 0 {
 		fmt.Fprintf(os.Stderr, "vmtest: unexpected arguments %q\n", flag.Args())
@@ -166,6 +180,16 @@ func runAll(ctx context.Context, o options) (int, error) {
 		if img.Vcored, err = b.Vcored(tmp); err != nil {
 			return vmtest.ExitHarness, fmt.Errorf("%w\n(--no-vcored runs the guest without it)", err)
 		}
+	}
+	for _, x := range o.extras {
+		xs, err := vmtest.WithLibs(x)
+		if err != nil {
+			return vmtest.ExitHarness, err
+		}
+		for _, l := range xs[1:] {
+			fmt.Printf("vmtest: %s needs %s\n", x.Host, l.Host)
+		}
+		img.Extras = append(img.Extras, xs...)
 	}
 	for _, p := range pkgs {
 		fmt.Printf("vmtest: building test binary of %s\n", p)
