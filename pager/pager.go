@@ -138,6 +138,9 @@ type Options struct {
 	// NoPoison delivers SIGBUS with tgkill even where the kernel has
 	// UFFDIO_POISON (tests of the pre-6.6 fallback).
 	NoPoison bool
+	// PrefetchMax is the most pages mapped ahead of one stream of a
+	// Prefetch region; 0 means DefaultPrefetchMax.
+	PrefetchMax int
 	// SyncWriteTracking makes Track regions use synchronous write
 	// protection even where the kernel has async (what a kernel before
 	// 6.7 gets): for tests and comparisons. See TakeWritten.
@@ -173,6 +176,9 @@ type Region struct {
 	// copied in write-protected (never as the shared zero page): one the
 	// worker only reads stays clean.
 	Track bool
+	// Prefetch: the pager maps pages ahead of sequential and strided fault
+	// streams in the region (see prefetch.go). Ignored for Forward regions.
+	Prefetch bool
 }
 
 // End is the first address after the region.
@@ -278,6 +284,9 @@ type region struct {
 	Region
 	end uintptr
 	ds  int // dataspace index in the stats table
+	// stream is the fault-stream detector of a Prefetch region (nil
+	// otherwise).
+	stream *stream
 }
 
 func (e *uffdEntry) table() []*region {
@@ -333,6 +342,9 @@ func New(opts Options) (*Pager, error) {
 
 		unknown: map[unknownKey]*unknownFault{},
 	}
+	if p.opts.PrefetchMax <= 0 {
+		p.opts.PrefetchMax = DefaultPrefetchMax
+	}
 	if p.opts.UnknownGrace <= 0 {
 		p.opts.UnknownGrace = DefaultUnknownGrace
 	}
@@ -341,7 +353,8 @@ func New(opts Options) (*Pager, error) {
 	p.byToken.Store(&empty)
 	bufSize := p.around * int(p.ps)
 	p.bufPool.New = func() any { b := make([]byte, bufSize); return &b }
-	p.zero = make([]byte, bufSize)
+	// The zero source also serves prefetch chunks of zero content.
+	p.zero = make([]byte, max(bufSize, prefetchChunk*int(p.ps)))
 
 	var err error
 	if p.ep, err = linux.NewEpoll(); err != nil {
@@ -582,6 +595,9 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 		}
 	}
 	nr := &region{Region: r, end: r.End(), ds: p.stats.indexOf(r.Dataspace)}
+	if r.Prefetch && !r.Forward {
+		nr.stream = new(stream)
+	}
 	table := make([]*region, 0, len(old)+1)
 	table = append(append(append(table, old[:i]...), nr), old[i:]...)
 	e.regions.Store(&table)
@@ -790,13 +806,14 @@ func (p *Pager) Resolve(id uint64, addr uintptr) error {
 // copy-on-write fault in the kernel, so the pages are copied from a zero
 // buffer instead (UFFDIO_COPY allocates them at once).
 func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write bool) (int, error) {
+	lo, hi := p.window(r, addr)
+	return p.resolveRange(e, r, addr, lo, hi, buf, write)
+}
+
+// resolveRange is resolve of the window [lo, hi) around addr (buf holds
+// hi-lo bytes).
+func (p *Pager) resolveRange(e *uffdEntry, r *region, addr, lo, hi uintptr, buf []byte, write bool) (int, error) {
 	ps := p.ps
-	lo, hi := addr, addr+ps
-	if p.around > 1 {
-		idx := (addr - r.Start) / ps
-		lo = r.Start + (idx-idx%uintptr(p.around))*ps
-		hi = min(lo+uintptr(p.around)*ps, r.end)
-	}
 	if r.Content.IsZero() && !write && !r.Track {
 		n, err := e.u.ZeroPage(lo, hi-lo, 0)
 		if err == nil || !errors.Is(err, linux.EEXIST) {
@@ -1022,6 +1039,9 @@ func (p *Pager) subRegion(r *region, s, t uintptr) *region {
 	n := *r
 	n.Offset = r.Offset + uint64(s-r.Start)
 	n.Start, n.Length, n.end = s, t-s, t
+	if n.stream != nil {
+		n.stream = new(stream)
+	}
 	return &n
 }
 

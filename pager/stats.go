@@ -13,6 +13,9 @@ type DataspaceStats struct {
 	Faults uint64
 	// Pages mapped (more than Faults with fault-around).
 	Pages uint64
+	// Prefetched pages mapped ahead of a fault stream (counted in Pages
+	// too).
+	Prefetched uint64
 	// Forwarded faults handed to Options.Forward.
 	Forwarded uint64
 	// Errors: faults that could not be resolved (outside every region,
@@ -75,7 +78,7 @@ func (p *Pager) Stats() map[string]DataspaceStats {
 			continue
 		}
 		out[name] = DataspaceStats{
-			Faults: c.faults, Pages: c.pages, Forwarded: c.forwarded, Errors: c.errors,
+			Faults: c.faults, Pages: c.pages, Prefetched: c.prefetched, Forwarded: c.forwarded, Errors: c.errors,
 			Latency: c.lat.snapshot(),
 		}
 	}
@@ -140,13 +143,14 @@ func (s *threadStats) get(ds int) *dsCounters { return getCounters(&s.ds, ds) }
 
 // dsCounters are the counters of one dataspace on one thread.
 type dsCounters struct {
-	faults, pages, forwarded, errors uint64
-	lat                              latRecorder
+	faults, pages, prefetched, forwarded, errors uint64
+	lat                                          latRecorder
 }
 
 func (c *dsCounters) add(o *dsCounters) {
 	c.faults += o.faults
 	c.pages += o.pages
+	c.prefetched += o.prefetched
 	c.forwarded += o.forwarded
 	c.errors += o.errors
 	for i, n := range o.lat.counts {

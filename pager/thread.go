@@ -22,6 +22,8 @@ type thread struct {
 	msgs  [16]linux.UffdMsg
 	buf   []byte // FaultAround pages, mmap'd (page-aligned)
 	again []againFault
+	jobs  []prefetchJob // pending prefetch, served when no event is
+	pbuf  []byte        // prefetchChunk pages, mmap'd, for prefetch copies
 
 	stats threadStats
 }
@@ -50,12 +52,29 @@ func (t *thread) run(started chan<- error) {
 	}
 	defer linux.Munmap(buf)
 	t.buf = buf
+	pbuf, err := linux.Mmap(max(prefetchChunk, t.p.around)*int(t.p.ps), linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		started <- fmt.Errorf("pager: thread %d: prefetch buffer: %w", t.idx, err)
+		return
+	}
+	defer linux.Munmap(pbuf)
+	t.pbuf = pbuf
 	started <- nil
 	for {
-		n, err := t.p.ep.Wait(t.evs[:], -1)
+		// With prefetch pending, only poll: every event (a real fault
+		// first of all) is served before the next chunk is mapped.
+		timeout := -1
+		if len(t.jobs) > 0 {
+			timeout = 0
+		}
+		n, err := t.p.ep.Wait(t.evs[:], timeout)
 		if err != nil {
 			t.p.log.Error("pager thread stops: epoll_wait failed", "thread", t.idx, "err", err)
 			return
+		}
+		if n == 0 {
+			t.prefetchStep()
+			continue
 		}
 		for i := range n {
 			tok := t.evs[i].Token()
@@ -152,8 +171,22 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 		e.touch.record(addr)
 	}
 	write := m.PagefaultFlags()&linux.UFFD_PAGEFAULT_FLAG_WRITE != 0
-	pages, err := p.resolve(e, r, addr, t.buf, write)
+	if r.stream == nil {
+		pages, err := p.resolve(e, r, addr, t.buf, write)
+		st.pages += uint64(pages)
+		return t.settle(e, r, addr, write, start, err, st)
+	}
+	// A Prefetch region: the detector may widen the window (the stream
+	// caught up with what is mapped ahead of it) and queue what to map
+	// ahead once the faulting thread is awake.
+	lo, hi := p.window(r, addr)
+	hi, job, ok := p.observe(r, addr, lo, hi)
+	pages, err := p.resolveRange(e, r, addr, lo, hi, t.pbuf, write)
 	st.pages += uint64(pages)
+	if err == nil && ok {
+		job.e = e
+		t.queuePrefetch(job)
+	}
 	return t.settle(e, r, addr, write, start, err, st)
 }
 
