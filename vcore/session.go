@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/vcored/vcored/internal/config"
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hist"
 	"github.com/vcored/vcored/internal/hw"
@@ -540,6 +541,8 @@ func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
 	if !r.Forward {
 		if sub := v.regionSub(st, r); sub != nil {
 			pr.Content = sub.source(r.Dataspace)
+			d, _ := sub.localDataspace(r.Dataspace)
+			pr.Prefetch = d.Prefetch == config.PrefetchSequential
 		}
 		if pr.Content == nil {
 			pr.Forward = true

@@ -137,7 +137,7 @@ func TestParseVCoreFull(t *testing.T) {
 			Name: "toucher", Command: []string{"/usr/local/bin/worker", "--pages", "4096"}, CPUs: CPURequest{Count: 2},
 			Memory: 256 * hw.MiB, Restart: RestartAlways, MaxRestarts: 0, BackoffInitial: time.Second, BackoffMax: time.Minute,
 			Env: map[string]string{"GOMAXPROCS": "2"}, Dataspaces: []string{"dataset"},
-			Local:          []Dataspace{{Name: "scratch", Size: 16 * hw.MiB, Content: ContentPattern, Seed: 3}},
+			Local:          []Dataspace{{Name: "scratch", Size: 16 * hw.MiB, Content: ContentPattern, Seed: 3, Prefetch: PrefetchOff}},
 			MaxConnections: DefaultMaxConnections, MaxRegions: DefaultMaxRegions, PidsMax: DefaultPidsMax,
 		}, {
 			Name: "idle", Command: []string{"sleep", "infinity"}, CPUs: CPURequest{List: hw.MustParse[hw.CPU]("6-7")},
