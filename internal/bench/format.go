@@ -140,6 +140,14 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(w, "        fault-around %d per page ÷ kernel first touch: local %s, raw floor %s\n",
 			r.FaultAround.Pages, ratioText(rt.FaultAroundPerPageOverKernel), ratioText(rt.RawFaultAroundOverKernel))
 	}
+	if rt.PrefetchPerPageOverKernel > 0 || rt.PrefetchOnOverOff > 0 {
+		fmt.Fprintf(w, "        prefetch: local_prefetch per page ÷ kernel first touch (seq) %s; prefetch on ÷ off per page (--pattern %s) %s\n",
+			ratioText(rt.PrefetchPerPageOverKernel), r.Params.Pattern, ratioText(rt.PrefetchOnOverOff))
+	}
+	if rt.CentralOverLocalVsFloors > 0 {
+		fmt.Fprintf(w, "        central ÷ local against what the floors allow, (central ÷ local) ÷ (raw_cross ÷ raw_xproc): %s\n",
+			ratioText(rt.CentralOverLocalVsFloors))
+	}
 	ipis := func(v float64, ok bool) string {
 		if !ok || v < 0 {
 			return "n/a"

@@ -23,6 +23,15 @@ type ModeSpec struct {
 	Shared bool
 	// CrossCPU pins the raw handler to core's CPU instead of the toucher's.
 	CrossCPU bool
+	// Prefetch turns prefetch on in the workers' own dataspace (prefetch
+	// = "sequential").
+	Prefetch bool
+	// Pattern, if set, is the mode's access pattern whatever --pattern
+	// says.
+	Pattern Pattern
+	// Zero gives the workers zero-filled content (as the kernel's first
+	// touch has) instead of the pattern.
+	Zero bool
 	// Doc says in one line what the mode measures (--help, docs).
 	Doc string
 }
@@ -42,6 +51,10 @@ var Registry = []ModeSpec{
 		Doc: "the in-process handler on core's CPU: this machine's bare cross-CPU fault round trip"},
 	{Name: ModeKernel, Family: ModeKernel, Worker: WorkerKernel,
 		Doc: "the kernel's own first touch of anonymous memory, no userfaultfd"},
+	{Name: ModeLocalPrefetch, Family: ModeLocalPrefetch, Daemon: config.PagerLocal, Worker: WorkerUffd, Prefetch: true,
+		Pattern: PatternSeq, Zero: true,
+		Doc: "local with prefetch on, sequential toucher, zero content: per-page cost against the kernel's first touch" +
+			" (with a non-sequential --pattern, local_prefetch_<pattern> runs that pattern with prefetch on, against local)"},
 }
 
 // ValidModes are the names --modes accepts: every registered mode.

@@ -84,6 +84,8 @@ type DaemonRun struct {
 	// Zero makes the workers' own dataspaces zero-filled instead of
 	// patterned (Seed), as the kernel's first touch is.
 	Zero bool
+	// Prefetch sets prefetch = "sequential" on the workers' own dataspace.
+	Prefetch bool
 }
 
 // verify is what the workers check their own dataspace against.
@@ -96,10 +98,14 @@ func (r *DaemonRun) verify() Verify {
 
 // localContent is the TOML content lines of the workers' own dataspace.
 func (r *DaemonRun) localContent() string {
-	if r.Zero {
-		return "content = \"zero\"\n"
+	pf := ""
+	if r.Prefetch {
+		pf = "prefetch = \"sequential\"\n"
 	}
-	return fmt.Sprintf("content = \"pattern\"\nseed = %d\n", r.Seed)
+	if r.Zero {
+		return "content = \"zero\"\n" + pf
+	}
+	return fmt.Sprintf("content = \"pattern\"\nseed = %d\n", r.Seed) + pf
 }
 
 // CoreSocket is core's socket path.
