@@ -117,14 +117,17 @@ type Subsystem struct {
 
 // DataspaceStats are a pager's counters for one dataspace.
 type DataspaceStats struct {
-	Dataspace string  `json:"dataspace"`
-	Faults    uint64  `json:"faults"`
-	Pages     uint64  `json:"pages"`
-	Forwarded uint64  `json:"forwarded"`
-	Errors    uint64  `json:"errors"`
-	MedianNs  int64   `json:"median_ns"`
-	P99Ns     int64   `json:"p99_ns"`
-	MeanNs    float64 `json:"mean_ns"`
+	Dataspace string `json:"dataspace"`
+	Faults    uint64 `json:"faults"`
+	Pages     uint64 `json:"pages"`
+	// Prefetched: of Pages, those mapped ahead of a fault stream
+	// (prefetch = "sequential").
+	Prefetched uint64  `json:"prefetched"`
+	Forwarded  uint64  `json:"forwarded"`
+	Errors     uint64  `json:"errors"`
+	MedianNs   int64   `json:"median_ns"`
+	P99Ns      int64   `json:"p99_ns"`
+	MeanNs     float64 `json:"mean_ns"`
 	// ForwardMedianNs/ForwardP99Ns: round trip of forwarded faults as the
 	// vcore saw it (send to core → core's reply).
 	ForwardMedianNs int64 `json:"forward_median_ns,omitempty"`
