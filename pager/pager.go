@@ -124,6 +124,11 @@ type Options struct {
 	// for long: while it runs, further forwarded faults queue (up to 4096,
 	// then they are woken to be raised again later).
 	Forward func(Fault)
+	// Replica, if set, is asked on the pager thread, before a fault of a
+	// Forward region is forwarded, for the page at offset of dataspace:
+	// if it fills dst (one page) and returns true, the pager maps dst
+	// there itself and the fault is not forwarded. It must not block.
+	Replica func(dataspace string, offset uint64, dst []byte) bool
 	// RegionsChanged, if set, is told the uffd id whose region table an
 	// UNMAP or REMAP event of the worker changed (the pager cut or moved
 	// regions; Regions(id) has the new table), so a holder can tell others.
@@ -179,6 +184,8 @@ type Region struct {
 	// Prefetch: the pager maps pages ahead of sequential and strided fault
 	// streams in the region (see prefetch.go). Ignored for Forward regions.
 	Prefetch bool
+	// Replicate: a Forward region whose faults Options.Replica may serve.
+	Replicate bool
 }
 
 // End is the first address after the region.

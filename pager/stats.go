@@ -16,6 +16,9 @@ type DataspaceStats struct {
 	// Prefetched pages mapped ahead of a fault stream (counted in Pages
 	// too).
 	Prefetched uint64
+	// Replicated faults of Forward regions served from Options.Replica
+	// instead of being forwarded.
+	Replicated uint64
 	// Forwarded faults handed to Options.Forward.
 	Forwarded uint64
 	// Errors: faults that could not be resolved (outside every region,
@@ -78,7 +81,7 @@ func (p *Pager) Stats() map[string]DataspaceStats {
 			continue
 		}
 		out[name] = DataspaceStats{
-			Faults: c.faults, Pages: c.pages, Prefetched: c.prefetched, Forwarded: c.forwarded, Errors: c.errors,
+			Faults: c.faults, Pages: c.pages, Prefetched: c.prefetched, Replicated: c.replicated, Forwarded: c.forwarded, Errors: c.errors,
 			Latency: c.lat.snapshot(),
 		}
 	}
@@ -143,14 +146,15 @@ func (s *threadStats) get(ds int) *dsCounters { return getCounters(&s.ds, ds) }
 
 // dsCounters are the counters of one dataspace on one thread.
 type dsCounters struct {
-	faults, pages, prefetched, forwarded, errors uint64
-	lat                                          latRecorder
+	faults, pages, prefetched, replicated, forwarded, errors uint64
+	lat                                                      latRecorder
 }
 
 func (c *dsCounters) add(o *dsCounters) {
 	c.faults += o.faults
 	c.pages += o.pages
 	c.prefetched += o.prefetched
+	c.replicated += o.replicated
 	c.forwarded += o.forwarded
 	c.errors += o.errors
 	for i, n := range o.lat.counts {

@@ -158,6 +158,11 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 	st := t.stats.get(r.ds)
 	st.faults++
 	if r.Forward {
+		if r.Replicate && p.opts.Replica != nil {
+			if done, err := t.fromReplica(e, r, addr, start, st); done {
+				return err
+			}
+		}
 		if p.forward(e, r, addr, m.PagefaultTID(), start) {
 			st.forwarded++
 		}
@@ -226,4 +231,35 @@ func (t *thread) retry(e *uffdEntry) {
 		_ = t.settle(e, a.r, a.addr, a.write, a.start, err, st) // err is not EAGAIN: nothing is appended
 	}
 	t.again = t.again[:0]
+}
+
+// fromReplica serves a fault of a Forward region from Options.Replica if
+// it has the page; done false: it has not, forward the fault.
+func (t *thread) fromReplica(e *uffdEntry, r *region, addr uintptr, start time.Time, st *dsCounters) (done bool, err error) {
+	p := t.p
+	page := t.buf[:p.ps]
+	if !p.opts.Replica(r.Dataspace, r.Offset+uint64(addr-r.Start), page) {
+		return false, nil
+	}
+	n, err := e.u.Copy(addr, page, 0)
+	switch {
+	case err == nil:
+	case errors.Is(err, linux.EEXIST):
+		err = e.u.Wake(addr, p.ps) // someone else mapped it
+	case errors.Is(err, linux.EAGAIN):
+		err = e.u.Wake(addr, p.ps) // the mm is changing: raised again
+	case errors.Is(err, linux.ESRCH):
+		st.errors++
+		return true, errDrop
+	}
+	st.pages += uint64(uintptr(n) / p.ps)
+	st.replicated++
+	if err != nil {
+		st.errors++
+		p.log.Warn("pager: map a replica page", "uffd", e.id, "dataspace", r.Dataspace, "addr", fmt.Sprintf("%#x", addr), "err", err)
+		_ = e.u.Wake(addr, p.ps)
+		return true, nil
+	}
+	st.lat.record(time.Since(start).Nanoseconds())
+	return true, nil
 }

@@ -104,6 +104,7 @@ func (v *VCore) PagerStatus() api.Pager {
 			Faults:     s.Faults,
 			Pages:      s.Pages,
 			Prefetched: s.Prefetched,
+			Replicated: s.Replicated,
 			Forwarded:  s.Forwarded,
 			Errors:     s.Errors,
 			MedianNs:   h.Quantile(0.5),
@@ -186,6 +187,7 @@ func (v *VCore) registerMetrics() {
 	pagerFam("vcored_pager_faults_total", "Page faults read by the vcore's pager.", func(d api.DataspaceStats) uint64 { return d.Faults })
 	pagerFam("vcored_pager_pages_total", "Pages mapped by the vcore's pager (more than faults with fault-around).", func(d api.DataspaceStats) uint64 { return d.Pages })
 	pagerFam("vcored_pager_prefetched_total", "Pages mapped ahead of fault streams (prefetch = \"sequential\"); counted in pages too.", func(d api.DataspaceStats) uint64 { return d.Prefetched })
+	pagerFam("vcored_pager_replicated_total", "Faults of core-owned dataspaces served from this vcore's node-local replica.", func(d api.DataspaceStats) uint64 { return d.Replicated })
 	pagerFam("vcored_pager_forwarded_total", "Faults forwarded to core (core-owned dataspaces).", func(d api.DataspaceStats) uint64 { return d.Forwarded })
 	pagerFam("vcored_pager_errors_total", "Faults that could not be resolved.", func(d api.DataspaceStats) uint64 { return d.Errors })
 	r.CollectSummaries("vcored_pager_fault_latency_seconds", "Time from reading a fault to resolving it, per dataspace.", []string{"dataspace"},

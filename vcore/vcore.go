@@ -112,13 +112,15 @@ type VCore struct {
 	procfs  fs.FS // /proc, for the peer checks
 
 	// Set once in Run after ClaimOK, read-only afterwards.
-	pgr     *pager.Pager
-	ln      *wire.Listener
-	subs    []*subsystem
-	groups  map[string]string // subsystem name → cgroup path, for subsystemOf
-	core    map[string]wire.DataspaceInfo
-	closers []io.Closer
-	reg     *metrics.Registry
+	pgr    *pager.Pager
+	ln     *wire.Listener
+	subs   []*subsystem
+	groups map[string]string // subsystem name → cgroup path, for subsystemOf
+	core   map[string]wire.DataspaceInfo
+	// replicas of core-owned read-only pages (nil: replica_budget 0).
+	replicas *replicas
+	closers  []io.Closer
+	reg      *metrics.Registry
 	// loopStarted: the core loop reads the session (set and read by Run).
 	loopStarted bool
 
@@ -228,7 +230,13 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 	if err := v.prepare(); err != nil {
 		return err
 	}
+	var replica func(string, uint64, []byte) bool
+	if v.cfg.ReplicaBudget > 0 {
+		v.replicas = newReplicas(v.cfg.Node, v.cfg.ReplicaBudget, linux.PageSize())
+		replica = v.replicas.lookup
+	}
 	if v.pgr, err = pager.New(pager.Options{
+		Replica:     replica,
 		CPUs:        grant.CPUs,
 		Threads:     v.cfg.PagerThreads,
 		FaultAround: v.faultAround(),
@@ -353,6 +361,9 @@ func (v *VCore) shutdown() {
 		if err := v.pgr.Close(); err != nil {
 			v.log.Warn("close pager", "err", err)
 		}
+	}
+	if v.replicas != nil {
+		v.replicas.close() // the pager threads that read it are gone
 	}
 	v.mu.Lock()
 	for _, c := range v.closers {

@@ -325,7 +325,7 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		}
 	}
 	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local, Track: persist != nil,
-		Prefetch: prefetch}
+		Prefetch: prefetch, Replicate: !local}
 	err := v.pgr.AddRegion(st.id, pr)
 	if errors.Is(err, pager.ErrOverlap) && v.staleOverlap(w.pid, a) && v.dropStaleLocked(st, region) {
 		err = v.pgr.AddRegion(st.id, pr)

@@ -122,7 +122,10 @@ type DataspaceStats struct {
 	Pages     uint64 `json:"pages"`
 	// Prefetched: of Pages, those mapped ahead of a fault stream
 	// (prefetch = "sequential").
-	Prefetched uint64  `json:"prefetched"`
+	Prefetched uint64 `json:"prefetched"`
+	// Replicated: faults of a core-owned dataspace served from this
+	// vcore's node-local replica instead of being forwarded.
+	Replicated uint64  `json:"replicated,omitempty"`
 	Forwarded  uint64  `json:"forwarded"`
 	Errors     uint64  `json:"errors"`
 	MedianNs   int64   `json:"median_ns"`

@@ -34,6 +34,9 @@ type Dataspace struct {
 	// Prefetch (local dataspaces only): whether the vcore's pagers map
 	// pages ahead of sequential and strided fault streams.
 	Prefetch Prefetch
+	// Writable (core-owned dataspaces only): workers write to it, so
+	// vcores keep no node-local replica of its pages.
+	Writable bool
 }
 
 // decodeDataspace reads one [[dataspace]] table.
@@ -75,6 +78,7 @@ func decodeDataspace(t *table) Dataspace {
 	}
 	decodePersistent(t, &ds)
 	decodePrefetch(t, &ds)
+	decodeWritable(t, &ds)
 	t.done()
 	return ds
 }

@@ -46,3 +46,22 @@ func decodePrefetch(t *table, ds *Dataspace) {
 	ds.Prefetch = PrefetchOff
 	setEnum(t, "prefetch", &ds.Prefetch, PrefetchOff, PrefetchSequential)
 }
+
+// decodeWritable reads `writable` of a core-owned dataspace: workers write
+// to their private copies of it, so vcores keep no replica of it (they
+// replicate read-only ones only).
+func decodeWritable(t *table, ds *Dataspace) {
+	if strings.HasPrefix(t.path, "subsystem") {
+		return
+	}
+	v, ok := t.get("writable")
+	if !ok {
+		return
+	}
+	b, ok := v.(bool)
+	if !ok {
+		t.wrongType("writable", "true or false", v)
+		return
+	}
+	ds.Writable = b
+}

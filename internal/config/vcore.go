@@ -74,6 +74,10 @@ type VCore struct {
 	PagerThreads int
 	// FaultAround is how many pages the vcore's pagers resolve per fault.
 	FaultAround int
+	// ReplicaBudget is the node-local memory for replicas of core-owned
+	// read-only dataspaces (pages kept after their first forwarded fault,
+	// least recently used dropped beyond it); 0 turns replicas off.
+	ReplicaBudget hw.Bytes
 	// StopGrace is how long a stopping subsystem gets between SIGTERM and SIGKILL.
 	StopGrace time.Duration
 	// LogLevel is the minimum level logged.
@@ -154,6 +158,9 @@ func LoadVCore(path string) (*VCore, error) {
 	return ParseVCore(path, data)
 }
 
+// DefaultReplicaBudget is replica_budget's default.
+const DefaultReplicaBudget = 64 * hw.MiB
+
 // ParseVCore parses the vcore file data; name is used in messages. Absent
 // keys take their defaults. The error, if any, is an Errors listing every
 // problem; the VCore is nil then.
@@ -172,10 +179,11 @@ func parseVCore(name string, data []byte) (*VCore, *decoder, error) {
 	v := &VCore{
 		File:        name,
 		CoreSocket:  DefaultCoreSocket,
-		FaultAround: DefaultFaultAround,
-		StopGrace:   DefaultStopGrace,
-		LogLevel:    LogInfo,
-		lines:       d.lines,
+		FaultAround:   DefaultFaultAround,
+		ReplicaBudget: DefaultReplicaBudget,
+		StopGrace:     DefaultStopGrace,
+		LogLevel:      LogInfo,
+		lines:         d.lines,
 	}
 	node := -1
 	if t.required("node", "the NUMA node id this vcore runs on") {
@@ -195,6 +203,9 @@ func parseVCore(name string, data []byte) (*VCore, *decoder, error) {
 	}
 	t.setInt("pager_threads", &v.PagerThreads, 0, MaxPagerThreads)
 	t.setInt("fault_around", &v.FaultAround, 1, MaxFaultAround)
+	if t.setSize("replica_budget", &v.ReplicaBudget) && v.ReplicaBudget%pageAlign != 0 {
+		t.d.add(t.key("replica_budget"), ErrValue, nil, "replica_budget %s is not a multiple of 4KiB", v.ReplicaBudget)
+	}
 	t.setDuration("stop_grace", &v.StopGrace)
 	setEnum(t, "log_level", &v.LogLevel, logLevels...)
 	subs := t.tables("subsystem")
