@@ -14,6 +14,7 @@ import (
 	"github.com/vcored/vcored/internal/linux"
 	"github.com/vcored/vcored/internal/wire"
 	"github.com/vcored/vcored/pager"
+	"github.com/vcored/vcored/vcore/replica"
 )
 
 // maxRegionsInAdd bounds the regions carried in one UffdAdd; the rest follow
@@ -448,8 +449,8 @@ func (v *VCore) forwardDone(d wire.ForwardDone) {
 	if !known {
 		return
 	}
-	if src, ok := replicable(info); ok {
-		if err := v.replicas.fill(msg.Dataspace, msg.Offset, src); err != nil {
+	if src, ok := replica.Replicable(info); ok {
+		if err := v.replicas.Fill(msg.Dataspace, msg.Offset, src); err != nil {
 			v.log.Warn("keep a replica page", "dataspace", msg.Dataspace, "offset", msg.Offset, "err", err)
 		}
 	}

@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/vcored/vcored/ramalloc"
+	"github.com/vcored/vcored/vcore/replica"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -118,7 +119,7 @@ type VCore struct {
 	groups map[string]string // subsystem name → cgroup path, for subsystemOf
 	core   map[string]wire.DataspaceInfo
 	// replicas of core-owned read-only pages (nil: replica_budget 0).
-	replicas *replicas
+	replicas *replica.Store
 	closers  []io.Closer
 	reg      *metrics.Registry
 	// loopStarted: the core loop reads the session (set and read by Run).
@@ -230,13 +231,13 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 	if err := v.prepare(); err != nil {
 		return err
 	}
-	var replica func(string, uint64, []byte) bool
+	var replicaFn func(string, uint64, []byte) bool
 	if v.cfg.ReplicaBudget > 0 {
-		v.replicas = newReplicas(v.cfg.Node, v.cfg.ReplicaBudget, linux.PageSize())
-		replica = v.replicas.lookup
+		v.replicas = replica.New(v.cfg.Node, v.cfg.ReplicaBudget, linux.PageSize())
+		replicaFn = v.replicas.Lookup
 	}
 	if v.pgr, err = pager.New(pager.Options{
-		Replica:     replica,
+		Replica:     replicaFn,
 		CPUs:        grant.CPUs,
 		Threads:     v.cfg.PagerThreads,
 		FaultAround: v.faultAround(),
@@ -363,7 +364,7 @@ func (v *VCore) shutdown() {
 		}
 	}
 	if v.replicas != nil {
-		v.replicas.close() // the pager threads that read it are gone
+		v.replicas.Close() // the pager threads that read it are gone
 	}
 	v.mu.Lock()
 	for _, c := range v.closers {

@@ -1,4 +1,6 @@
-package vcore
+// Package replica is a vcore's store of node-local replicas of core-owned
+// read-only dataspaces (replica_budget).
+package replica
 
 import (
 	"container/list"
@@ -10,9 +12,7 @@ import (
 	"github.com/vcored/vcored/ramalloc"
 )
 
-// Node-local replicas of core-owned read-only dataspaces (replica_budget).
-//
-// The first fault of a page of a core-owned dataspace on this node is
+// // The first fault of a page of a core-owned dataspace on this node is
 // forwarded to core as always. When core answers it (ForwardDone, errno
 // 0), the vcore keeps a copy of the page in node-bound memory (ramalloc,
 // at most replica_budget bytes, least recently used pages dropped beyond
@@ -26,22 +26,23 @@ import (
 // already). Dataspaces with file content are not replicated (core does
 // not send their bytes), nor those core.toml declares writable.
 
-// replicaKey is a page of a core-owned dataspace.
-type replicaKey struct {
+// key is a page of a core-owned dataspace.
+type key struct {
 	ds   string
 	page uint64 // offset ÷ page size
 }
 
-// replicas is the vcore's replica store.
-type replicas struct {
+// Store is a vcore's replica store. Its methods are safe for concurrent
+// use.
+type Store struct {
 	node  hw.Node
 	ps    int
 	slots int // budget in pages
 
 	mu    sync.Mutex
 	mem   *ramalloc.Region // allocated at the first fill
-	index map[replicaKey]*list.Element
-	lru   *list.List // of *replicaEntry, most recently used first
+	index map[key]*list.Element
+	lru   *list.List // of *entry, most recently used first
 	used  int        // slots handed out so far (the first used are never freed)
 	shut  bool       // closed: no more fills
 	hits  uint64
@@ -49,18 +50,20 @@ type replicas struct {
 	drops uint64
 }
 
-type replicaEntry struct {
-	key  replicaKey
+type entry struct {
+	key  key
 	slot int
 }
 
-func newReplicas(node hw.Node, budget hw.Bytes, ps int) *replicas {
-	return &replicas{node: node, ps: ps, slots: int(budget) / ps, index: map[replicaKey]*list.Element{}, lru: list.New()}
+// New returns a store of budget bytes of node's memory (allocated at the
+// first Fill) for pages of ps bytes.
+func New(node hw.Node, budget hw.Bytes, ps int) *Store {
+	return &Store{node: node, ps: ps, slots: int(budget) / ps, index: map[key]*list.Element{}, lru: list.New()}
 }
 
-// replicable says whether pages of the core-owned dataspace info may be
+// Replicable says whether pages of the core-owned dataspace info may be
 // replicated, and from what.
-func replicable(info wire.DataspaceInfo) (content.Source, bool) {
+func Replicable(info wire.DataspaceInfo) (content.Source, bool) {
 	if info.Writable {
 		return nil, false
 	}
@@ -73,33 +76,33 @@ func replicable(info wire.DataspaceInfo) (content.Source, bool) {
 	return nil, false
 }
 
-// lookup copies the replica of page off of ds into dst (one page) and
+// Lookup copies the replica of page off of ds into dst (one page) and
 // reports whether there is one. It runs on pager threads: no I/O, a short
 // lock.
-func (s *replicas) lookup(ds string, off uint64, dst []byte) bool {
+func (s *Store) Lookup(ds string, off uint64, dst []byte) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	el := s.index[replicaKey{ds, off / uint64(s.ps)}]
+	el := s.index[key{ds, off / uint64(s.ps)}]
 	if el == nil {
 		return false
 	}
 	s.lru.MoveToFront(el)
-	slot := el.Value.(*replicaEntry).slot
+	slot := el.Value.(*entry).slot
 	copy(dst, s.mem.Bytes()[slot*s.ps:(slot+1)*s.ps])
 	s.hits++
 	return true
 }
 
-// fill keeps page off of ds, built from src, dropping the least recently
+// Fill keeps page off of ds, built from src, dropping the least recently
 // used page when the budget is full.
-func (s *replicas) fill(ds string, off uint64, src content.Source) error {
+func (s *Store) Fill(ds string, off uint64, src content.Source) error {
 	if s.slots == 0 {
 		return nil
 	}
-	key := replicaKey{ds, off / uint64(s.ps)}
+	k := key{ds, off / uint64(s.ps)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.shut || s.index[key] != nil {
+	if s.shut || s.index[k] != nil {
 		return nil
 	}
 	if s.mem == nil {
@@ -115,39 +118,50 @@ func (s *replicas) fill(ds string, off uint64, src content.Source) error {
 		s.used++
 	} else {
 		old := s.lru.Back()
-		e := old.Value.(*replicaEntry)
+		e := old.Value.(*entry)
 		s.lru.Remove(old)
 		delete(s.index, e.key)
 		slot = e.slot
 		s.drops++
 	}
 	page := s.mem.Bytes()[slot*s.ps : (slot+1)*s.ps]
-	if err := src.Fill(page, key.page*uint64(s.ps)); err != nil {
-		s.lru.PushBack(&replicaEntry{key: replicaKey{}, slot: slot}) // keep the slot, unreachable
+	if err := src.Fill(page, k.page*uint64(s.ps)); err != nil {
+		s.lru.PushBack(&entry{key: key{}, slot: slot}) // keep the slot, unreachable
 		return err
 	}
-	s.index[key] = s.lru.PushFront(&replicaEntry{key: key, slot: slot})
+	s.index[k] = s.lru.PushFront(&entry{key: k, slot: slot})
 	s.fills++
 	return nil
 }
 
-// stats returns the pages held, hits, fills and drops.
-func (s *replicas) stats() (pages int, hits, fills, drops uint64) {
+// Stats returns the pages held, hits, fills and drops.
+func (s *Store) Stats() (pages int, hits, fills, drops uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.index), s.hits, s.fills, s.drops
 }
 
-// close frees the memory.
-func (s *replicas) close() {
+// Close frees the memory; later Fills keep nothing.
+func (s *Store) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mem != nil {
 		_ = s.mem.Free()
 		s.mem = nil
 	}
-	s.index = map[replicaKey]*list.Element{}
+	s.index = map[key]*list.Element{}
 	s.lru.Init()
 	s.used = 0
 	s.shut = true
+}
+
+// Memory is the store's memory so far (nil before the first Fill), for
+// placement checks.
+func (s *Store) Memory() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mem == nil {
+		return nil
+	}
+	return s.mem.Bytes()[:s.used*s.ps]
 }
