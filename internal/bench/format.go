@@ -144,6 +144,10 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(w, "        prefetch: local_prefetch per page ÷ kernel first touch (seq) %s; prefetch on ÷ off per page (--pattern %s) %s\n",
 			ratioText(rt.PrefetchPerPageOverKernel), r.Params.Pattern, ratioText(rt.PrefetchOnOverOff))
 	}
+	if rt.ReplicatedOverLocalMedian > 0 || rt.ForwardedOverLocalMedian > 0 {
+		fmt.Fprintf(w, "        core-owned read-only dataspace ÷ local, medians: replicated %s, forwarded (first fault) %s\n",
+			ratioText(rt.ReplicatedOverLocalMedian), ratioText(rt.ForwardedOverLocalMedian))
+	}
 	if rt.CentralOverLocalVsFloors > 0 {
 		fmt.Fprintf(w, "        central ÷ local against what the floors allow, (central ÷ local) ÷ (raw_cross ÷ raw_xproc): %s\n",
 			ratioText(rt.CentralOverLocalVsFloors))

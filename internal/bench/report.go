@@ -26,6 +26,11 @@ const (
 	ModeKernel   = "kernel" // kernel first touch, no userfaultfd
 	// ModeLocalPrefetch is local with prefetch on, on sequential access.
 	ModeLocalPrefetch = "local_prefetch"
+	// ModeForwarded: first touches of a core-owned read-only dataspace,
+	// forwarded to core; ModeReplicated: the same pages touched again by
+	// another worker of the vcore, served from its replica.
+	ModeForwarded  = "forwarded"
+	ModeReplicated = "replicated"
 )
 
 // PrefetchPatternMode names the prefetch-on run of a non-sequential main
@@ -230,6 +235,12 @@ type Ratios struct {
 	// pattern with prefetch on ÷ off (local_prefetch_<pattern> ÷ local):
 	// what following no stream costs.
 	PrefetchOnOverOff float64 `json:"prefetch_on_over_off_per_page,omitempty"`
+	// ReplicatedOverLocalMedian and ForwardedOverLocalMedian compare the
+	// faults of a core-owned read-only dataspace with local faults
+	// (issue H.4): served from the vcore's node-local replica, and the
+	// first one, forwarded to core.
+	ReplicatedOverLocalMedian float64 `json:"replicated_over_local_median,omitempty"`
+	ForwardedOverLocalMedian  float64 `json:"forwarded_over_local_median,omitempty"`
 }
 
 // Target is one of the bench's goals with the measured value.
@@ -540,6 +551,12 @@ func Build(machine Machine, params Params, samples []RunSample) *Report {
 			r.Ratios.PrefetchOnOverOff = ratio(on.PerPageNS, local.PerPageNS)
 		}
 	}
+	if m, ok := r.measured(ModeReplicated); ok && okL {
+		r.Ratios.ReplicatedOverLocalMedian = ratio(float64(m.MedianNS), float64(local.MedianNS))
+	}
+	if m, ok := r.measured(ModeForwarded); ok && okL {
+		r.Ratios.ForwardedOverLocalMedian = ratio(float64(m.MedianNS), float64(local.MedianNS))
+	}
 	if okL {
 		r.Ratios.LocalIPIsPerFault = local.IPIsPerFault
 	}
@@ -580,6 +597,11 @@ const (
 	// detector that finds no stream.
 	TargetPrefetchOverKernel = 0.5
 	TargetPrefetchOnOverOff  = 1.05
+	// TargetReplicatedOverLocal and TargetForwardedOverLocal are issue
+	// H.4's: a fault served from the node's replica costs about a local
+	// fault; the first, forwarded one at most 3×.
+	TargetReplicatedOverLocal = 1.2
+	TargetForwardedOverLocal  = 3.0
 )
 
 // Target statuses.
@@ -636,6 +658,12 @@ var targetSpecs = []targetSpec{
 	{key: "prefetch_on_over_off_per_page", name: "prefetch on ÷ off per page (non-sequential --pattern)",
 		goal:  fmt.Sprintf("≤ %.2f", TargetPrefetchOnOverOff),
 		value: positive(func(r *Report) float64 { return r.Ratios.PrefetchOnOverOff }), pass: atMost(TargetPrefetchOnOverOff)},
+	{key: "replicated_over_local_median", name: "replicated median ÷ local median (core-owned page from the node's replica)",
+		goal:  fmt.Sprintf("≤ %.1f", TargetReplicatedOverLocal),
+		value: positive(func(r *Report) float64 { return r.Ratios.ReplicatedOverLocalMedian }), pass: atMost(TargetReplicatedOverLocal)},
+	{key: "forwarded_over_local_median", name: "forwarded median ÷ local median (first fault of a core-owned page)",
+		goal:  fmt.Sprintf("≤ %.0f", TargetForwardedOverLocal),
+		value: positive(func(r *Report) float64 { return r.Ratios.ForwardedOverLocalMedian }), pass: atMost(TargetForwardedOverLocal)},
 	{key: "daemon_peak_rss_mib", name: "peak RSS of core and each vcore (MiB)", goal: fmt.Sprintf("< %d", TargetDaemonHWM/hw.MiB),
 		value: func(r *Report) (float64, bool) {
 			var peak uint64

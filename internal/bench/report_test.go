@@ -51,6 +51,8 @@ func syntheticSamples() []RunSample {
 			RunSample{Mode: FaultAroundMode(ModeLocal, 16), Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 2000, 0, map[int]int{0: 1000}, 0, 0)}},
 			RunSample{Mode: FaultAroundMode(ModeRaw, 16), Rep: rep, Results: []*WorkerResult{result("anon", 1000, 1800, 0, map[int]int{0: 1000}, 0, 0)}},
 			RunSample{Mode: ModeLocalPrefetch, Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 1000, 0, map[int]int{0: 1000}, 0, 0)}},
+			RunSample{Mode: ModeForwarded, Rep: rep, Results: []*WorkerResult{result(CoreDataspace, 1000, 60000, 0, map[int]int{0: 1000}, 0, 0)}},
+			RunSample{Mode: ModeReplicated, Rep: rep, Results: []*WorkerResult{result(CoreDataspace, 1000, 16500, 0, map[int]int{0: 1000}, 0, 0)}},
 		)
 	}
 	return s
@@ -125,7 +127,10 @@ func TestBuildReportMath(t *testing.T) {
 	if !approx(rt.CentralOverLocalVsFloors, 10/3.25) || !approx(rt.PrefetchPerPageOverKernel, 0.4) || rt.PrefetchOnOverOff != 0 {
 		t.Errorf("central/local vs floors %v, prefetch/kernel %v, prefetch on/off %v", rt.CentralOverLocalVsFloors, rt.PrefetchPerPageOverKernel, rt.PrefetchOnOverOff)
 	}
-	want2 := []string{ModeLocal, ModeCentral, ModeRaw, ModeRawXproc, ModeRawCross, ModeKernel, ModeLocalPrefetch, "local_fa16", "raw_floor_fa16"}
+	if !approx(rt.ReplicatedOverLocalMedian, 1.1) || !approx(rt.ForwardedOverLocalMedian, 4) {
+		t.Errorf("replicated/local %v forwarded/local %v", rt.ReplicatedOverLocalMedian, rt.ForwardedOverLocalMedian)
+	}
+	want2 := []string{ModeLocal, ModeCentral, ModeRaw, ModeRawXproc, ModeRawCross, ModeKernel, ModeLocalPrefetch, ModeForwarded, ModeReplicated, "local_fa16", "raw_floor_fa16"}
 	if got := r.ModeOrder(); !slices.Equal(got, want2) {
 		t.Errorf("mode order %v", got)
 	}
@@ -325,7 +330,7 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		return out
 	}
 	got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 16}))
-	want := []string{"local", "central", "raw_floor", "raw_xproc", "raw_cross", "kernel", "local_prefetch", "local_fa16", "raw_floor_fa16"}
+	want := []string{"local", "central", "raw_floor", "raw_xproc", "raw_cross", "kernel", "local_prefetch", "forwarded", "replicated", "local_fa16", "raw_floor_fa16"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
@@ -397,5 +402,41 @@ func TestPrefetchRandomPlanAndRatio(t *testing.T) {
 	}
 	if status["prefetch_on_over_off_per_page"] != StatusPass || status["prefetch_per_page_over_kernel"] != StatusMiss {
 		t.Errorf("targets %v", status)
+	}
+}
+
+// TestReplicatedRunConfig: the replicated mode's files declare the
+// core-owned read-only dataspace, a warm-up subsystem per vcore, and make
+// the measured workers wait for it; they parse with the daemons' parsers.
+func TestReplicatedRunConfig(t *testing.T) {
+	r := &DaemonRun{Dir: "/tmp/x", Exe: "/bin/vcored", CgroupParent: "b/r1", Pager: "local", FaultAround: 1,
+		Layout:  Layout{CoreCPU: 0, Partitions: []Partition{{Node: 0, CPUs: hw.NewSet[hw.CPU](1)}}},
+		Workers: 1, Pages: 16, Pattern: PatternSeq, Seed: 9, CoreOnly: true, Warm: true}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	core, vc := r.CoreTOML(), r.VCoreTOML(0)
+	for _, want := range []string{`name = "core_ro"`, `content = "pattern"`} {
+		if !strings.Contains(core, want) {
+			t.Errorf("core.toml lacks %s:\n%s", want, core)
+		}
+	}
+	if strings.Contains(core, "writable") {
+		t.Errorf("core.toml declares the dataspace writable:\n%s", core)
+	}
+	for _, want := range []string{`name = "warm-n0"`, `"--wait-file", "/tmp/x/results/warm-n0.json"`, `dataspaces = ["core_ro"]`, `"--dataspace", "core_ro"`} {
+		if !strings.Contains(vc, want) {
+			t.Errorf("vcore file lacks %s:\n%s", want, vc)
+		}
+	}
+	if strings.Contains(vc, "replica_budget") {
+		t.Errorf("the replicated run turns replicas off:\n%s", vc)
+	}
+	r.CoreOnly, r.Warm = false, false
+	if vc := r.VCoreTOML(0); !strings.Contains(vc, `replica_budget = "0"`) {
+		t.Errorf("a local run keeps replicas (its peak RSS is a target):\n%s", vc)
+	}
+	if cmd := strings.Join(r.workerArgs(0, 0, r.WarmResultPath(0)), " "); strings.Contains(cmd, "--wait-file") {
+		t.Errorf("the warm-up worker waits: %s", cmd)
 	}
 }

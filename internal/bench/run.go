@@ -75,6 +75,8 @@ type run struct {
 	crossCPU bool
 	// prefetch turns prefetch on in the workers' own dataspace.
 	prefetch bool
+	// coreOnly and warm: see ModeSpec.
+	coreOnly, warm bool
 }
 
 // Plan returns the runs of one repetition, in order. The registered modes
@@ -89,7 +91,8 @@ func Plan(c Config) []run {
 			pattern = m.Pattern
 		}
 		all = append(all, run{mode: m.Name, base: m.Family, daemon: m.Daemon, worker: m.Worker, pattern: pattern,
-			faultAround: 1, shared: m.Shared, crossCPU: m.CrossCPU, prefetch: m.Prefetch, zero: m.Zero})
+			faultAround: 1, shared: m.Shared, crossCPU: m.CrossCPU, prefetch: m.Prefetch, zero: m.Zero,
+			coreOnly: m.CoreOnly, warm: m.Warm})
 	}
 	if c.Pattern != PatternSeq && c.Pattern != "" {
 		// Prefetch on the main pattern (compared with local, prefetch
@@ -238,7 +241,8 @@ loop:
 			if r.daemon != "" {
 				dr := &DaemonRun{Dir: dir, Exe: c.Exe, CgroupParent: fmt.Sprintf("%s/r%d", cgParent, k), Pager: r.daemon,
 					FaultAround: r.faultAround, Layout: layout, Workers: c.Workers, Pages: c.Pages,
-					Pattern: r.pattern, Stride: c.Stride, Seed: c.Seed, Shared: r.shared, Zero: r.zero, Prefetch: r.prefetch}
+					Pattern: r.pattern, Stride: c.Stride, Seed: c.Seed, Shared: r.shared, Zero: r.zero, Prefetch: r.prefetch,
+					CoreOnly: r.coreOnly, Warm: r.warm}
 				s = runDaemons(ctx, dr, c.Log)
 			} else {
 				s = runDirect(ctx, c, layout, r, dir)

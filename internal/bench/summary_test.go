@@ -80,7 +80,8 @@ func TestTargetsAndMissed(t *testing.T) {
 		"central_over_local_vs_floors": StatusMiss, "local_over_raw_median": StatusNotMeasured,
 		"local_ipis_per_fault": StatusNotMeasured, "fault_around_per_page_over_kernel": StatusNotMeasured,
 		"daemon_peak_rss_mib": StatusNotMeasured, "prefetch_per_page_over_kernel": StatusNotMeasured,
-		"prefetch_on_over_off_per_page": StatusNotMeasured,
+		"prefetch_on_over_off_per_page": StatusNotMeasured, "replicated_over_local_median": StatusNotMeasured,
+		"forwarded_over_local_median": StatusNotMeasured,
 	}
 	for k, s := range want {
 		if status[k] != s {
