@@ -78,13 +78,15 @@ func (v *VCore) PagerStatus() api.Pager {
 		threads = max(cpus.Len(), 1)
 	}
 	p := api.Pager{
-		Mode:          mode,
-		CPUs:          cpus.String(),
-		Threads:       threads,
-		Uffds:         uffds,
-		TrackingBytes: uint64(v.pgr.TrackingBytes()),
-		TrackedPages:  uint64(v.pgr.RegisteredPages()),
-		Dataspaces:    []api.DataspaceStats{},
+		Mode:            mode,
+		CPUs:            cpus.String(),
+		Threads:         threads,
+		Placement:       string(v.placement),
+		PlacementReason: v.placementWhy,
+		Uffds:           uffds,
+		TrackingBytes:   uint64(v.pgr.TrackingBytes()),
+		TrackedPages:    uint64(v.pgr.RegisteredPages()),
+		Dataspaces:      []api.DataspaceStats{},
 	}
 	pb, pp := v.pgr.PeakTracking()
 	p.PeakTrackingBytes, p.PeakTrackedPages = uint64(pb), uint64(pp)

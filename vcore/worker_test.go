@@ -199,6 +199,14 @@ size = "600MiB"
 	for _, d := range p.Dataspaces {
 		stats[d.Dataspace] = d
 	}
+	// pager_placement defaults to auto: on a one-CPU partition it says
+	// same-cpu without measuring; else it measured both (local mode).
+	switch {
+	case e.part.Len() == 1 && (p.Placement != "same-cpu" || !strings.Contains(p.PlacementReason, "one CPU")):
+		t.Errorf("placement on the one-CPU partition %s: %q (%q), want same-cpu saying why", e.part, p.Placement, p.PlacementReason)
+	case e.part.Len() > 1 && !central && !strings.Contains(p.PlacementReason, "measured"):
+		t.Errorf("placement on partition %s: %q (%q), want auto's measurement", e.part, p.Placement, p.PlacementReason)
+	}
 	if central {
 		for _, d := range p.Dataspaces {
 			if d.Faults != 0 || d.Forwarded != 0 {

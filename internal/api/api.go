@@ -139,12 +139,16 @@ type DataspaceStats struct {
 
 // Pager is the pager section of a daemon.
 type Pager struct {
-	Mode          string `json:"mode"`
-	CPUs          string `json:"cpus"`
-	Threads       int    `json:"threads"`
-	Uffds         int    `json:"uffds"`
-	TrackingBytes uint64 `json:"tracking_bytes"`
-	TrackedPages  uint64 `json:"tracked_pages"`
+	Mode    string `json:"mode"`
+	CPUs    string `json:"cpus"`
+	Threads int    `json:"threads"`
+	// Placement of the pager threads (pager_placement as resolved:
+	// "same-cpu" or "sibling") and why (auto's measurement).
+	Placement       string `json:"placement,omitempty"`
+	PlacementReason string `json:"placement_reason,omitempty"`
+	Uffds           int    `json:"uffds"`
+	TrackingBytes   uint64 `json:"tracking_bytes"`
+	TrackedPages    uint64 `json:"tracked_pages"`
 	// PeakTrackingBytes/PeakTrackedPages: the high-water mark of the two
 	// above since the daemon started.
 	PeakTrackingBytes uint64           `json:"peak_tracking_bytes"`
