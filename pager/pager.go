@@ -814,24 +814,67 @@ func (p *Pager) Resolve(id uint64, addr uintptr) error {
 // buffer instead (UFFDIO_COPY allocates them at once).
 func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write bool) (int, error) {
 	lo, hi := p.window(r, addr)
-	return p.resolveRange(e, r, addr, lo, hi, buf, write)
+	return p.resolveRange(e, r, addr, lo, hi, buf, write, nil)
 }
 
 // resolveRange is resolve of the window [lo, hi) around addr (buf holds
-// hi-lo bytes).
-func (p *Pager) resolveRange(e *uffdEntry, r *region, addr, lo, hi uintptr, buf []byte, write bool) (int, error) {
+// hi-lo bytes). If ioctlNS is not nil, the time spent in the
+// UFFDIO_COPY/ZEROPAGE/WAKE ioctls is added to it.
+func (p *Pager) resolveRange(e *uffdEntry, r *region, addr, lo, hi uintptr, buf []byte, write bool, ioctlNS *int64) (int, error) {
+	if ioctlNS != nil {
+		u := timedUffd{u: e.u, ns: ioctlNS}
+		return resolveWith(p, &u, r, addr, lo, hi, buf, write)
+	}
+	return resolveWith(p, e.u, r, addr, lo, hi, buf, write)
+}
+
+// uffdOps are the ioctls resolve uses (a timed wrapper records their time).
+type uffdOps interface {
+	Copy(dst uintptr, src []byte, mode uint64) (int64, error)
+	ZeroPage(dst, length uintptr, mode uint64) (int64, error)
+	Wake(start, length uintptr) error
+}
+
+// timedUffd adds the time of each ioctl to *ns.
+type timedUffd struct {
+	u  *linux.Uffd
+	ns *int64
+}
+
+func (t *timedUffd) Copy(dst uintptr, src []byte, mode uint64) (int64, error) {
+	s := time.Now()
+	n, err := t.u.Copy(dst, src, mode)
+	*t.ns += int64(time.Since(s))
+	return n, err
+}
+
+func (t *timedUffd) ZeroPage(dst, length uintptr, mode uint64) (int64, error) {
+	s := time.Now()
+	n, err := t.u.ZeroPage(dst, length, mode)
+	*t.ns += int64(time.Since(s))
+	return n, err
+}
+
+func (t *timedUffd) Wake(start, length uintptr) error {
+	s := time.Now()
+	err := t.u.Wake(start, length)
+	*t.ns += int64(time.Since(s))
+	return err
+}
+
+func resolveWith[U uffdOps](p *Pager, u U, r *region, addr, lo, hi uintptr, buf []byte, write bool) (int, error) {
 	ps := p.ps
 	if r.Content.IsZero() && !write && !r.Track {
-		n, err := e.u.ZeroPage(lo, hi-lo, 0)
+		n, err := u.ZeroPage(lo, hi-lo, 0)
 		if err == nil || !errors.Is(err, linux.EEXIST) {
 			return int(uintptr(n) / ps), err
 		}
 		if lo+uintptr(n) > addr {
 			return int(uintptr(n) / ps), nil // the faulting page was mapped (and woken)
 		}
-		m, err := e.u.ZeroPage(addr, ps, 0)
+		m, err := u.ZeroPage(addr, ps, 0)
 		if errors.Is(err, linux.EEXIST) {
-			return int(uintptr(n) / ps), e.u.Wake(addr, ps)
+			return int(uintptr(n) / ps), u.Wake(addr, ps)
 		}
 		return int(uintptr(n+m) / ps), err
 	}
@@ -848,7 +891,7 @@ func (p *Pager) resolveRange(e *uffdEntry, r *region, addr, lo, hi uintptr, buf 
 	if r.Track {
 		cmode = linux.UFFDIO_COPY_MODE_WP // clean until the worker writes it
 	}
-	n, err := e.u.Copy(lo, src, cmode)
+	n, err := u.Copy(lo, src, cmode)
 	if err == nil || !errors.Is(err, linux.EEXIST) {
 		return int(uintptr(n) / ps), err
 	}
@@ -856,9 +899,9 @@ func (p *Pager) resolveRange(e *uffdEntry, r *region, addr, lo, hi uintptr, buf 
 		return int(uintptr(n) / ps), nil
 	}
 	off := addr - lo
-	m, err := e.u.Copy(addr, src[off:off+ps], cmode)
+	m, err := u.Copy(addr, src[off:off+ps], cmode)
 	if errors.Is(err, linux.EEXIST) {
-		return int(uintptr(n) / ps), e.u.Wake(addr, ps)
+		return int(uintptr(n) / ps), u.Wake(addr, ps)
 	}
 	return int(uintptr(n+m) / ps), err
 }

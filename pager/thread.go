@@ -22,8 +22,11 @@ type thread struct {
 	msgs  [16]linux.UffdMsg
 	buf   []byte // FaultAround pages, mmap'd (page-aligned)
 	again []againFault
-	jobs  []prefetchJob // pending prefetch, served when no event is
-	pbuf  []byte        // prefetchChunk pages, mmap'd, for prefetch copies
+	// readShare is the time of the read(2) that returned the fault being
+	// handled, divided among the messages it returned (breakdown).
+	readShare int64
+	jobs      []prefetchJob // pending prefetch, served when no event is
+	pbuf      []byte        // prefetchChunk pages, mmap'd, for prefetch copies
 
 	stats threadStats
 }
@@ -110,6 +113,7 @@ func (t *thread) drain(e *uffdEntry) {
 			t.stats.mu.Unlock()
 			t.stats.mu.Lock()
 		}
+		t0 := time.Now()
 		k, err := e.u.ReadMsgs(t.msgs[:])
 		if err != nil {
 			if !errors.Is(err, linux.EAGAIN) {
@@ -118,6 +122,7 @@ func (t *thread) drain(e *uffdEntry) {
 			break
 		}
 		now := time.Now()
+		t.readShare = int64(now.Sub(t0)) / int64(max(k, 1))
 		for i := range k {
 			m := &t.msgs[i]
 			if m.Event != linux.UFFD_EVENT_PAGEFAULT {
@@ -176,9 +181,12 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 		e.touch.record(addr)
 	}
 	write := m.PagefaultFlags()&linux.UFFD_PAGEFAULT_FLAG_WRITE != 0
+	var ioctl int64
 	if r.stream == nil {
-		pages, err := p.resolve(e, r, addr, t.buf, write)
+		lo, hi := p.window(r, addr)
+		pages, err := p.resolveRange(e, r, addr, lo, hi, t.buf, write, &ioctl)
 		st.pages += uint64(pages)
+		t.breakdown(st, start, ioctl, err)
 		return t.settle(e, r, addr, write, start, err, st)
 	}
 	// A Prefetch region: the detector may widen the window (the stream
@@ -186,8 +194,9 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 	// ahead once the faulting thread is awake.
 	lo, hi := p.window(r, addr)
 	hi, job, ok := p.observe(r, addr, lo, hi)
-	pages, err := p.resolveRange(e, r, addr, lo, hi, t.pbuf, write)
+	pages, err := p.resolveRange(e, r, addr, lo, hi, t.pbuf, write, &ioctl)
 	st.pages += uint64(pages)
+	t.breakdown(st, start, ioctl, err)
 	if err == nil && ok {
 		job.e = e
 		t.queuePrefetch(job)
@@ -262,4 +271,17 @@ func (t *thread) fromReplica(e *uffdEntry, r *region, addr uintptr, start time.T
 	}
 	st.lat.record(time.Since(start).Nanoseconds())
 	return true, nil
+}
+
+// breakdown records where a resolved fault's time went: the read that
+// returned it (its share), the pager's own work, the ioctls.
+func (t *thread) breakdown(st *dsCounters, start time.Time, ioctl int64, err error) {
+	if err != nil {
+		return
+	}
+	total := int64(time.Since(start))
+	st.timed++
+	st.readNS += uint64(t.readShare)
+	st.ioctlNS += uint64(ioctl)
+	st.workNS += uint64(max(total-ioctl, 0))
 }
