@@ -113,6 +113,10 @@ func (v *VCore) PagerStatus() api.Pager {
 			P99Ns:      h.Quantile(0.99),
 			MeanNs:     h.Mean(),
 		}
+		if s.Timed > 0 {
+			n := float64(s.Timed)
+			d.ReadMeanNs, d.WorkMeanNs, d.IoctlMeanNs = float64(s.ReadNS)/n, float64(s.WorkNS)/n, float64(s.IoctlNS)/n
+		}
 		if f := v.forwardLatency(name); f != nil {
 			d.ForwardMedianNs, d.ForwardP99Ns = f.Quantile(0.5), f.Quantile(0.99)
 		}

@@ -96,6 +96,12 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "  IPIs per fault by CPU, %s: %s\n", name, strings.Join(parts, "; "))
 	}
+	for _, name := range r.ModeOrder() {
+		if b := r.Modes[name].Breakdown; b != nil {
+			fmt.Fprintf(w, "  fault breakdown, %s: worker mean %.2f µs = pager read %.2f + pager work %.2f + ioctls %.2f + rest %.2f (trap, wake-ups, scheduling)\n",
+				name, b.WorkerMeanNS/1e3, b.ReadNS/1e3, b.WorkNS/1e3, b.IoctlNS/1e3, b.RestNS/1e3)
+		}
+	}
 	if r.Machine.Nodes > 1 {
 		for _, name := range r.ModeOrder() {
 			md := r.Modes[name]

@@ -57,6 +57,9 @@ type RunSample struct {
 	TrackingBytes, TrackedPages uint64
 	// ForwardMedianNS/ForwardP99NS are the vcore's view of forwarded faults.
 	ForwardMedianNS, ForwardP99NS int64
+	// PagerReadNS, PagerWorkNS and PagerIoctlNS are the serving pager's
+	// mean breakdown of the workers' own faults (0: unknown).
+	PagerReadNS, PagerWorkNS, PagerIoctlNS float64
 	// VmHWM is the peak RSS of each daemon ("core", "vcore0", …), in bytes.
 	VmHWM map[string]uint64
 	// Err is why the run failed (its other fields may be partial).
@@ -139,11 +142,25 @@ type ModeReport struct {
 	// VerifiedPages passed the content check.
 	VerifiedPages int64 `json:"verified_pages"`
 	// RepMediansNS is the median of each run, in run order (spread).
-	RepMediansNS    []int64  `json:"rep_medians_ns"`
-	TimerOverheadNS int64    `json:"timer_overhead_ns"`
-	Errors          []string `json:"errors,omitempty"`
+	RepMediansNS []int64 `json:"rep_medians_ns"`
+	// Breakdown is where a fault's time goes (local/central runs): the
+	// serving pager's means over the runs; nil when not measured.
+	Breakdown       *Breakdown `json:"breakdown,omitempty"`
+	TimerOverheadNS int64      `json:"timer_overhead_ns"`
+	Errors          []string   `json:"errors,omitempty"`
 
 	hist *hist.Histogram
+}
+
+// Breakdown splits a fault's time, as the serving pager saw it, against
+// the worker's own mean (from its timestamps): the rest is the kernel's
+// trap, the wake-ups and the scheduling between worker and pager.
+type Breakdown struct {
+	WorkerMeanNS float64 `json:"worker_mean_ns"`
+	ReadNS       float64 `json:"pager_read_ns"`
+	WorkNS       float64 `json:"pager_work_ns"`
+	IoctlNS      float64 `json:"pager_ioctl_ns"`
+	RestNS       float64 `json:"rest_ns"`
 }
 
 // Hist is the merged latency histogram (nil if nothing was measured).
@@ -346,6 +363,23 @@ func buildMode(samples []RunSample) *ModeReport {
 	}
 	if m.Faults == 0 {
 		return m
+	}
+	var br Breakdown
+	var brRuns int
+	for _, smp := range samples {
+		if smp.PagerReadNS+smp.PagerWorkNS+smp.PagerIoctlNS > 0 {
+			br.ReadNS += smp.PagerReadNS
+			br.WorkNS += smp.PagerWorkNS
+			br.IoctlNS += smp.PagerIoctlNS
+			brRuns++
+		}
+	}
+	if brRuns > 0 {
+		n := float64(brRuns)
+		br.ReadNS, br.WorkNS, br.IoctlNS = br.ReadNS/n, br.WorkNS/n, br.IoctlNS/n
+		br.WorkerMeanNS = m.hist.Mean()
+		br.RestNS = br.WorkerMeanNS - br.ReadNS - br.WorkNS - br.IoctlNS
+		m.Breakdown = &br
 	}
 	if pagerKnown && pagerFaults > 0 {
 		m.ServedFaults = pagerFaults

@@ -41,6 +41,7 @@ func syntheticSamples() []RunSample {
 		local.Dataspaces = append(local.Dataspaces, shared)
 		s = append(s,
 			RunSample{Mode: ModeLocal, Rep: rep, Results: []*WorkerResult{local}, PagerFaults: 1000,
+				PagerReadNS: 1000, PagerWorkNS: 2000, PagerIoctlNS: 5000,
 				TrackingBytes: 8000, TrackedPages: 2000, VmHWM: map[string]uint64{"core": 20 << 20, "vcore0": 30 << 20}},
 			RunSample{Mode: ModeCentral, Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 150000, 0, map[int]int{0: 900, 1: 100}, 1000, 990)},
 				VmHWM: map[string]uint64{"core": 45 << 20}},
@@ -81,7 +82,13 @@ func TestBuildReportMath(t *testing.T) {
 	if local.LocalNodeShare != 1 || len(local.RepMediansNS) != 3 {
 		t.Errorf("local share %v, rep medians %v", local.LocalNodeShare, local.RepMediansNS)
 	}
+	if b := local.Breakdown; b == nil || !approx(b.WorkerMeanNS, 15000) || !approx(b.IoctlNS, 5000) || !approx(b.RestNS, 7000) {
+		t.Errorf("local breakdown %+v, want worker 15000 = 1000 + 2000 + 5000 + rest 7000", local.Breakdown)
+	}
 	central := r.Modes[ModeCentral]
+	if central.Breakdown != nil {
+		t.Errorf("central breakdown %+v without pager numbers", central.Breakdown)
+	}
 	if !approx(central.LocalNodeShare, 0.9) || !approx(central.IPIsPerFault, 1.991) || central.ServedFaults != 0 {
 		t.Errorf("central share %v IPIs %v served %d", central.LocalNodeShare, central.IPIsPerFault, central.ServedFaults)
 	}
