@@ -98,7 +98,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	for _, name := range r.ModeOrder() {
 		if b := r.Modes[name].Breakdown; b != nil {
-			fmt.Fprintf(w, "  fault breakdown, %s: worker mean %.2f µs = pager read %.2f + pager work %.2f + ioctls %.2f + rest %.2f (trap, wake-ups, scheduling)\n",
+			fmt.Fprintf(w, "  fault breakdown, %s: worker per fault %.2f µs = pager read %.2f + pager work %.2f + ioctls %.2f + rest %.2f (trap, wake-ups, scheduling)\n",
 				name, b.WorkerMeanNS/1e3, b.ReadNS/1e3, b.WorkNS/1e3, b.IoctlNS/1e3, b.RestNS/1e3)
 		}
 	}
