@@ -38,6 +38,12 @@ const prefetchChunk = 16
 // prefetchFirst is the window (pages) mapped ahead once a stream is seen.
 const prefetchFirst = 16
 
+// stridedSync is how many pages of a strided stream a fault maps ahead
+// before its own page (and the wake-up): a worker that outruns the
+// prefetch (its next step comes before the pager's next chunk) still
+// finds the next steps mapped.
+const stridedSync = 4
+
 // maxStridePages bounds what counts as a stride: faults further apart are
 // not a stream.
 const maxStridePages = 64
@@ -168,6 +174,14 @@ func (p *Pager) prefetchChunkOf(j *prefetchJob, t *thread) (done bool, pages int
 	if e.closed || e.find(j.cur) != j.r {
 		return true, 0
 	}
+	return p.mapAhead(j, t, prefetchChunk)
+}
+
+// mapAhead maps up to limit pages of j (j.e.use held, the region
+// current); it reports whether the job is over and how many pages it
+// mapped.
+func (p *Pager) mapAhead(j *prefetchJob, t *thread, limit int) (done bool, pages int) {
+	e := j.e
 	r := j.r
 	ps := p.ps
 	var cmode uint64 = linux.UFFDIO_COPY_MODE_DONTWAKE
@@ -198,12 +212,12 @@ func (p *Pager) prefetchChunkOf(j *prefetchJob, t *thread) (done bool, pages int
 		return nil
 	}
 	if j.stride == 0 {
-		hi := min(j.cur+prefetchChunk*ps, j.end)
+		hi := min(j.cur+uintptr(limit)*ps, j.end)
 		err := copyRange(j.cur, hi)
 		j.cur = hi
 		return err != nil || j.cur >= j.end, pages
 	}
-	for n := 0; n < prefetchChunk && j.cur < j.end; {
+	for n := 0; n < limit && j.cur < j.end; {
 		lo, hi := p.window(r, j.cur)
 		if err := copyRange(lo, hi); err != nil {
 			return true, pages

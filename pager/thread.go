@@ -194,6 +194,15 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 	// ahead once the faulting thread is awake.
 	lo, hi := p.window(r, addr)
 	hi, job, ok := p.observe(r, addr, lo, hi)
+	if ok && job.stride != 0 {
+		// A strided stream: the next steps first (no wake-up), so that
+		// a worker outrunning the prefetch finds them mapped.
+		job.e = e
+		done, n := p.mapAhead(&job, t, stridedSync)
+		st.prefetched += uint64(n)
+		st.pages += uint64(n)
+		ok = !done
+	}
 	pages, err := p.resolveRange(e, r, addr, lo, hi, t.pbuf, write, &ioctl)
 	st.pages += uint64(pages)
 	t.breakdown(st, start, ioctl, err)
