@@ -9,6 +9,10 @@ import (
 // dataspaceStats converts the pager's counters for the status API.
 func dataspaceStats(name string, st pager.DataspaceStats) api.DataspaceStats {
 	d := api.DataspaceStats{Dataspace: name, Faults: st.Faults, Pages: st.Pages, Forwarded: st.Forwarded, Errors: st.Errors}
+	if st.Timed > 0 {
+		n := float64(st.Timed)
+		d.ReadMeanNs, d.WorkMeanNs, d.IoctlMeanNs = float64(st.ReadNS)/n, float64(st.WorkNS)/n, float64(st.IoctlNS)/n
+	}
 	if h := st.LatencyHistogram(); h.Count() > 0 {
 		d.MedianNs, d.P99Ns, d.MeanNs = h.Quantile(0.5), h.Quantile(0.99), h.Mean()
 	}

@@ -189,7 +189,7 @@ func (c *Core) grant(conn *wire.Conn, pid int, cl *wire.Claim) (*session, error)
 		Pager: c.mode, FaultAround: max(c.cfg.FaultAround, 1),
 	}
 	for _, d := range c.cfg.Dataspaces {
-		info := wire.DataspaceInfo{Name: d.Name, Size: uint64(d.Size), Content: c.dataspaces[d.Name].kind()}
+		info := wire.DataspaceInfo{Name: d.Name, Size: uint64(d.Size), Content: c.dataspaces[d.Name].kind(), Writable: d.Writable}
 		if info.Content == wire.ContentPattern {
 			info.Seed = d.Seed
 		}

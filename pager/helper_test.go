@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,6 +46,36 @@ type workerSpec struct {
 	// ExitAfter: exit(3) this long after starting to touch, whatever
 	// the touching thread is doing (blocked in a fault).
 	ExitAfter time.Duration
+	// Order of the first touch in each region: "" (sequential),
+	// "random" (a fixed shuffle) or "strideK" (every K-th page, then the
+	// rest in random order).
+	Order string
+}
+
+// touchOrder lists the page indexes of a region of n pages in the order
+// the worker first touches them.
+func touchOrder(order string, n int) []int {
+	out := make([]int, 0, n)
+	switch {
+	case order == "random":
+		out = rand.New(rand.NewPCG(7, uint64(n))).Perm(n)
+	case strings.HasPrefix(order, "stride"):
+		k, _ := strconv.Atoi(strings.TrimPrefix(order, "stride"))
+		seen := make([]bool, n)
+		for i := 0; i < n; i += max(k, 1) {
+			out, seen[i] = append(out, i), true
+		}
+		for _, i := range rand.New(rand.NewPCG(7, uint64(n))).Perm(n) {
+			if !seen[i] {
+				out = append(out, i)
+			}
+		}
+	default:
+		for i := range n {
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // workerHello is what the worker sends along with its uffd.
@@ -120,9 +152,9 @@ func runWorker() error {
 			os.Exit(3)
 		}()
 	}
-	for _, m := range mems { // first touch: one read per page, in order
-		for off := 0; off < len(m); off += ps {
-			sink += m[off]
+	for _, m := range mems { // first touch: one read per page, in spec.Order
+		for _, i := range touchOrder(spec.Order, len(m)/ps) {
+			sink += m[i*ps]
 		}
 	}
 	for i, r := range spec.Regions {

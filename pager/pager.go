@@ -124,6 +124,11 @@ type Options struct {
 	// for long: while it runs, further forwarded faults queue (up to 4096,
 	// then they are woken to be raised again later).
 	Forward func(Fault)
+	// Replica, if set, is asked on the pager thread, before a fault of a
+	// Forward region is forwarded, for the page at offset of dataspace:
+	// if it fills dst (one page) and returns true, the pager maps dst
+	// there itself and the fault is not forwarded. It must not block.
+	Replica func(dataspace string, offset uint64, dst []byte) bool
 	// RegionsChanged, if set, is told the uffd id whose region table an
 	// UNMAP or REMAP event of the worker changed (the pager cut or moved
 	// regions; Regions(id) has the new table), so a holder can tell others.
@@ -138,6 +143,9 @@ type Options struct {
 	// NoPoison delivers SIGBUS with tgkill even where the kernel has
 	// UFFDIO_POISON (tests of the pre-6.6 fallback).
 	NoPoison bool
+	// PrefetchMax is the most pages mapped ahead of one stream of a
+	// Prefetch region; 0 means DefaultPrefetchMax.
+	PrefetchMax int
 	// SyncWriteTracking makes Track regions use synchronous write
 	// protection even where the kernel has async (what a kernel before
 	// 6.7 gets): for tests and comparisons. See TakeWritten.
@@ -173,6 +181,11 @@ type Region struct {
 	// copied in write-protected (never as the shared zero page): one the
 	// worker only reads stays clean.
 	Track bool
+	// Prefetch: the pager maps pages ahead of sequential and strided fault
+	// streams in the region (see prefetch.go). Ignored for Forward regions.
+	Prefetch bool
+	// Replicate: a Forward region whose faults Options.Replica may serve.
+	Replicate bool
 }
 
 // End is the first address after the region.
@@ -278,6 +291,9 @@ type region struct {
 	Region
 	end uintptr
 	ds  int // dataspace index in the stats table
+	// stream is the fault-stream detector of a Prefetch region (nil
+	// otherwise).
+	stream *stream
 }
 
 func (e *uffdEntry) table() []*region {
@@ -333,6 +349,9 @@ func New(opts Options) (*Pager, error) {
 
 		unknown: map[unknownKey]*unknownFault{},
 	}
+	if p.opts.PrefetchMax <= 0 {
+		p.opts.PrefetchMax = DefaultPrefetchMax
+	}
 	if p.opts.UnknownGrace <= 0 {
 		p.opts.UnknownGrace = DefaultUnknownGrace
 	}
@@ -341,7 +360,8 @@ func New(opts Options) (*Pager, error) {
 	p.byToken.Store(&empty)
 	bufSize := p.around * int(p.ps)
 	p.bufPool.New = func() any { b := make([]byte, bufSize); return &b }
-	p.zero = make([]byte, bufSize)
+	// The zero source also serves prefetch chunks of zero content.
+	p.zero = make([]byte, max(bufSize, prefetchChunk*int(p.ps)))
 
 	var err error
 	if p.ep, err = linux.NewEpoll(); err != nil {
@@ -582,6 +602,9 @@ func (p *Pager) AddRegion(id uint64, r Region) error {
 		}
 	}
 	nr := &region{Region: r, end: r.End(), ds: p.stats.indexOf(r.Dataspace)}
+	if r.Prefetch && !r.Forward {
+		nr.stream = new(stream)
+	}
 	table := make([]*region, 0, len(old)+1)
 	table = append(append(append(table, old[:i]...), nr), old[i:]...)
 	e.regions.Store(&table)
@@ -790,24 +813,68 @@ func (p *Pager) Resolve(id uint64, addr uintptr) error {
 // copy-on-write fault in the kernel, so the pages are copied from a zero
 // buffer instead (UFFDIO_COPY allocates them at once).
 func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write bool) (int, error) {
-	ps := p.ps
-	lo, hi := addr, addr+ps
-	if p.around > 1 {
-		idx := (addr - r.Start) / ps
-		lo = r.Start + (idx-idx%uintptr(p.around))*ps
-		hi = min(lo+uintptr(p.around)*ps, r.end)
+	lo, hi := p.window(r, addr)
+	return p.resolveRange(e, r, addr, lo, hi, buf, write, nil)
+}
+
+// resolveRange is resolve of the window [lo, hi) around addr (buf holds
+// hi-lo bytes). If ioctlNS is not nil, the time spent in the
+// UFFDIO_COPY/ZEROPAGE/WAKE ioctls is added to it.
+func (p *Pager) resolveRange(e *uffdEntry, r *region, addr, lo, hi uintptr, buf []byte, write bool, ioctlNS *int64) (int, error) {
+	if ioctlNS != nil {
+		u := timedUffd{u: e.u, ns: ioctlNS}
+		return resolveWith(p, &u, r, addr, lo, hi, buf, write)
 	}
+	return resolveWith(p, e.u, r, addr, lo, hi, buf, write)
+}
+
+// uffdOps are the ioctls resolve uses (a timed wrapper records their time).
+type uffdOps interface {
+	Copy(dst uintptr, src []byte, mode uint64) (int64, error)
+	ZeroPage(dst, length uintptr, mode uint64) (int64, error)
+	Wake(start, length uintptr) error
+}
+
+// timedUffd adds the time of each ioctl to *ns.
+type timedUffd struct {
+	u  *linux.Uffd
+	ns *int64
+}
+
+func (t *timedUffd) Copy(dst uintptr, src []byte, mode uint64) (int64, error) {
+	s := time.Now()
+	n, err := t.u.Copy(dst, src, mode)
+	*t.ns += int64(time.Since(s))
+	return n, err
+}
+
+func (t *timedUffd) ZeroPage(dst, length uintptr, mode uint64) (int64, error) {
+	s := time.Now()
+	n, err := t.u.ZeroPage(dst, length, mode)
+	*t.ns += int64(time.Since(s))
+	return n, err
+}
+
+func (t *timedUffd) Wake(start, length uintptr) error {
+	s := time.Now()
+	err := t.u.Wake(start, length)
+	*t.ns += int64(time.Since(s))
+	return err
+}
+
+func resolveWith[U uffdOps](p *Pager, u U, r *region, addr, lo, hi uintptr, buf []byte, write bool) (int, error) {
+	ps := p.ps
 	if r.Content.IsZero() && !write && !r.Track {
-		n, err := e.u.ZeroPage(lo, hi-lo, 0)
+		n, err := u.ZeroPage(lo, hi-lo, 0)
 		if err == nil || !errors.Is(err, linux.EEXIST) {
 			return int(uintptr(n) / ps), err
 		}
 		if lo+uintptr(n) > addr {
 			return int(uintptr(n) / ps), nil // the faulting page was mapped (and woken)
 		}
-		m, err := e.u.ZeroPage(addr, ps, 0)
+		m, err := u.ZeroPage(addr, ps, 0)
 		if errors.Is(err, linux.EEXIST) {
-			return int(uintptr(n) / ps), e.u.Wake(addr, ps)
+			return int(uintptr(n) / ps), u.Wake(addr, ps)
 		}
 		return int(uintptr(n+m) / ps), err
 	}
@@ -824,7 +891,7 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write
 	if r.Track {
 		cmode = linux.UFFDIO_COPY_MODE_WP // clean until the worker writes it
 	}
-	n, err := e.u.Copy(lo, src, cmode)
+	n, err := u.Copy(lo, src, cmode)
 	if err == nil || !errors.Is(err, linux.EEXIST) {
 		return int(uintptr(n) / ps), err
 	}
@@ -832,9 +899,9 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write
 		return int(uintptr(n) / ps), nil
 	}
 	off := addr - lo
-	m, err := e.u.Copy(addr, src[off:off+ps], cmode)
+	m, err := u.Copy(addr, src[off:off+ps], cmode)
 	if errors.Is(err, linux.EEXIST) {
-		return int(uintptr(n) / ps), e.u.Wake(addr, ps)
+		return int(uintptr(n) / ps), u.Wake(addr, ps)
 	}
 	return int(uintptr(n+m) / ps), err
 }
@@ -1022,6 +1089,9 @@ func (p *Pager) subRegion(r *region, s, t uintptr) *region {
 	n := *r
 	n.Offset = r.Offset + uint64(s-r.Start)
 	n.Start, n.Length, n.end = s, t-s, t
+	if n.stream != nil {
+		n.stream = new(stream)
+	}
 	return &n
 }
 

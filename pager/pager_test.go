@@ -553,3 +553,27 @@ func uffdMapping(t *testing.T, p *pager.Pager, pages int, serve bool) []byte {
 	}
 	return mem
 }
+
+// TestFaultBreakdown: every resolved fault is timed, its read, work and
+// ioctl shares recorded; work + ioctl is the fault's pager-side latency.
+func TestFaultBreakdown(t *testing.T) {
+	needUffd(t)
+	leakCheck(t)
+	p := newPager(t, pager.Options{})
+	w := startWorker(t, workerSpec{Regions: []workerRegion{{Pages: 128, Seed: 4}}})
+	if err := serveWorker(t, p, w, 1); err != nil {
+		t.Fatalf("worker: %v", err)
+	}
+	s := p.Stats()["ds0"]
+	lat := s.LatencyHistogram()
+	t.Logf("%d faults timed: read %d, work %d, ioctl %d ns in all; latency mean %.0f ns", s.Timed, s.ReadNS, s.WorkNS, s.IoctlNS, lat.Mean())
+	if s.Timed == 0 || s.Timed != uint64(lat.Count()) || s.ReadNS == 0 || s.WorkNS == 0 || s.IoctlNS == 0 {
+		t.Fatalf("breakdown %+v: want every resolved fault timed, each part measured", s)
+	}
+	// work + ioctl is the latency the histogram holds (two clock reads
+	// apart, and the histogram's ±1.6% buckets).
+	perFault := float64(s.WorkNS+s.IoctlNS) / float64(s.Timed)
+	if perFault < 0.9*lat.Mean() || perFault > 1.1*lat.Mean()+1000 {
+		t.Errorf("work + ioctl %.0f ns per fault, latency mean %.0f ns", perFault, lat.Mean())
+	}
+}

@@ -13,11 +13,24 @@ type DataspaceStats struct {
 	Faults uint64
 	// Pages mapped (more than Faults with fault-around).
 	Pages uint64
+	// Prefetched pages mapped ahead of a fault stream (counted in Pages
+	// too).
+	Prefetched uint64
+	// Replicated faults of Forward regions served from Options.Replica
+	// instead of being forwarded.
+	Replicated uint64
 	// Forwarded faults handed to Options.Forward.
 	Forwarded uint64
 	// Errors: faults that could not be resolved (outside every region,
 	// worker gone, kernel refusal).
 	Errors uint64
+	// Breakdown of the faults resolved here (not forwarded, not from a
+	// replica): Timed faults, and the summed time of the read(2) that
+	// returned them (each fault's share of its batch), of the pager's own
+	// work (region lookup, content fill, bookkeeping) and of the
+	// UFFDIO_COPY/ZEROPAGE/WAKE ioctls, in ns.
+	Timed                   uint64
+	ReadNS, WorkNS, IoctlNS uint64
 	// Latency of resolved faults, from reading the fault to the end of
 	// UFFDIO_COPY/ZEROPAGE (for Resolve: the call's duration), in ns, as a
 	// compact snapshot (a live HDR histogram is >200 KiB; with a thousand
@@ -75,7 +88,8 @@ func (p *Pager) Stats() map[string]DataspaceStats {
 			continue
 		}
 		out[name] = DataspaceStats{
-			Faults: c.faults, Pages: c.pages, Forwarded: c.forwarded, Errors: c.errors,
+			Faults: c.faults, Pages: c.pages, Prefetched: c.prefetched, Replicated: c.replicated,
+			Timed: c.timed, ReadNS: c.readNS, WorkNS: c.workNS, IoctlNS: c.ioctlNS, Forwarded: c.forwarded, Errors: c.errors,
 			Latency: c.lat.snapshot(),
 		}
 	}
@@ -140,13 +154,20 @@ func (s *threadStats) get(ds int) *dsCounters { return getCounters(&s.ds, ds) }
 
 // dsCounters are the counters of one dataspace on one thread.
 type dsCounters struct {
-	faults, pages, forwarded, errors uint64
-	lat                              latRecorder
+	faults, pages, prefetched, replicated, forwarded, errors uint64
+	timed, readNS, workNS, ioctlNS                           uint64
+	lat                                                      latRecorder
 }
 
 func (c *dsCounters) add(o *dsCounters) {
 	c.faults += o.faults
 	c.pages += o.pages
+	c.prefetched += o.prefetched
+	c.replicated += o.replicated
+	c.timed += o.timed
+	c.readNS += o.readNS
+	c.workNS += o.workNS
+	c.ioctlNS += o.ioctlNS
 	c.forwarded += o.forwarded
 	c.errors += o.errors
 	for i, n := range o.lat.counts {

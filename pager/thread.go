@@ -22,6 +22,11 @@ type thread struct {
 	msgs  [16]linux.UffdMsg
 	buf   []byte // FaultAround pages, mmap'd (page-aligned)
 	again []againFault
+	// readShare is the time of the read(2) that returned the fault being
+	// handled, divided among the messages it returned (breakdown).
+	readShare int64
+	jobs      []prefetchJob // pending prefetch, served when no event is
+	pbuf      []byte        // prefetchChunk pages, mmap'd, for prefetch copies
 
 	stats threadStats
 }
@@ -50,12 +55,29 @@ func (t *thread) run(started chan<- error) {
 	}
 	defer linux.Munmap(buf)
 	t.buf = buf
+	pbuf, err := linux.Mmap(max(prefetchChunk, t.p.around)*int(t.p.ps), linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		started <- fmt.Errorf("pager: thread %d: prefetch buffer: %w", t.idx, err)
+		return
+	}
+	defer linux.Munmap(pbuf)
+	t.pbuf = pbuf
 	started <- nil
 	for {
-		n, err := t.p.ep.Wait(t.evs[:], -1)
+		// With prefetch pending, only poll: every event (a real fault
+		// first of all) is served before the next chunk is mapped.
+		timeout := -1
+		if len(t.jobs) > 0 {
+			timeout = 0
+		}
+		n, err := t.p.ep.Wait(t.evs[:], timeout)
 		if err != nil {
 			t.p.log.Error("pager thread stops: epoll_wait failed", "thread", t.idx, "err", err)
 			return
+		}
+		if n == 0 {
+			t.prefetchStep()
+			continue
 		}
 		for i := range n {
 			tok := t.evs[i].Token()
@@ -91,6 +113,7 @@ func (t *thread) drain(e *uffdEntry) {
 			t.stats.mu.Unlock()
 			t.stats.mu.Lock()
 		}
+		t0 := time.Now()
 		k, err := e.u.ReadMsgs(t.msgs[:])
 		if err != nil {
 			if !errors.Is(err, linux.EAGAIN) {
@@ -99,6 +122,7 @@ func (t *thread) drain(e *uffdEntry) {
 			break
 		}
 		now := time.Now()
+		t.readShare = int64(now.Sub(t0)) / int64(max(k, 1))
 		for i := range k {
 			m := &t.msgs[i]
 			if m.Event != linux.UFFD_EVENT_PAGEFAULT {
@@ -139,6 +163,11 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 	st := t.stats.get(r.ds)
 	st.faults++
 	if r.Forward {
+		if r.Replicate && p.opts.Replica != nil {
+			if done, err := t.fromReplica(e, r, addr, start, st); done {
+				return err
+			}
+		}
 		if p.forward(e, r, addr, m.PagefaultTID(), start) {
 			st.forwarded++
 		}
@@ -152,8 +181,35 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 		e.touch.record(addr)
 	}
 	write := m.PagefaultFlags()&linux.UFFD_PAGEFAULT_FLAG_WRITE != 0
-	pages, err := p.resolve(e, r, addr, t.buf, write)
+	var ioctl int64
+	if r.stream == nil {
+		lo, hi := p.window(r, addr)
+		pages, err := p.resolveRange(e, r, addr, lo, hi, t.buf, write, &ioctl)
+		st.pages += uint64(pages)
+		t.breakdown(st, start, ioctl, err)
+		return t.settle(e, r, addr, write, start, err, st)
+	}
+	// A Prefetch region: the detector may widen the window (the stream
+	// caught up with what is mapped ahead of it) and queue what to map
+	// ahead once the faulting thread is awake.
+	lo, hi := p.window(r, addr)
+	hi, job, ok := p.observe(r, addr, lo, hi)
+	if ok && job.stride != 0 {
+		// A strided stream: the next steps first (no wake-up), so that
+		// a worker outrunning the prefetch finds them mapped.
+		job.e = e
+		done, n := p.mapAhead(&job, t, stridedSync)
+		st.prefetched += uint64(n)
+		st.pages += uint64(n)
+		ok = !done
+	}
+	pages, err := p.resolveRange(e, r, addr, lo, hi, t.pbuf, write, &ioctl)
 	st.pages += uint64(pages)
+	t.breakdown(st, start, ioctl, err)
+	if err == nil && ok {
+		job.e = e
+		t.queuePrefetch(job)
+	}
 	return t.settle(e, r, addr, write, start, err, st)
 }
 
@@ -193,4 +249,48 @@ func (t *thread) retry(e *uffdEntry) {
 		_ = t.settle(e, a.r, a.addr, a.write, a.start, err, st) // err is not EAGAIN: nothing is appended
 	}
 	t.again = t.again[:0]
+}
+
+// fromReplica serves a fault of a Forward region from Options.Replica if
+// it has the page; done false: it has not, forward the fault.
+func (t *thread) fromReplica(e *uffdEntry, r *region, addr uintptr, start time.Time, st *dsCounters) (done bool, err error) {
+	p := t.p
+	page := t.buf[:p.ps]
+	if !p.opts.Replica(r.Dataspace, r.Offset+uint64(addr-r.Start), page) {
+		return false, nil
+	}
+	n, err := e.u.Copy(addr, page, 0)
+	switch {
+	case err == nil:
+	case errors.Is(err, linux.EEXIST):
+		err = e.u.Wake(addr, p.ps) // someone else mapped it
+	case errors.Is(err, linux.EAGAIN):
+		err = e.u.Wake(addr, p.ps) // the mm is changing: raised again
+	case errors.Is(err, linux.ESRCH):
+		st.errors++
+		return true, errDrop
+	}
+	st.pages += uint64(uintptr(n) / p.ps)
+	st.replicated++
+	if err != nil {
+		st.errors++
+		p.log.Warn("pager: map a replica page", "uffd", e.id, "dataspace", r.Dataspace, "addr", fmt.Sprintf("%#x", addr), "err", err)
+		_ = e.u.Wake(addr, p.ps)
+		return true, nil
+	}
+	st.lat.record(time.Since(start).Nanoseconds())
+	return true, nil
+}
+
+// breakdown records where a resolved fault's time went: the read that
+// returned it (its share), the pager's own work, the ioctls.
+func (t *thread) breakdown(st *dsCounters, start time.Time, ioctl int64, err error) {
+	if err != nil {
+		return
+	}
+	total := int64(time.Since(start))
+	st.timed++
+	st.readNS += uint64(t.readShare)
+	st.ioctlNS += uint64(ioctl)
+	st.workNS += uint64(max(total-ioctl, 0))
 }

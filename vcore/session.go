@@ -7,12 +7,14 @@ import (
 	"os"
 	"time"
 
+	"github.com/vcored/vcored/internal/config"
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hist"
 	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
 	"github.com/vcored/vcored/internal/wire"
 	"github.com/vcored/vcored/pager"
+	"github.com/vcored/vcored/vcore/replica"
 )
 
 // maxRegionsInAdd bounds the regions carried in one UffdAdd; the rest follow
@@ -434,13 +436,34 @@ func (v *VCore) forward(f pager.Fault) {
 	v.mu.Unlock()
 }
 
-// forwardDone records the round trip of an answered forward.
+// forwardDone records the round trip of an answered forward and, once core
+// mapped the page, keeps a replica of it (replica.go).
 func (v *VCore) forwardDone(d wire.ForwardDone) {
+	msg, ok := v.forwardAnswered(d)
+	if !ok || d.Errno != 0 || v.replicas == nil {
+		return
+	}
+	v.mu.Lock()
+	info, known := v.core[msg.Dataspace]
+	v.mu.Unlock()
+	if !known {
+		return
+	}
+	if src, ok := replica.Replicable(info); ok {
+		if err := v.replicas.Fill(msg.Dataspace, msg.Offset, src); err != nil {
+			v.log.Warn("keep a replica page", "dataspace", msg.Dataspace, "offset", msg.Offset, "err", err)
+		}
+	}
+}
+
+// forwardAnswered is forwardDone's bookkeeping; it returns the forward
+// answered (ok false: none pending, e.g. answered twice).
+func (v *VCore) forwardAnswered(d wire.ForwardDone) (wire.Forward, bool) {
 	v.fwdMu.Lock()
 	defer v.fwdMu.Unlock()
 	p, ok := v.pending[d.SeqNo]
 	if !ok {
-		return // answered twice (replayed after a reconnect)
+		return wire.Forward{}, false // answered twice (replayed after a reconnect)
 	}
 	delete(v.pending, d.SeqNo)
 	if key := (fwdKey{uffd: p.msg.UffdID, addr: p.msg.Addr}); v.fwdInflight[key] == d.SeqNo {
@@ -461,6 +484,7 @@ func (v *VCore) forwardDone(d wire.ForwardDone) {
 			v.log.Warn("fail a forwarded fault", "uffd", p.msg.UffdID, "err", err)
 		}
 	}
+	return p.msg, true
 }
 
 // forwardLatency returns a copy of the forwarded-fault round trips of ds.
@@ -535,11 +559,14 @@ func (v *VCore) takeBackRegion(id uint64, r wire.Region) {
 // dataspace this vcore has no source for is forwarded: core serves it from
 // what the previous vcore declared. Called with mu held.
 func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
-	pr := pager.Region{Start: uintptr(r.Start), Length: uintptr(r.Length), Dataspace: r.Dataspace, Offset: r.Offset, Forward: r.Forward}
+	pr := pager.Region{Start: uintptr(r.Start), Length: uintptr(r.Length), Dataspace: r.Dataspace, Offset: r.Offset, Forward: r.Forward,
+		Replicate: r.Forward}
 	local := false
 	if !r.Forward {
 		if sub := v.regionSub(st, r); sub != nil {
 			pr.Content = sub.source(r.Dataspace)
+			d, _ := sub.localDataspace(r.Dataspace)
+			pr.Prefetch = d.Prefetch == config.PrefetchSequential
 		}
 		if pr.Content == nil {
 			pr.Forward = true

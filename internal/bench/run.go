@@ -73,6 +73,10 @@ type run struct {
 	zero bool
 	// crossCPU pins the raw handler to core's CPU instead of the toucher's.
 	crossCPU bool
+	// prefetch turns prefetch on in the workers' own dataspace.
+	prefetch bool
+	// coreOnly and warm: see ModeSpec.
+	coreOnly, warm bool
 }
 
 // Plan returns the runs of one repetition, in order. The registered modes
@@ -82,8 +86,23 @@ type run struct {
 func Plan(c Config) []run {
 	var all []run
 	for _, m := range Registry {
-		all = append(all, run{mode: m.Name, base: m.Family, daemon: m.Daemon, worker: m.Worker, pattern: c.Pattern,
-			faultAround: 1, shared: m.Shared, crossCPU: m.CrossCPU})
+		pattern := c.Pattern
+		if m.Pattern != "" {
+			pattern = m.Pattern
+		}
+		all = append(all, run{mode: m.Name, base: m.Family, daemon: m.Daemon, worker: m.Worker, pattern: pattern,
+			faultAround: 1, shared: m.Shared, crossCPU: m.CrossCPU, prefetch: m.Prefetch, zero: m.Zero,
+			coreOnly: m.CoreOnly, warm: m.Warm})
+	}
+	if c.Pattern != PatternSeq && c.Pattern != "" {
+		// Prefetch on the main pattern (compared with local, prefetch
+		// off) and the kernel's sequential first touch local_prefetch is
+		// compared with (unless the fault-around runs add it below).
+		all = append(all, run{mode: PrefetchPatternMode(c.Pattern), base: ModeLocalPrefetch, daemon: config.PagerLocal,
+			worker: WorkerUffd, pattern: c.Pattern, faultAround: 1, prefetch: true})
+		if c.FaultAround <= 1 {
+			all = append(all, run{mode: SeqMode(ModeKernel), base: ModeLocalPrefetch, worker: WorkerKernel, pattern: PatternSeq, faultAround: 1})
+		}
 	}
 	if c.FaultAround > 1 {
 		all = append(all,
@@ -222,7 +241,8 @@ loop:
 			if r.daemon != "" {
 				dr := &DaemonRun{Dir: dir, Exe: c.Exe, CgroupParent: fmt.Sprintf("%s/r%d", cgParent, k), Pager: r.daemon,
 					FaultAround: r.faultAround, Layout: layout, Workers: c.Workers, Pages: c.Pages,
-					Pattern: r.pattern, Stride: c.Stride, Seed: c.Seed, Shared: r.shared, Zero: r.zero}
+					Pattern: r.pattern, Stride: c.Stride, Seed: c.Seed, Shared: r.shared, Zero: r.zero, Prefetch: r.prefetch,
+					CoreOnly: r.coreOnly, Warm: r.warm}
 				s = runDaemons(ctx, dr, c.Log)
 			} else {
 				s = runDirect(ctx, c, layout, r, dir)

@@ -68,7 +68,8 @@ func TestTargetsAndMissed(t *testing.T) {
 	r := &Report{Modes: map[string]*ModeReport{}}
 	r.Ratios.LocalOverRawXprocMedian = 1.10 // PASS (≤ 1.15)
 	r.Ratios.LocalOverRawXprocP99 = 1.6     // MISS (≤ 1.5)
-	r.Ratios.CentralOverLocalMedian = 0.5   // MISS (≥ 8)
+	r.Ratios.CentralOverLocalVsFloors = 0.5 // MISS (≥ 0.8)
+	r.Ratios.CentralOverLocalMedian = 0.5   // reported, no target
 	r.Targets = targets(r)
 	status := map[string]string{}
 	for _, tg := range r.Targets {
@@ -76,9 +77,11 @@ func TestTargetsAndMissed(t *testing.T) {
 	}
 	want := map[string]string{
 		"local_over_raw_xproc_median": StatusPass, "local_over_raw_xproc_p99": StatusMiss,
-		"central_over_local_median": StatusMiss, "local_over_raw_median": StatusNotMeasured,
+		"central_over_local_vs_floors": StatusMiss, "local_over_raw_median": StatusNotMeasured,
 		"local_ipis_per_fault": StatusNotMeasured, "fault_around_per_page_over_kernel": StatusNotMeasured,
-		"daemon_peak_rss_mib": StatusNotMeasured,
+		"daemon_peak_rss_mib": StatusNotMeasured, "prefetch_per_page_over_kernel": StatusNotMeasured,
+		"prefetch_on_over_off_per_page": StatusNotMeasured, "replicated_over_local_median": StatusNotMeasured,
+		"forwarded_over_local_median": StatusNotMeasured,
 	}
 	for k, s := range want {
 		if status[k] != s {
@@ -92,12 +95,13 @@ func TestTargetsAndMissed(t *testing.T) {
 	for _, tg := range r.Missed() {
 		missed = append(missed, tg.Key)
 	}
-	if strings.Join(missed, ",") != "local_over_raw_xproc_p99,central_over_local_median" {
+	if strings.Join(missed, ",") != "local_over_raw_xproc_p99,central_over_local_vs_floors" {
 		t.Errorf("missed %v", missed)
 	}
 	// At the limits: ≤ passes, ≥ passes.
-	r.Ratios.LocalOverRawXprocMedian, r.Ratios.LocalOverRawXprocP99, r.Ratios.CentralOverLocalMedian =
-		TargetLocalOverRawXprocMedian, TargetLocalOverRawXprocP99, TargetCentralOverLocal
+	r.Ratios.LocalOverRawXprocMedian, r.Ratios.LocalOverRawXprocP99, r.Ratios.CentralOverLocalVsFloors =
+		TargetLocalOverRawXprocMedian, TargetLocalOverRawXprocP99, TargetCentralOverLocalVsFloors
+	r.Ratios.PrefetchPerPageOverKernel, r.Ratios.PrefetchOnOverOff = TargetPrefetchOverKernel, TargetPrefetchOnOverOff
 	r.Targets = targets(r)
 	if m := r.Missed(); len(m) != 0 {
 		t.Errorf("missed at the limits: %+v", m)

@@ -31,6 +31,12 @@ type Dataspace struct {
 	// Persistent (local dataspaces only): the memory outlives the worker
 	// in a checkpoint image under the vcore's state_dir.
 	Persistent bool
+	// Prefetch (local dataspaces only): whether the vcore's pagers map
+	// pages ahead of sequential and strided fault streams.
+	Prefetch Prefetch
+	// Writable (core-owned dataspaces only): workers write to it, so
+	// vcores keep no node-local replica of its pages.
+	Writable bool
 }
 
 // decodeDataspace reads one [[dataspace]] table.
@@ -71,6 +77,8 @@ func decodeDataspace(t *table) Dataspace {
 		t.d.add(t.key("seed"), ErrConflict, nil, "seed is only used with content = \"pattern\"")
 	}
 	decodePersistent(t, &ds)
+	decodePrefetch(t, &ds)
+	decodeWritable(t, &ds)
 	t.done()
 	return ds
 }

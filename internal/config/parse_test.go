@@ -132,12 +132,12 @@ func TestParseVCoreFull(t *testing.T) {
 	}
 	want := &VCore{
 		File: "node1.toml", Node: 1, CoreSocket: "/tmp/vc/core.sock", Socket: "/tmp/vc/vcore1.sock", StateDir: "/tmp/vc/vcore1",
-		CPUs: hw.MustParse[hw.CPU]("4-7"), Memory: 2 * hw.GiB, PagerThreads: 2, FaultAround: 16, StopGrace: 3 * time.Second, LogLevel: LogWarn,
+		CPUs: hw.MustParse[hw.CPU]("4-7"), Memory: 2 * hw.GiB, PagerThreads: 2, FaultAround: 16, ReplicaBudget: DefaultReplicaBudget, PagerPlacement: PlacementAuto, StopGrace: 3 * time.Second, LogLevel: LogWarn,
 		Subsystems: []Subsystem{{
 			Name: "toucher", Command: []string{"/usr/local/bin/worker", "--pages", "4096"}, CPUs: CPURequest{Count: 2},
 			Memory: 256 * hw.MiB, Restart: RestartAlways, MaxRestarts: 0, BackoffInitial: time.Second, BackoffMax: time.Minute,
 			Env: map[string]string{"GOMAXPROCS": "2"}, Dataspaces: []string{"dataset"},
-			Local:          []Dataspace{{Name: "scratch", Size: 16 * hw.MiB, Content: ContentPattern, Seed: 3}},
+			Local:          []Dataspace{{Name: "scratch", Size: 16 * hw.MiB, Content: ContentPattern, Seed: 3, Prefetch: PrefetchOff}},
 			MaxConnections: DefaultMaxConnections, MaxRegions: DefaultMaxRegions, PidsMax: DefaultPidsMax,
 		}, {
 			Name: "idle", Command: []string{"sleep", "infinity"}, CPUs: CPURequest{List: hw.MustParse[hw.CPU]("6-7")},

@@ -23,3 +23,45 @@ func decodePersistent(t *table, ds *Dataspace) {
 	}
 	ds.Persistent = b
 }
+
+// Prefetch modes of a local dataspace (`prefetch`).
+type Prefetch string
+
+const (
+	// PrefetchOff: every page is mapped by its own fault (with
+	// fault-around). The default ("" for a core-owned dataspace).
+	PrefetchOff Prefetch = "off"
+	// PrefetchSequential: the pager follows sequential and strided fault
+	// streams and maps pages ahead of them (pager.Region.Prefetch).
+	PrefetchSequential Prefetch = "sequential"
+)
+
+// decodePrefetch reads `prefetch` of a subsystem's local dataspace (the
+// vcore's pagers serve those; core-owned ones are not served there). Unset
+// means off; a local dataspace's is always set.
+func decodePrefetch(t *table, ds *Dataspace) {
+	if !strings.HasPrefix(t.path, "subsystem") {
+		return
+	}
+	ds.Prefetch = PrefetchOff
+	setEnum(t, "prefetch", &ds.Prefetch, PrefetchOff, PrefetchSequential)
+}
+
+// decodeWritable reads `writable` of a core-owned dataspace: workers write
+// to their private copies of it, so vcores keep no replica of it (they
+// replicate read-only ones only).
+func decodeWritable(t *table, ds *Dataspace) {
+	if strings.HasPrefix(t.path, "subsystem") {
+		return
+	}
+	v, ok := t.get("writable")
+	if !ok {
+		return
+	}
+	b, ok := v.(bool)
+	if !ok {
+		t.wrongType("writable", "true or false", v)
+		return
+	}
+	ds.Writable = b
+}

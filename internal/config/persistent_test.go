@@ -26,3 +26,24 @@ func TestPersistentDataspace(t *testing.T) {
 		t.Errorf("persistent core dataspace: %v", err)
 	}
 }
+
+func TestPrefetchKey(t *testing.T) {
+	const sub = "node = 0\ncore_socket = \"/c\"\nsocket = \"/v\"\nstate_dir = \"/s\"\nmemory = \"1GiB\"\n" +
+		"[[subsystem]]\nname = \"s\"\ncommand = [\"x\"]\nmemory = \"64MiB\"\n[[subsystem.dataspace]]\nname = \"d\"\nsize = \"4MiB\"\n"
+	for _, c := range []struct {
+		line string
+		want Prefetch
+	}{{"", PrefetchOff}, {"prefetch = \"off\"\n", PrefetchOff}, {"prefetch = \"sequential\"\n", PrefetchSequential}} {
+		v, _, err := parseVCore("node0.toml", []byte(sub+c.line))
+		if err != nil || v.Subsystems[0].Local[0].Prefetch != c.want {
+			t.Errorf("%q: prefetch %q, %v; want %q", c.line, v.Subsystems[0].Local[0].Prefetch, err, c.want)
+		}
+	}
+	if _, _, err := parseVCore("node0.toml", []byte(sub+"prefetch = \"random\"\n")); err == nil || !strings.Contains(err.Error(), "prefetch") {
+		t.Errorf("prefetch = \"random\": %v", err)
+	}
+	// Core-owned dataspaces are not served by a vcore's pagers: an unknown key there.
+	if _, _, err := parseCore("core.toml", []byte("[[dataspace]]\nname = \"d\"\nsize = \"4MiB\"\nprefetch = \"sequential\"\n")); err == nil || !strings.Contains(err.Error(), "prefetch") {
+		t.Errorf("prefetch in a core dataspace: %v", err)
+	}
+}

@@ -74,6 +74,14 @@ type VCore struct {
 	PagerThreads int
 	// FaultAround is how many pages the vcore's pagers resolve per fault.
 	FaultAround int
+	// PagerPlacement says where the pager threads run: on the faulting
+	// CPU, on a sibling CPU of the partition, or whichever a measurement
+	// at start finds cheaper.
+	PagerPlacement PagerPlacement
+	// ReplicaBudget is the node-local memory for replicas of core-owned
+	// read-only dataspaces (pages kept after their first forwarded fault,
+	// least recently used dropped beyond it); 0 turns replicas off.
+	ReplicaBudget hw.Bytes
 	// StopGrace is how long a stopping subsystem gets between SIGTERM and SIGKILL.
 	StopGrace time.Duration
 	// LogLevel is the minimum level logged.
@@ -154,6 +162,26 @@ func LoadVCore(path string) (*VCore, error) {
 	return ParseVCore(path, data)
 }
 
+// PagerPlacement is pager_placement: where a vcore's pager threads run.
+type PagerPlacement string
+
+// Pager placements.
+const (
+	// PlacementSameCPU: one pager thread per partition CPU, pinned to it:
+	// a fault is served on the CPU that raised it.
+	PlacementSameCPU PagerPlacement = "same-cpu"
+	// PlacementSibling: the pager threads may run on any CPU of the
+	// partition (one node, its LLCs): the scheduler wakes a pager on an
+	// idle sibling of the faulting CPU. Needs at least 2 CPUs.
+	PlacementSibling PagerPlacement = "sibling"
+	// PlacementAuto: measure both at start (a few hundred faults on a
+	// private region) and keep the cheaper; same-cpu on one CPU.
+	PlacementAuto PagerPlacement = "auto"
+)
+
+// DefaultReplicaBudget is replica_budget's default.
+const DefaultReplicaBudget = 64 * hw.MiB
+
 // ParseVCore parses the vcore file data; name is used in messages. Absent
 // keys take their defaults. The error, if any, is an Errors listing every
 // problem; the VCore is nil then.
@@ -170,12 +198,14 @@ func parseVCore(name string, data []byte) (*VCore, *decoder, error) {
 		return nil, nil, err
 	}
 	v := &VCore{
-		File:        name,
-		CoreSocket:  DefaultCoreSocket,
-		FaultAround: DefaultFaultAround,
-		StopGrace:   DefaultStopGrace,
-		LogLevel:    LogInfo,
-		lines:       d.lines,
+		File:           name,
+		CoreSocket:     DefaultCoreSocket,
+		FaultAround:    DefaultFaultAround,
+		ReplicaBudget:  DefaultReplicaBudget,
+		PagerPlacement: PlacementAuto,
+		StopGrace:      DefaultStopGrace,
+		LogLevel:       LogInfo,
+		lines:          d.lines,
 	}
 	node := -1
 	if t.required("node", "the NUMA node id this vcore runs on") {
@@ -195,6 +225,10 @@ func parseVCore(name string, data []byte) (*VCore, *decoder, error) {
 	}
 	t.setInt("pager_threads", &v.PagerThreads, 0, MaxPagerThreads)
 	t.setInt("fault_around", &v.FaultAround, 1, MaxFaultAround)
+	if t.setSize("replica_budget", &v.ReplicaBudget) && v.ReplicaBudget%pageAlign != 0 {
+		t.d.add(t.key("replica_budget"), ErrValue, nil, "replica_budget %s is not a multiple of 4KiB", v.ReplicaBudget)
+	}
+	setEnum(t, "pager_placement", &v.PagerPlacement, PlacementSameCPU, PlacementSibling, PlacementAuto)
 	t.setDuration("stop_grace", &v.StopGrace)
 	setEnum(t, "log_level", &v.LogLevel, logLevels...)
 	subs := t.tables("subsystem")

@@ -130,6 +130,8 @@ type DataspaceInfo struct {
 	Size    uint64      `json:"size"`
 	Content ContentKind `json:"content,omitempty"` // "" = zero
 	Seed    uint64      `json:"seed,omitempty"`    // ContentPattern
+	// Writable: workers write to the dataspace; vcores keep no replica.
+	Writable bool `json:"writable,omitempty"`
 }
 
 // ClaimOK grants a partition (core -> vcore).
