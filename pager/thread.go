@@ -182,8 +182,8 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 	}
 	write := m.PagefaultFlags()&linux.UFFD_PAGEFAULT_FLAG_WRITE != 0
 	var ioctl int64
+	lo, hi := p.window(r, addr)
 	if r.stream == nil {
-		lo, hi := p.window(r, addr)
 		pages, err := p.resolveRange(e, r, addr, lo, hi, t.buf, write, &ioctl)
 		st.pages += uint64(pages)
 		t.breakdown(st, start, ioctl, err)
@@ -192,7 +192,6 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 	// A Prefetch region: the detector may widen the window (the stream
 	// caught up with what is mapped ahead of it) and queue what to map
 	// ahead once the faulting thread is awake.
-	lo, hi := p.window(r, addr)
 	hi, job, ok := p.observe(r, addr, lo, hi)
 	if ok && job.stride != 0 {
 		// A strided stream: the next steps first (no wake-up), so that

@@ -1,15 +1,12 @@
 package vcore
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/vcored/vcored/internal/ckpt"
@@ -568,7 +565,7 @@ func (v *VCore) workerClosed(w *worker) {
 // as the reaper would on its next round, and reports whether it dropped
 // any. Called with mu held.
 func (v *VCore) forgetExitedLocked(pid int) bool {
-	if pid <= 0 || processAlive(pid) {
+	if pid <= 0 || linux.ProcessLive(pid) {
 		return false
 	}
 	dropped := false
@@ -580,23 +577,6 @@ func (v *VCore) forgetExitedLocked(pid int) bool {
 		}
 	}
 	return dropped
-}
-
-// processAlive reports whether pid names a live process (a zombie counts
-// as exited: its memory is gone).
-func processAlive(pid int) bool {
-	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-		return false
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// "pid (comm) S ...": the state follows the last ')'.
-	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
-		return b[i+2] != 'Z' && b[i+2] != 'X'
-	}
-	return true
 }
 
 // dropUffdLocked forgets a uffd: the pager closes it (remove), its quota is

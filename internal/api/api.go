@@ -7,8 +7,6 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"time"
@@ -184,26 +182,7 @@ func NewClient(socket string) *Client {
 
 // Get fetches path (e.g. "/v1/partitions") and decodes the JSON into v.
 func (c *Client) Get(ctx context.Context, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://vcored"+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", c.Socket, path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", c.Socket, path, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s %s: %s: %s", c.Socket, path, resp.Status, body)
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("%s %s: decode: %w", c.Socket, path, err)
-	}
-	return nil
+	return c.Do(ctx, http.MethodGet, path, nil, v)
 }
 
 // WriteJSON serves v as JSON (for the daemons' handlers).

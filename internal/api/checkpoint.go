@@ -2,9 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"io"
 	"net/http"
 )
 
@@ -43,26 +40,7 @@ type CheckpointDataspace struct {
 // Post sends an empty POST to path and decodes the JSON answer into v. It
 // has no time limit of its own: ctx bounds it.
 func (c *Client) Post(ctx context.Context, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://vcored"+path, nil)
-	if err != nil {
-		return err
-	}
 	hc := *c.hc
 	hc.Timeout = 0
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", c.Socket, path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", c.Socket, path, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s %s: %s: %s", c.Socket, path, resp.Status, body)
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("%s %s: decode: %w", c.Socket, path, err)
-	}
-	return nil
+	return (&Client{Socket: c.Socket, hc: &hc}).Do(ctx, http.MethodPost, path, nil, v)
 }

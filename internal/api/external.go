@@ -67,10 +67,15 @@ type ErrorBody struct {
 type StatusError struct {
 	Code int
 	Msg  string
+	// Socket, Method and Path name the request, for the message.
+	Socket, Method, Path string
 }
 
 func (e *StatusError) Error() string {
-	return fmt.Sprintf("%d %s: %s", e.Code, http.StatusText(e.Code), e.Msg)
+	if e.Path == "" {
+		return fmt.Sprintf("%d %s: %s", e.Code, http.StatusText(e.Code), e.Msg)
+	}
+	return fmt.Sprintf("%s %s %s: %d %s: %s", e.Socket, e.Method, e.Path, e.Code, http.StatusText(e.Code), e.Msg)
 }
 
 // Do sends method path with body (JSON, may be nil) and decodes a 2xx
@@ -104,7 +109,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body, v any) error
 		if json.Unmarshal(data, &eb) != nil || eb.Error == "" {
 			eb.Error = string(bytes.TrimSpace(data))
 		}
-		return &StatusError{Code: resp.StatusCode, Msg: eb.Error}
+		return &StatusError{Code: resp.StatusCode, Msg: eb.Error, Socket: c.Socket, Method: method, Path: path}
 	}
 	if v == nil || len(data) == 0 {
 		return nil

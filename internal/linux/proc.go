@@ -133,6 +133,24 @@ func ParentPid(pid int) (int, error) {
 	return parseStatPPid(string(b))
 }
 
+// ProcessLive reports whether pid names a live process: it exists and is
+// not a zombie (whose memory is gone already), from /proc/<pid>/stat.
+func ProcessLive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	return statLive(string(b))
+}
+
+// statLive reads field 3 (state) of a /proc/<pid>/stat line: Z (zombie)
+// and X (dead) are not live.
+func statLive(stat string) bool {
+	i := strings.LastIndexByte(stat, ')')
+	f := strings.Fields(stat[i+1:])
+	return i < 0 || len(f) == 0 || (f[0] != "Z" && f[0] != "X")
+}
+
 // parseStatPPid extracts field 4 (ppid) of a /proc/<pid>/stat line. The comm
 // field (2) is in parentheses and may itself hold spaces and ')', so the
 // fields are counted after the last ')'.

@@ -175,3 +175,35 @@ func procStatusField(t *testing.T, path, key string) string {
 	t.Fatalf("%s: no %s line", path, key)
 	return ""
 }
+
+func TestProcessLive(t *testing.T) {
+	if !ProcessLive(os.Getpid()) {
+		t.Error("this process is not live")
+	}
+	for stat, want := range map[string]bool{
+		"42 (sleep) S 1 42 42 0": true,
+		"42 (a) b) R 1 42":       true, // ')' inside comm
+		"42 (sleep) Z 1 42 42 0": false,
+		"42 (sleep) X 1 42 42 0": false,
+	} {
+		if got := statLive(stat); got != want {
+			t.Errorf("statLive(%q) = %v, want %v", stat, got, want)
+		}
+	}
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	deadline := time.Now().Add(30 * time.Second)
+	for ProcessLive(pid) { // exits, then is a zombie until waited for
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still live", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = cmd.Wait()
+	if ProcessLive(pid) {
+		t.Errorf("reaped pid %d is live", pid)
+	}
+}
