@@ -121,8 +121,9 @@ func run() int {
 
 // guestRun is one booted guest's result, for the summary.
 type guestRun struct {
-	topo vmtest.Topology
-	out  vmtest.Outcome
+	topo  vmtest.Topology
+	out   vmtest.Outcome
+	fails *failures
 }
 
 func runAll(ctx context.Context, o options) (int, error) {
@@ -237,11 +238,13 @@ func runAll(ctx context.Context, o options) (int, error) {
 			return vmtest.ExitHarness, err
 		}
 		var out vmtest.Outcome
+		prefix := fmt.Sprintf("[%dN] ", n)
+		fails := newFailures(os.Stdout, prefix)
 		for attempt := 1; ; attempt++ {
 			fmt.Printf("vmtest: booting %s guest (%s, timeout %s)\n", img.Topology, filepath.Base(kernel), o.timeout)
 			out, err = vmtest.Boot{
 				Topology: img.Topology, Kernel: kernel, Initrd: initrd, Qemu: o.qemu,
-				Timeout: o.timeout, Console: os.Stdout, Prefix: fmt.Sprintf("[%dN] ", n),
+				Timeout: o.timeout, Console: fails, Prefix: prefix,
 			}.Run(ctx)
 			if err != nil {
 				return vmtest.ExitHarness, err
@@ -256,7 +259,7 @@ func runAll(ctx context.Context, o options) (int, error) {
 		if !o.keep {
 			os.Remove(initrd)
 		}
-		runs = append(runs, guestRun{img.Topology, out})
+		runs = append(runs, guestRun{img.Topology, out, fails})
 		if out.Code != 0 && code == 0 {
 			code = out.Code
 		}
@@ -330,6 +333,9 @@ func summary(w io.Writer, runs []guestRun, build, total time.Duration) {
 				res = fmt.Sprintf("FAIL (exit %d)", br.Code)
 			}
 			fmt.Fprintf(w, "      %-24s %6.1fs  %s\n", br.Name, br.Seconds, res)
+		}
+		if r.fails != nil {
+			r.fails.report(w)
 		}
 	}
 }
