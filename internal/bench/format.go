@@ -52,6 +52,34 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintf(w, " (%.1f s)\n\n", r.DurationS)
 
+	if len(r.Modes) > 0 {
+		if err := r.writeFaults(w); err != nil {
+			return err
+		}
+	}
+	if r.Checkpoint != nil {
+		r.Checkpoint.writeText(w, r.Params)
+	}
+	fmt.Fprintln(w, "\ntargets (ratios within this run; --check exits 1 if a measured one is missed):")
+	for _, t := range r.Targets {
+		if t.Status == StatusNotMeasured {
+			fmt.Fprintf(w, "  %-12s  %s (goal %s)\n", "not measured", t.Name, t.Goal)
+			continue
+		}
+		fmt.Fprintf(w, "  %-12s  %s = %.3g (goal %s)\n", t.Status, t.Name, t.Value, t.Goal)
+	}
+	if len(r.Errors) > 0 {
+		fmt.Fprintln(w, "\nerrors:")
+		for _, e := range r.Errors {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+	}
+	fmt.Fprintf(w, "\n%s\n", r.Summary)
+	return nil
+}
+
+// writeFaults prints the fault modes' tables and ratios.
+func (r *Report) writeFaults(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "mode\truns\tfaults\tmedian µs\tp90 µs\tp99 µs\tp99.9 µs\tper page µs\tfaults/s\tIPIs/fault\tCAL\tRES\tTLB\tlocal node\tverified\t")
 	for _, name := range r.ModeOrder() {
@@ -171,21 +199,6 @@ func (r *Report) WriteText(w io.Writer) error {
 		" central ÷ the bare cross-CPU round trip (raw_cross) %s\n",
 		ratioText(rt.RawCrossOverRawMedian), ratioText(rt.RawXprocOverRawMedian), ratioText(rt.CentralOverRawCrossMedian))
 
-	fmt.Fprintln(w, "\ntargets (ratios within this run; --check exits 1 if a measured one is missed):")
-	for _, t := range r.Targets {
-		if t.Status == StatusNotMeasured {
-			fmt.Fprintf(w, "  %-12s  %s (goal %s)\n", "not measured", t.Name, t.Goal)
-			continue
-		}
-		fmt.Fprintf(w, "  %-12s  %s = %.3g (goal %s)\n", t.Status, t.Name, t.Value, t.Goal)
-	}
-	if len(r.Errors) > 0 {
-		fmt.Fprintln(w, "\nerrors:")
-		for _, e := range r.Errors {
-			fmt.Fprintf(w, "  %s\n", e)
-		}
-	}
-	fmt.Fprintf(w, "\n%s\n", r.Summary)
 	return nil
 }
 
