@@ -94,7 +94,7 @@ func TestBenchHelpListsEveryFlagAndMode(t *testing.T) {
 	}
 	help := out.String() // --help goes to stdout
 	usage, _, _ := strings.Cut(help, "\n")
-	for _, f := range []string{"quick", "check", "modes", "workers", "pages", "pattern", "stride", "fault-around", "reps", "json", "svg", "keep-temp", "no-progress"} {
+	for _, f := range []string{"quick", "check", "modes", "workers", "pages", "pattern", "stride", "fault-around", "reps", "ckpt-pages", "json", "svg", "keep-temp", "no-progress"} {
 		if !strings.Contains(usage, "--"+f) {
 			t.Errorf("usage line lacks --%s: %s", f, usage)
 		}
@@ -103,7 +103,7 @@ func TestBenchHelpListsEveryFlagAndMode(t *testing.T) {
 		}
 	}
 	for _, m := range bench.ValidModes {
-		if !strings.Contains(help, fmt.Sprintf("\n  %-10s ", m)) {
+		if !strings.Contains(help, fmt.Sprintf("\n  %-15s ", m)) {
 			t.Errorf("help lacks mode %s:\n%s", m, help)
 		}
 	}
