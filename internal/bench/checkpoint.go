@@ -404,7 +404,8 @@ func (c *ckptSession) checkpoint(ctx context.Context, sub ckptSub, cs *CkptSampl
 		cs.DDNS, err = ddWrite(filepath.Dir(c.r.imageDir(sub.name)), cs.DDBytes)
 		return err
 	}
-	if c.r.DDFirst {
+	// The sync run reports its write loop only: no dd floor.
+	if c.r.DDFirst && !c.r.Sync {
 		if err := dd(); err != nil {
 			return err
 		}
@@ -413,7 +414,7 @@ func (c *ckptSession) checkpoint(ctx context.Context, sub ckptSub, cs *CkptSampl
 		return err
 	}
 	cs.Full = &full
-	if !c.r.DDFirst {
+	if !c.r.DDFirst && !c.r.Sync {
 		if err := dd(); err != nil {
 			return err
 		}

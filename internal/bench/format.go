@@ -46,11 +46,15 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintln(w, "NOTE: the CPU looks emulated (qemu TCG): timings are not those of real hardware; placement is.")
 	}
 	p := r.Params
-	fmt.Fprintf(w, "bench: %d worker(s) per vcore, %d pages of %d B, pattern %s, %d reps interleaved, core CPU %d, partitions", p.Workers, p.Pages, p.PageSize, p.Pattern, p.Reps, p.CoreCPU)
-	for _, pt := range p.Partitions {
-		fmt.Fprintf(w, " node%d:%s", pt.Node, pt.CPUs)
+	if len(r.Modes) == 0 {
+		fmt.Fprintf(w, "bench: checkpoint modes only, %d reps interleaved, core CPU %d (%.1f s)\n", p.Reps, p.CoreCPU, r.DurationS)
+	} else {
+		fmt.Fprintf(w, "bench: %d worker(s) per vcore, %d pages of %d B, pattern %s, %d reps interleaved, core CPU %d, partitions", p.Workers, p.Pages, p.PageSize, p.Pattern, p.Reps, p.CoreCPU)
+		for _, pt := range p.Partitions {
+			fmt.Fprintf(w, " node%d:%s", pt.Node, pt.CPUs)
+		}
+		fmt.Fprintf(w, " (%.1f s)\n\n", r.DurationS)
 	}
-	fmt.Fprintf(w, " (%.1f s)\n\n", r.DurationS)
 
 	if len(r.Modes) > 0 {
 		if err := r.writeFaults(w); err != nil {

@@ -252,9 +252,15 @@ loop:
 			var s RunSample
 			switch {
 			case r.ckpt != "":
+				sz := sizes
+				if r.syncTracking {
+					// Only its write loop is reported: the persistent
+					// dataspace need not be larger than the loop.
+					sz.Pages = sz.TrackPages
+				}
 				cr := &CkptRun{DaemonRun: DaemonRun{Dir: dir, Exe: c.Exe, CgroupParent: fmt.Sprintf("%s/r%d", cgParent, k),
-					Pager: config.PagerLocal, FaultAround: 1, Layout: layout, Workers: 1, Pages: sizes.Pages, Seed: c.Seed},
-					Role: r.ckpt, Sync: r.syncTracking, Sizes: sizes, DDFirst: rep%2 == 0}
+					Pager: config.PagerLocal, FaultAround: 1, Layout: layout, Workers: 1, Pages: sz.Pages, Seed: c.Seed},
+					Role: r.ckpt, Sync: r.syncTracking, Sizes: sz, DDFirst: rep%2 == 0}
 				s = runCheckpoint(ctx, cr, c.Log)
 			case r.daemon != "":
 				dr := &DaemonRun{Dir: dir, Exe: c.Exe, CgroupParent: fmt.Sprintf("%s/r%d", cgParent, k), Pager: r.daemon,
