@@ -29,7 +29,7 @@ const (
 	QuickCkptPages       = 16384
 	QuickCkptTrackPages  = 4096
 	QuickCkptSmallPages  = 1024
-	CkptEpochs           = 3
+	CkptEpochs           = 5
 	CkptPasses           = 16
 	CkptIncrementals     = 3
 	ckptPersistentDS     = "ckpt"

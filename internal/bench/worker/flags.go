@@ -67,7 +67,7 @@ func BindFlags(fs *flag.FlagSet) *Flags {
 	f.ckptRole = fs.String("ckpt-role", "", "run the checkpoint scenario instead (bench modes checkpoint, restore): checkpoint or restore; --dataspace names the persistent dataspace, then a plain one")
 	f.ckptControl = fs.String("ckpt-control", "", "checkpoint scenario: the control `DIR` shared with the bench (step files)")
 	f.ckptTrackPages = fs.Int("ckpt-track-pages", 0, "checkpoint scenario: pages of the write loop and of the plain dataspace (default: --pages)")
-	f.ckptEpochs = fs.Int("ckpt-epochs", 3, "checkpoint scenario: epochs of the write loop (a checkpoint after each)")
+	f.ckptEpochs = fs.Int("ckpt-epochs", 5, "checkpoint scenario: epochs of the write loop (a checkpoint after each)")
 	f.ckptPasses = fs.Int("ckpt-passes", 16, "checkpoint scenario: full-page write passes per epoch")
 	f.ckptIncrs = fs.Int("ckpt-incrementals", 3, "checkpoint scenario: incremental checkpoints of 1 % of the pages")
 	return f
