@@ -70,8 +70,9 @@ type CkptRun struct {
 	Role  string // CkptRoleCheckpoint or CkptRoleRestore
 	Sync  bool   // the vcore tracks writes synchronously (VCORED_SYNC_WRITE_TRACKING=1)
 	Sizes CkptSizes
-	// DDFirst: the dd floor is written before the full checkpoint (the
-	// order alternates between repetitions).
+	// DDFirst: the dd floor is written before the full checkpoint, and
+	// the small restore runs before the big one (the orders alternate
+	// between repetitions).
 	DDFirst bool
 }
 
@@ -189,7 +190,8 @@ type CkptSample struct {
 	DDBytes int64           `json:"dd_bytes,omitempty"`
 	// Incrementals: checkpoints after 1 % of the pages were written.
 	Incrementals []CkptCheckpoint `json:"incrementals,omitempty"`
-	// Restores: per persistent dataspace size (role restore), big first.
+	// Restores: per persistent dataspace size (role restore); the big one
+	// has Sizes.Pages.
 	Restores []CkptRestore `json:"restores,omitempty"`
 	// VerifiedPages passed the content check (both lives).
 	VerifiedPages int64 `json:"verified_pages"`
@@ -286,7 +288,11 @@ func runCheckpoint(ctx context.Context, r *CkptRun, log *slog.Logger) (s RunSamp
 	}
 	sc := &ckptSession{r: r, core: core, vc: vc, log: log}
 	if r.Role == CkptRoleRestore {
-		for _, sub := range r.subs() {
+		subs := r.subs()
+		if r.DDFirst {
+			slices.Reverse(subs)
+		}
+		for _, sub := range subs {
 			rs, err := sc.restore(ctx, sub, cs)
 			if err != nil {
 				return fail(fmt.Errorf("%s: %w", sub.name, err))

@@ -166,10 +166,10 @@ func buildCheckpoint(samples []RunSample, pageSize int) *CheckpointReport {
 				incrOverFull = append(incrOverFull, medianOf(in)/full)
 			}
 		}
-		for i, rs := range cs.Restores {
+		for _, rs := range cs.Restores {
 			starts[rs.Pages] = append(starts[rs.Pages], ms(float64(rs.StartNS)))
 			attaches[rs.Pages] = append(attaches[rs.Pages], ms(float64(rs.AttachNS)))
-			if i == 0 {
+			if rs.Pages == cs.Sizes.Pages {
 				bigPages = rs.Pages
 				if h, err := hist.FromSnapshot(rs.Restore); err == nil {
 					hr.Merge(h)

@@ -129,8 +129,10 @@ func ckptFixture() []RunSample {
 			Incrementals: []CkptCheckpoint{{FrozenNS: 4e6, Pages: 10}, {FrozenNS: 6e6, Pages: 10}, {FrozenNS: 20e6, Pages: 10}}}},
 		{Mode: ModeCheckpointSync, Rep: 1, Ckpt: &CkptSample{Role: CkptRoleCheckpoint, Sync: true, VerifiedPages: 10,
 			Track: []CkptEpoch{epoch(1000, 3000)}, Full: &CkptCheckpoint{FrozenNS: 1, Bytes: 1}, DDNS: 1000}},
-		{Mode: ModeRestore, Rep: 1, Ckpt: &CkptSample{Role: CkptRoleRestore, VerifiedPages: 10,
-			Restores: []CkptRestore{restore(1600, 40, 6000, 4000), restore(100, 50, 1, 1)}}},
+		// The small restore first (the order alternates): the big one is
+		// known by its size.
+		{Mode: ModeRestore, Rep: 1, Ckpt: &CkptSample{Role: CkptRoleRestore, VerifiedPages: 10, Sizes: CkptSizes{Pages: 1600, SmallPages: 100},
+			Restores: []CkptRestore{restore(100, 50, 1, 1), restore(1600, 40, 6000, 4000)}}},
 		// A failed run: its pages count as verified, its figures not.
 		{Mode: ModeCheckpoint, Rep: 2, Err: errors.New("boom"), Ckpt: &CkptSample{Role: CkptRoleCheckpoint, VerifiedPages: 5,
 			Track: []CkptEpoch{epoch(1, 1000)}}},

@@ -130,12 +130,14 @@ func (w *ckptWorker) firstLife(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	pAttached := true
+	pAttached, uAttached := true, true
 	defer func() {
 		if pAttached {
 			err = errors.Join(err, closeErr("detach "+w.c.Persistent, detachP()))
 		}
-		err = errors.Join(err, closeErr("detach "+w.c.Plain, detachU()))
+		if uAttached {
+			err = errors.Join(err, closeErr("detach "+w.c.Plain, detachU()))
+		}
 	}()
 	seed := w.c.Seed
 	w.gen = make([]uint16, w.c.Pages)
@@ -216,11 +218,11 @@ func (w *ckptWorker) firstLife(ctx context.Context) (err error) {
 		}
 		return verr
 	}
-	// Restore: detach the persistent dataspace first (the exit then has
-	// little memory left to free, whatever its size), record, exit.
-	pAttached = false
-	if err := detachP(); err != nil {
-		return errors.Join(verr, closeErr("detach "+w.c.Persistent, err))
+	// Restore: detach both dataspaces first (the exit then has no
+	// dataspace memory left to free, whatever its size), record, exit.
+	pAttached, uAttached = false, false
+	if err := errors.Join(closeErr("detach "+w.c.Persistent, detachP()), closeErr("detach "+w.c.Plain, detachU())); err != nil {
+		return errors.Join(verr, err)
 	}
 	done.Step, done.Pid, done.ExitUnixNS = w.step, os.Getpid(), time.Now().UnixNano()
 	if err := bench.WriteCkptStep(bench.CkptDonePath(w.c.Control), done); err != nil {
