@@ -98,6 +98,16 @@ type MoveFigures struct {
 	Bytes   int64   `json:"bytes"`
 }
 
+// SetMove records a move mode's figures in the report's checkpoint object
+// (created if the checkpoint modes did not run): the hook for the move
+// mode's part of Build.
+func (r *Report) SetMove(m *MoveReport) {
+	if r.Checkpoint == nil {
+		r.Checkpoint = &CheckpointReport{}
+	}
+	r.Checkpoint.Move = m
+}
+
 // IsCkptMode reports whether mode is one of the checkpoint scenario's.
 func IsCkptMode(mode string) bool {
 	m, ok := LookupMode(mode)

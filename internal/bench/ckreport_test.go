@@ -262,6 +262,26 @@ func TestBuildCheckpoint(t *testing.T) {
 	}
 }
 
+// TestSetMove: a move mode's figures land in checkpoint.move even when
+// the checkpoint modes did not run; their targets stay unmeasured.
+func TestSetMove(t *testing.T) {
+	r := Build(Machine{}, Params{}, nil)
+	r.SetMove(&MoveReport{Live: &MoveFigures{DowntimeMS: 2, TotalMS: 800, Bytes: 4096}, Restart: &MoveFigures{DowntimeMS: 90, TotalMS: 1200, Bytes: 4096}})
+	r.Targets, r.Summary = targets(r), summary(r)
+	data, _ := json.Marshal(r)
+	if !bytes.Contains(data, []byte(`"move":{"live":{"downtime_ms":2,"total_ms":800,"bytes":4096},"restart":{"downtime_ms":90,"total_ms":1200,"bytes":4096}}`)) {
+		t.Errorf("JSON %s", data)
+	}
+	for _, tg := range r.Targets {
+		if tg.Status != StatusNotMeasured {
+			t.Errorf("target %s: %s", tg.Key, tg.Status)
+		}
+	}
+	if !strings.Contains(r.Summary, "a live move stops the subsystem 2.0 ms (800.0 ms in all), a restart move 90.0 ms") {
+		t.Errorf("summary %q", r.Summary)
+	}
+}
+
 // TestBuildCheckpointNone: no checkpoint run, no checkpoint object.
 func TestBuildCheckpointNone(t *testing.T) {
 	r := Build(Machine{}, Params{}, nil)

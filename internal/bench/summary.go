@@ -97,6 +97,10 @@ func ckptSummary(c *CheckpointReport) string {
 		parts = append(parts, fmt.Sprintf("a restart reaches the worker's first instruction in %.2f× the time with %d× the pages",
 			c.RestartStartBigOverSmall, c.RestartBigPages/max(c.RestartSmallPages, 1)))
 	}
+	if m := c.Move; m != nil && m.Live != nil && m.Restart != nil {
+		parts = append(parts, fmt.Sprintf("a live move stops the subsystem %.1f ms (%.1f ms in all), a restart move %.1f ms (%.1f ms)",
+			m.Live.DowntimeMS, m.Live.TotalMS, m.Restart.DowntimeMS, m.Restart.TotalMS))
+	}
 	if len(parts) == 0 {
 		return "summary: checkpoint modes measured nothing (see errors)"
 	}
