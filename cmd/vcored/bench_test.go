@@ -135,12 +135,15 @@ func TestBenchCheckpointForReal(t *testing.T) {
 	}
 	t.Setenv("VCORED_TEST_MAIN", "1")
 	tmpBefore, _ := filepath.Glob(filepath.Join(os.TempDir(), "vcored-bench-*"))
-	jsonPath := filepath.Join(t.TempDir(), "bench.json")
+	jsonPath, svgPath := filepath.Join(t.TempDir(), "bench.json"), filepath.Join(t.TempDir(), "bench.svg")
 	const pages = 1024
 	code, out, errs := runCmd("bench", "--modes", "checkpoint,restore", "--ckpt-pages", fmt.Sprint(pages), "--reps", "2",
-		"--no-progress", "--json", jsonPath)
+		"--no-progress", "--json", jsonPath, "--svg", svgPath)
 	if code != exitOK {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	if svg, err := os.ReadFile(svgPath); err != nil || !bytes.Contains(svg, []byte("restore: restored pages")) {
+		t.Errorf("svg: %v", err)
 	}
 	data, err := os.ReadFile(jsonPath)
 	if err != nil {

@@ -80,6 +80,9 @@ type CheckpointReport struct {
 	// VerifiedPages passed the content check, over all lives and runs.
 	VerifiedPages int64 `json:"verified_pages"`
 	Runs          int   `json:"runs"`
+
+	// restoreHist and localHist are the restore's first touches (--svg).
+	restoreHist, localHist *hist.Histogram
 }
 
 // MoveReport compares a live and a restart move of the same subsystem
@@ -211,6 +214,7 @@ func buildCheckpoint(samples []RunSample, pageSize int) *CheckpointReport {
 		c.RestoreMedianNS, c.RestoreP99NS = hr.Quantile(0.5), hr.Quantile(0.99)
 		c.LocalMedianNS, c.LocalP99NS = hl.Quantile(0.5), hl.Quantile(0.99)
 		c.RestoreFirstTouchOverLocal = ratio(float64(c.RestoreMedianNS), float64(c.LocalMedianNS))
+		c.restoreHist, c.localHist = hr, hl
 	}
 	c.RestoreMBps, c.ImageReadMBps, c.RestoreThroughputOverRead = medianOf(restMBps), medianOf(readMBps), medianOf(restOverRead)
 	if len(starts) > 0 {

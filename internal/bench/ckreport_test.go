@@ -262,6 +262,19 @@ func TestBuildCheckpoint(t *testing.T) {
 	}
 }
 
+// TestCheckpointSVG: a run of the checkpoint modes alone plots the
+// restore's first touches.
+func TestCheckpointSVG(t *testing.T) {
+	r := Build(Machine{}, Params{PageSize: 4096}, ckptFixture())
+	path := filepath.Join(t.TempDir(), "x.svg")
+	if err := r.WriteSVG(path); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); !bytes.Contains(b, []byte("restore: restored pages")) || !bytes.Contains(b, []byte("restore: local pages")) {
+		t.Errorf("svg lacks the restore series")
+	}
+}
+
 // TestSetMove: a move mode's figures land in checkpoint.move even when
 // the checkpoint modes did not run; their targets stay unmeasured.
 func TestSetMove(t *testing.T) {

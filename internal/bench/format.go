@@ -229,6 +229,10 @@ func (r *Report) WriteSVG(path string) error {
 	if r.Forwarded != nil && r.Forwarded.hist != nil {
 		series = append(series, plot.Series{Name: "forwarded (core-owned)", Hist: r.Forwarded.hist})
 	}
+	if c := r.Checkpoint; c != nil && c.restoreHist != nil {
+		series = append(series, plot.Series{Name: "restore: restored pages (read)", Hist: c.restoreHist},
+			plot.Series{Name: "restore: local pages (read)", Hist: c.localHist})
+	}
 	title := fmt.Sprintf("vcored bench: first-touch latency, %d pages, %s, %d CPUs / %d node(s), %s",
 		r.Params.Pages, r.Params.Pattern, r.Machine.CPUs, r.Machine.Nodes, r.Machine.Kernel)
 	if err := plot.CDFFile(path, title, series); err != nil {
