@@ -34,7 +34,9 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	faultAround := fs.Int("fault-around", 16, "pages per fault in the fault-around comparison (sequential access); 1 skips it")
 	reps := fs.Int("reps", bench.DefaultReps, "repetitions of each mode (interleaved), at least 3 for a report")
 	quick := fs.Bool("quick", false, fmt.Sprintf("small run: %d pages per worker (how long it takes varies ~10× between days on a shared VM)", bench.QuickPages))
-	modesS := fs.String("modes", "", "comma-separated modes to run (default all; see modes below); raw_floor also selects raw_xproc and raw_cross")
+	modesS := fs.String("modes", "", "comma-separated modes to run (default all fault modes; see modes below); raw_floor also selects raw_xproc and raw_cross, checkpoint also checkpoint_sync")
+	ckptPages := fs.Int("ckpt-pages", 0, fmt.Sprintf("pages of the checkpoint modes' persistent dataspace (default %d = 1 GiB, --quick %d); the write loop and the restore's small size shrink with it",
+		bench.CkptPages, bench.QuickCkptPages))
 	jsonPath := fs.String("json", "", "write every figure and the machine description as JSON to `FILE`")
 	svgPath := fs.String("svg", "", "write the latency CDF of all modes to `FILE` (SVG)")
 	keepTemp := fs.Bool("keep-temp", false, "keep the temp dir (configs, daemon logs, worker results)")
@@ -50,8 +52,8 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return asUsage(err)
 	}
-	if *reps < 1 || *workers < 1 || *pages < 0 || *faultAround < 1 {
-		return usagef("--reps, --workers and --fault-around must be at least 1, --pages not negative")
+	if *reps < 1 || *workers < 1 || *pages < 0 || *faultAround < 1 || *ckptPages < 0 {
+		return usagef("--reps, --workers and --fault-around must be at least 1, --pages and --ckpt-pages not negative")
 	}
 	var modes []string
 	if *modesS != "" {
@@ -78,7 +80,7 @@ func runBench(ctx context.Context, e *env, args []string) error {
 		Exe: exe, Machine: m,
 		Description: bench.DescribeMachine(m, os.DirFS("/proc"), os.DirFS("/sys"), cgroups.HostMode()),
 		Workers:     *workers, Pages: *pages, Pattern: pattern, Stride: *stride, FaultAround: *faultAround,
-		Reps: *reps, Quick: *quick, Modes: modes, KeepTemp: *keepTemp,
+		Reps: *reps, Quick: *quick, Modes: modes, KeepTemp: *keepTemp, CkptPages: *ckptPages,
 		Progress: e.stderr, ProgressMode: pm, Log: e.log,
 	}
 	rep, runErr := bench.Run(ctx, cfg)
@@ -106,13 +108,13 @@ func runBench(ctx context.Context, e *env, args []string) error {
 
 // benchSynopsis is the usage line of `vcored bench`: every flag.
 const benchSynopsis = "[--quick] [--check] [--modes MODE,…] [--workers N] [--pages N] [--pattern seq|random|stride] [--stride N] " +
-	"[--fault-around N] [--reps N] [--json FILE] [--svg FILE] [--keep-temp] [--no-progress]"
+	"[--fault-around N] [--reps N] [--ckpt-pages N] [--json FILE] [--svg FILE] [--keep-temp] [--no-progress]"
 
 // writeBenchHelp lists the modes and the targets after the flags.
 func writeBenchHelp(w io.Writer) {
-	fmt.Fprintf(w, "\nmodes (all run, interleaved, unless --modes names some):\n")
+	fmt.Fprintf(w, "\nmodes (all fault modes run, interleaved, unless --modes names some; the checkpoint modes only when named):\n")
 	for _, m := range bench.Registry {
-		fmt.Fprintf(w, "  %-10s %s\n", m.Name, m.Doc)
+		fmt.Fprintf(w, "  %-15s %s\n", m.Name, m.Doc)
 	}
 	fmt.Fprintf(w, "  with --fault-around N > 1 also local_faN and raw_floor_faN (sequential, N pages per fault), and with a\n"+
 		"  non-sequential --pattern the sequential baselines local_seq, raw_floor_seq and kernel_seq.\n")

@@ -2,13 +2,18 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/vcored/vcored/internal/bench"
 	"github.com/vcored/vcored/internal/hist"
+	"github.com/vcored/vcored/topology"
 )
 
 // fakeReport builds a report from fake worker results: every first touch
@@ -94,7 +99,7 @@ func TestBenchHelpListsEveryFlagAndMode(t *testing.T) {
 	}
 	help := out.String() // --help goes to stdout
 	usage, _, _ := strings.Cut(help, "\n")
-	for _, f := range []string{"quick", "check", "modes", "workers", "pages", "pattern", "stride", "fault-around", "reps", "json", "svg", "keep-temp", "no-progress"} {
+	for _, f := range []string{"quick", "check", "modes", "workers", "pages", "pattern", "stride", "fault-around", "reps", "ckpt-pages", "json", "svg", "keep-temp", "no-progress"} {
 		if !strings.Contains(usage, "--"+f) {
 			t.Errorf("usage line lacks --%s: %s", f, usage)
 		}
@@ -103,7 +108,7 @@ func TestBenchHelpListsEveryFlagAndMode(t *testing.T) {
 		}
 	}
 	for _, m := range bench.ValidModes {
-		if !strings.Contains(help, fmt.Sprintf("\n  %-10s ", m)) {
+		if !strings.Contains(help, fmt.Sprintf("\n  %-15s ", m)) {
 			t.Errorf("help lacks mode %s:\n%s", m, help)
 		}
 	}
@@ -111,5 +116,101 @@ func TestBenchHelpListsEveryFlagAndMode(t *testing.T) {
 		if !strings.Contains(help, tg.Key) {
 			t.Errorf("help lacks target %s", tg.Key)
 		}
+	}
+}
+
+// TestBenchCheckpointForReal runs `vcored bench --modes checkpoint,restore`
+// for real at small sizes (this test binary is vcored for the daemons and
+// the workers): every mode runs twice (both orders of the dd floor and the
+// full checkpoint), every page of every life is verified, every figure is
+// measured, nothing is left behind. No timing is asserted.
+func TestBenchCheckpointForReal(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: userfaultfd, cgroups, the daemons")
+	}
+	if m, err := topology.Host(); err != nil {
+		t.Fatal(err)
+	} else if _, err := bench.PlanLayout(m); err != nil {
+		t.Skipf("machine too small for the bench layout: %v", err)
+	}
+	t.Setenv("VCORED_TEST_MAIN", "1")
+	tmpBefore, _ := filepath.Glob(filepath.Join(os.TempDir(), "vcored-bench-*"))
+	jsonPath, svgPath := filepath.Join(t.TempDir(), "bench.json"), filepath.Join(t.TempDir(), "bench.svg")
+	const pages = 1024
+	code, out, errs := runCmd("bench", "--modes", "checkpoint,restore", "--ckpt-pages", fmt.Sprint(pages), "--reps", "2",
+		"--no-progress", "--json", jsonPath, "--svg", svgPath)
+	if code != exitOK {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	if svg, err := os.ReadFile(svgPath); err != nil || !bytes.Contains(svg, []byte("restore: restored pages")) {
+		t.Errorf("svg: %v", err)
+	}
+	data, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Params struct {
+			Checkpoint bench.CkptSizes `json:"checkpoint"`
+		} `json:"params"`
+		Order      []string                `json:"order"`
+		Modes      map[string]any          `json:"modes"`
+		Checkpoint *bench.CheckpointReport `json:"checkpoint"`
+		Errors     []string                `json:"errors"`
+	}
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"checkpoint", "checkpoint_sync", "restore", "checkpoint", "checkpoint_sync", "restore"}; !slices.Equal(rep.Order, want) {
+		t.Errorf("order %v, want %v", rep.Order, want)
+	}
+	c, s := rep.Checkpoint, rep.Params.Checkpoint
+	if c == nil || len(rep.Errors) > 0 || len(rep.Modes) > 0 {
+		t.Fatalf("checkpoint %+v, errors %v, modes %v", c, rep.Errors, rep.Modes)
+	}
+	if s.Pages != pages || s.TrackPages < 1 || s.SmallPages < 1 || s.SmallPages >= pages {
+		t.Fatalf("sizes %+v", s)
+	}
+	// Per repetition: the checkpoint worker verifies both dataspaces once,
+	// the sync one too (its persistent dataspace is as large as its write
+	// loop); each restore worker verifies them before and after its
+	// restart (the small one's plain dataspace is at most as large as its
+	// persistent one).
+	smallTrack := min(s.TrackPages, s.SmallPages)
+	perRep := (pages + s.TrackPages) + 2*s.TrackPages + 2*(pages+s.TrackPages) + 2*(s.SmallPages+smallTrack)
+	if c.VerifiedPages != int64(2*perRep) || c.Runs != 6 {
+		t.Errorf("verified %d pages in %d runs, want %d in 6", c.VerifiedPages, c.Runs, 2*perRep)
+	}
+	for name, v := range map[string]float64{
+		"tracking_overhead": c.TrackingOverhead, "sync_tracking_overhead": c.SyncTrackingOverhead,
+		"incremental_frozen_ms": c.IncrementalFrozenMS, "incremental_over_full": c.IncrementalOverFull,
+		"full_write_over_dd": c.FullWriteOverDD, "restore_first_touch_over_local": c.RestoreFirstTouchOverLocal,
+		"restore_throughput_over_read": c.RestoreThroughputOverRead, "restart_start_big_over_small": c.RestartStartBigOverSmall,
+	} {
+		if v <= 0 {
+			t.Errorf("%s not measured: %v", name, v)
+		}
+	}
+	// 1 % of the pages per incremental (every 100th page).
+	if want := (pages + 99) / 100; c.IncrementalPages != want {
+		t.Errorf("incremental layers of %d pages, want %d", c.IncrementalPages, want)
+	}
+	if c.RestartBigPages != pages || c.RestartSmallPages != s.SmallPages || c.Move != nil {
+		t.Errorf("restart sizes %d, %d; move %+v", c.RestartBigPages, c.RestartSmallPages, c.Move)
+	}
+	for _, want := range []string{"dirty tracking: write loop tracked ÷ untracked: async", "full checkpoint:", "incremental checkpoint",
+		"restore: first touch median", "restart to the worker's first instruction", "write loop with async dirty tracking ÷ without",
+		"summary: async dirty tracking costs"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("text lacks %q:\n%s", want, out)
+		}
+	}
+	// Nothing left behind: no temp dir, no cgroup.
+	tmpAfter, _ := filepath.Glob(filepath.Join(os.TempDir(), "vcored-bench-*"))
+	if len(tmpAfter) > len(tmpBefore) {
+		t.Errorf("temp dirs left: before %v, after %v", tmpBefore, tmpAfter)
+	}
+	if left, _ := filepath.Glob(fmt.Sprintf("/sys/fs/cgroup/*/vcored-bench-%d", os.Getpid())); len(left) > 0 {
+		t.Errorf("cgroups left: %v", left)
 	}
 }

@@ -35,14 +35,18 @@ type daemon struct {
 	err    error // after exited is closed
 }
 
-// startDaemon starts exe args with output to logPath.
-func startDaemon(name, socket, logPath, exe string, args ...string) (*daemon, error) {
+// startDaemon starts exe args with output to logPath; env is added to
+// the bench's environment.
+func startDaemon(name, socket, logPath, exe string, env []string, args ...string) (*daemon, error) {
 	out, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("bench: %s log: %w", name, err)
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = out, out
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
 		out.Close()
@@ -148,7 +152,7 @@ func runDaemons(ctx context.Context, r *DaemonRun, log *slog.Logger) (s RunSampl
 		}
 	}()
 
-	core, err := startDaemon("core", r.CoreSocket(), filepath.Join(r.Dir, "core.log"), r.Exe,
+	core, err := startDaemon("core", r.CoreSocket(), filepath.Join(r.Dir, "core.log"), r.Exe, nil,
 		"core", "--config", r.CoreConfigPath(), "--pager", string(r.Pager))
 	if err != nil {
 		return RunSample{Err: err}
@@ -161,7 +165,7 @@ func runDaemons(ctx context.Context, r *DaemonRun, log *slog.Logger) (s RunSampl
 	var vcores []*daemon
 	for i, p := range r.Layout.Partitions {
 		name := fmt.Sprintf("vcore%d", p.Node)
-		d, err := startDaemon(name, r.VCoreSocket(i), filepath.Join(r.Dir, name+".log"), r.Exe,
+		d, err := startDaemon(name, r.VCoreSocket(i), filepath.Join(r.Dir, name+".log"), r.Exe, nil,
 			"vcore", "--config", r.VCoreConfigPath(i))
 		if err != nil {
 			return RunSample{Err: err}

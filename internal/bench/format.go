@@ -46,12 +46,44 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintln(w, "NOTE: the CPU looks emulated (qemu TCG): timings are not those of real hardware; placement is.")
 	}
 	p := r.Params
-	fmt.Fprintf(w, "bench: %d worker(s) per vcore, %d pages of %d B, pattern %s, %d reps interleaved, core CPU %d, partitions", p.Workers, p.Pages, p.PageSize, p.Pattern, p.Reps, p.CoreCPU)
-	for _, pt := range p.Partitions {
-		fmt.Fprintf(w, " node%d:%s", pt.Node, pt.CPUs)
+	if len(r.Modes) == 0 {
+		fmt.Fprintf(w, "bench: checkpoint modes only, %d reps interleaved, core CPU %d (%.1f s)\n", p.Reps, p.CoreCPU, r.DurationS)
+	} else {
+		fmt.Fprintf(w, "bench: %d worker(s) per vcore, %d pages of %d B, pattern %s, %d reps interleaved, core CPU %d, partitions", p.Workers, p.Pages, p.PageSize, p.Pattern, p.Reps, p.CoreCPU)
+		for _, pt := range p.Partitions {
+			fmt.Fprintf(w, " node%d:%s", pt.Node, pt.CPUs)
+		}
+		fmt.Fprintf(w, " (%.1f s)\n\n", r.DurationS)
 	}
-	fmt.Fprintf(w, " (%.1f s)\n\n", r.DurationS)
 
+	if len(r.Modes) > 0 {
+		if err := r.writeFaults(w); err != nil {
+			return err
+		}
+	}
+	if r.Checkpoint != nil {
+		r.Checkpoint.writeText(w, r.Params)
+	}
+	fmt.Fprintln(w, "\ntargets (ratios within this run; --check exits 1 if a measured one is missed):")
+	for _, t := range r.Targets {
+		if t.Status == StatusNotMeasured {
+			fmt.Fprintf(w, "  %-12s  %s (goal %s)\n", "not measured", t.Name, t.Goal)
+			continue
+		}
+		fmt.Fprintf(w, "  %-12s  %s = %.3g (goal %s)\n", t.Status, t.Name, t.Value, t.Goal)
+	}
+	if len(r.Errors) > 0 {
+		fmt.Fprintln(w, "\nerrors:")
+		for _, e := range r.Errors {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+	}
+	fmt.Fprintf(w, "\n%s\n", r.Summary)
+	return nil
+}
+
+// writeFaults prints the fault modes' tables and ratios.
+func (r *Report) writeFaults(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "mode\truns\tfaults\tmedian µs\tp90 µs\tp99 µs\tp99.9 µs\tper page µs\tfaults/s\tIPIs/fault\tCAL\tRES\tTLB\tlocal node\tverified\t")
 	for _, name := range r.ModeOrder() {
@@ -171,21 +203,6 @@ func (r *Report) WriteText(w io.Writer) error {
 		" central ÷ the bare cross-CPU round trip (raw_cross) %s\n",
 		ratioText(rt.RawCrossOverRawMedian), ratioText(rt.RawXprocOverRawMedian), ratioText(rt.CentralOverRawCrossMedian))
 
-	fmt.Fprintln(w, "\ntargets (ratios within this run; --check exits 1 if a measured one is missed):")
-	for _, t := range r.Targets {
-		if t.Status == StatusNotMeasured {
-			fmt.Fprintf(w, "  %-12s  %s (goal %s)\n", "not measured", t.Name, t.Goal)
-			continue
-		}
-		fmt.Fprintf(w, "  %-12s  %s = %.3g (goal %s)\n", t.Status, t.Name, t.Value, t.Goal)
-	}
-	if len(r.Errors) > 0 {
-		fmt.Fprintln(w, "\nerrors:")
-		for _, e := range r.Errors {
-			fmt.Fprintf(w, "  %s\n", e)
-		}
-	}
-	fmt.Fprintf(w, "\n%s\n", r.Summary)
 	return nil
 }
 
@@ -211,6 +228,10 @@ func (r *Report) WriteSVG(path string) error {
 	}
 	if r.Forwarded != nil && r.Forwarded.hist != nil {
 		series = append(series, plot.Series{Name: "forwarded (core-owned)", Hist: r.Forwarded.hist})
+	}
+	if c := r.Checkpoint; c != nil && c.restoreHist != nil {
+		series = append(series, plot.Series{Name: "restore: restored pages (read)", Hist: c.restoreHist},
+			plot.Series{Name: "restore: local pages (read)", Hist: c.localHist})
 	}
 	title := fmt.Sprintf("vcored bench: first-touch latency, %d pages, %s, %d CPUs / %d node(s), %s",
 		r.Params.Pages, r.Params.Pattern, r.Machine.CPUs, r.Machine.Nodes, r.Machine.Kernel)

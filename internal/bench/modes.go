@@ -37,6 +37,14 @@ type ModeSpec struct {
 	// Warm: a warm-up worker per vcore touches it first (fills the
 	// vcore's replica); the measured workers start after it.
 	Warm bool
+	// Ckpt is the role of the checkpoint-scenario workers of a mode
+	// (CkptRoleCheckpoint, CkptRoleRestore); "" for the fault modes.
+	Ckpt string
+	// SyncTracking makes the vcore track writes synchronously
+	// (VCORED_SYNC_WRITE_TRACKING=1), as on kernels before 6.7.
+	SyncTracking bool
+	// OptIn: the mode runs only when --modes names it (or its family).
+	OptIn bool
 	// Doc says in one line what the mode measures (--help, docs).
 	Doc string
 }
@@ -64,6 +72,14 @@ var Registry = []ModeSpec{
 		Doc: "first touches of a core-owned read-only dataspace: each fault forwarded by the vcore to core"},
 	{Name: ModeReplicated, Family: ModeForwarded, Daemon: config.PagerLocal, Worker: WorkerUffd, CoreOnly: true, Warm: true,
 		Doc: "the same, by a second worker on the node after a first one touched every page: served from the vcore's replica"},
+	{Name: ModeCheckpoint, Family: ModeCheckpoint, Daemon: config.PagerLocal, Ckpt: CkptRoleCheckpoint, OptIn: true,
+		Doc: "a persistent dataspace: a write loop with async dirty tracking vs a plain dataspace, a full checkpoint vs dd," +
+			" incremental checkpoints of 1 % of the pages (only with --modes)"},
+	{Name: ModeCheckpointSync, Family: ModeCheckpoint, Daemon: config.PagerLocal, Ckpt: CkptRoleCheckpoint, SyncTracking: true, OptIn: true,
+		Doc: "the same with sync write tracking (the pager takes a fault per first write, as kernels before 6.7 need)"},
+	{Name: ModeRestore, Family: ModeRestore, Daemon: config.PagerLocal, Ckpt: CkptRoleRestore, OptIn: true,
+		Doc: "restart of a worker with a checkpointed persistent dataspace, at two sizes: time to its first instruction," +
+			" lazy first touches vs local faults, a sequential restore vs reading the image (only with --modes)"},
 }
 
 // ValidModes are the names --modes accepts: every registered mode.

@@ -31,6 +31,12 @@ const (
 	// another worker of the vcore, served from its replica.
 	ModeForwarded  = "forwarded"
 	ModeReplicated = "replicated"
+	// ModeCheckpoint, ModeCheckpointSync and ModeRestore are the
+	// checkpoint scenario's (issue I.5): they measure checkpoints and
+	// restores, not faults, and report in Report.Checkpoint.
+	ModeCheckpoint     = "checkpoint"
+	ModeCheckpointSync = "checkpoint_sync"
+	ModeRestore        = "restore"
 )
 
 // PrefetchPatternMode names the prefetch-on run of a non-sequential main
@@ -62,6 +68,8 @@ type RunSample struct {
 	PagerReadNS, PagerWorkNS, PagerIoctlNS float64
 	// VmHWM is the peak RSS of each daemon ("core", "vcore0", …), in bytes.
 	VmHWM map[string]uint64
+	// Ckpt is what a checkpoint-scenario run measured (nil otherwise).
+	Ckpt *CkptSample
 	// Err is why the run failed (its other fields may be partial).
 	Err error
 }
@@ -77,9 +85,12 @@ type Report struct {
 	// local runs: faults the vcore forwards to core.
 	Forwarded *ForwardedReport `json:"forwarded,omitempty"`
 	// Memory is the daemons' peak RSS and the pagers' tracking cost.
-	Memory  *MemoryReport `json:"memory,omitempty"`
-	Ratios  Ratios        `json:"ratios"`
-	Targets []Target      `json:"targets"`
+	Memory *MemoryReport `json:"memory,omitempty"`
+	// Checkpoint is the checkpoint scenario's figures (modes checkpoint,
+	// checkpoint_sync, restore; move fills Checkpoint.Move).
+	Checkpoint *CheckpointReport `json:"checkpoint,omitempty"`
+	Ratios     Ratios            `json:"ratios"`
+	Targets    []Target          `json:"targets"`
 	// Summary is the closing line: who won, by how much, and why in this
 	// machine's own terms (see Summary).
 	Summary string `json:"summary"`
@@ -104,6 +115,8 @@ type Params struct {
 		Node int    `json:"node"`
 		CPUs string `json:"cpus"`
 	} `json:"partitions"`
+	// Checkpoint is the sizes of the checkpoint modes, when they ran.
+	Checkpoint *CkptSizes `json:"checkpoint,omitempty"`
 }
 
 // ModeReport is everything measured for one mode, all runs and workers merged.
@@ -480,10 +493,19 @@ func (r *Report) measured(mode string) (*ModeReport, bool) {
 func Build(machine Machine, params Params, samples []RunSample) *Report {
 	r := &Report{Machine: machine, Params: params, Modes: map[string]*ModeReport{}}
 	byMode := map[string][]RunSample{}
+	var ckpt []RunSample
 	for _, s := range samples {
-		byMode[s.Mode] = append(byMode[s.Mode], s)
 		r.Order = append(r.Order, s.Mode)
+		if s.Ckpt != nil || IsCkptMode(s.Mode) {
+			ckpt = append(ckpt, s)
+			if s.Err != nil {
+				r.Errors = append(r.Errors, fmt.Sprintf("%s: rep %d: %v", s.Mode, s.Rep, s.Err))
+			}
+			continue
+		}
+		byMode[s.Mode] = append(byMode[s.Mode], s)
 	}
+	r.Checkpoint = buildCheckpoint(ckpt, params.PageSize)
 	for _, mode := range slices.Sorted(maps.Keys(byMode)) {
 		r.Modes[mode] = buildMode(byMode[mode])
 	}
@@ -669,7 +691,7 @@ func positive(f func(r *Report) float64) func(r *Report) (float64, bool) {
 }
 
 // targetSpecs are the goals, in report order. New modes add rows here.
-var targetSpecs = []targetSpec{
+var targetSpecs = append([]targetSpec{
 	{key: "local_over_raw_xproc_median", name: "local median ÷ raw_xproc median (framework over its floor)",
 		goal:  fmt.Sprintf("≤ %.2f", TargetLocalOverRawXprocMedian),
 		value: positive(func(r *Report) float64 { return r.Ratios.LocalOverRawXprocMedian }), pass: atMost(TargetLocalOverRawXprocMedian)},
@@ -716,7 +738,7 @@ var targetSpecs = []targetSpec{
 			}
 			return float64(peak) / float64(hw.MiB), peak > 0
 		}, pass: func(v float64) bool { return v < float64(TargetDaemonHWM/hw.MiB) }},
-}
+}, ckptTargetSpecs...)
 
 func targets(r *Report) []Target {
 	var out []Target

@@ -352,8 +352,15 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("plan of local,raw_xproc %v, want %v", got, want)
 	}
-	if got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 1})); len(got) != len(Registry) {
-		t.Errorf("plan without fault-around %v", got)
+	// The checkpoint modes are opt-in: the default plan is the fault modes.
+	optIn := 0
+	for _, m := range Registry {
+		if m.OptIn {
+			optIn++
+		}
+	}
+	if got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 1})); len(got) != len(Registry)-optIn || optIn != 3 {
+		t.Errorf("plan without fault-around %v (%d opt-in modes)", got, optIn)
 	}
 }
 

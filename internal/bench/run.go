@@ -43,6 +43,10 @@ type Config struct {
 	Modes []string
 	// Seed is the content seed of every dataspace.
 	Seed uint64
+	// CkptPages, if positive, is the size in pages of the checkpoint
+	// modes' persistent dataspace (default CkptPages, --quick
+	// QuickCkptPages); their other sizes shrink with it (ckptSizes).
+	CkptPages int
 	// KeepTemp keeps the temp dir (configs, logs, results) for inspection.
 	KeepTemp bool
 	// Progress is where progress goes (nil: nowhere) and how.
@@ -77,6 +81,10 @@ type run struct {
 	prefetch bool
 	// coreOnly and warm: see ModeSpec.
 	coreOnly, warm bool
+	// ckpt and syncTracking: see ModeSpec.
+	ckpt         string
+	syncTracking bool
+	optIn        bool
 }
 
 // Plan returns the runs of one repetition, in order. The registered modes
@@ -92,7 +100,7 @@ func Plan(c Config) []run {
 		}
 		all = append(all, run{mode: m.Name, base: m.Family, daemon: m.Daemon, worker: m.Worker, pattern: pattern,
 			faultAround: 1, shared: m.Shared, crossCPU: m.CrossCPU, prefetch: m.Prefetch, zero: m.Zero,
-			coreOnly: m.CoreOnly, warm: m.Warm})
+			coreOnly: m.CoreOnly, warm: m.Warm, ckpt: m.Ckpt, syncTracking: m.SyncTracking, optIn: m.OptIn})
 	}
 	if c.Pattern != PatternSeq && c.Pattern != "" {
 		// Prefetch on the main pattern (compared with local, prefetch
@@ -118,7 +126,7 @@ func Plan(c Config) []run {
 		}
 	}
 	if c.Modes == nil {
-		return all
+		return slices.DeleteFunc(all, func(r run) bool { return r.optIn })
 	}
 	var out []run
 	for _, r := range all {
@@ -215,6 +223,10 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 	if c.Pattern == PatternStride {
 		params.Stride = c.Stride
 	}
+	sizes := ckptSizes(c.Quick, c.CkptPages)
+	if slices.ContainsFunc(plan, func(r run) bool { return r.ckpt != "" }) {
+		params.Checkpoint = &sizes
+	}
 	for _, p := range layout.Partitions {
 		params.Partitions = append(params.Partitions, struct {
 			Node int    `json:"node"`
@@ -238,13 +250,25 @@ loop:
 			bar.Start(fmt.Sprintf("rep %d/%d %s", rep, c.Reps, r.mode))
 			dir := filepath.Join(tmp, fmt.Sprintf("r%d", k))
 			var s RunSample
-			if r.daemon != "" {
+			switch {
+			case r.ckpt != "":
+				sz := sizes
+				if r.syncTracking {
+					// Only its write loop is reported: the persistent
+					// dataspace need not be larger than the loop.
+					sz.Pages = sz.TrackPages
+				}
+				cr := &CkptRun{DaemonRun: DaemonRun{Dir: dir, Exe: c.Exe, CgroupParent: fmt.Sprintf("%s/r%d", cgParent, k),
+					Pager: config.PagerLocal, FaultAround: 1, Layout: layout, Workers: 1, Pages: sz.Pages, Seed: c.Seed},
+					Role: r.ckpt, Sync: r.syncTracking, Sizes: sz, DDFirst: rep%2 == 0}
+				s = runCheckpoint(ctx, cr, c.Log)
+			case r.daemon != "":
 				dr := &DaemonRun{Dir: dir, Exe: c.Exe, CgroupParent: fmt.Sprintf("%s/r%d", cgParent, k), Pager: r.daemon,
 					FaultAround: r.faultAround, Layout: layout, Workers: c.Workers, Pages: c.Pages,
 					Pattern: r.pattern, Stride: c.Stride, Seed: c.Seed, Shared: r.shared, Zero: r.zero, Prefetch: r.prefetch,
 					CoreOnly: r.coreOnly, Warm: r.warm}
 				s = runDaemons(ctx, dr, c.Log)
-			} else {
+			default:
 				s = runDirect(ctx, c, layout, r, dir)
 			}
 			s.Mode, s.Rep = r.mode, rep

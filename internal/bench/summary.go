@@ -30,6 +30,8 @@ func summary(r *Report) string {
 	b.WriteString("summary: ")
 	floors := xas > 0 && fwL > 0 && cross > 0 && fwC > 0
 	switch {
+	case c <= 0 && len(r.Modes) == 0 && r.Checkpoint != nil:
+		return ckptSummary(r.Checkpoint)
 	case c <= 0:
 		b.WriteString("local vs central not measured (run both modes)")
 		if xas > 0 && cross > 0 {
@@ -69,4 +71,38 @@ func summary(r *Report) string {
 		b.WriteString(": the two paths cost about the same here")
 	}
 	return b.String()
+}
+
+// ckptSummary is the closing line of a run of the checkpoint modes only:
+// what a checkpoint and a restore cost, in this run's own terms.
+func ckptSummary(c *CheckpointReport) string {
+	var parts []string
+	if c.TrackingOverhead > 0 {
+		parts = append(parts, fmt.Sprintf("async dirty tracking costs %.0f ns per written page per epoch (%.2f× on this write loop)",
+			c.TrackingNSPerPage, c.TrackingOverhead))
+	}
+	if c.IncrementalOverFull > 0 {
+		parts = append(parts, fmt.Sprintf("an incremental checkpoint of 1 %% of the pages freezes the worker %.1f ms, %.2f× a full one", c.IncrementalFrozenMS, c.IncrementalOverFull))
+	}
+	if c.FullWriteOverDD > 0 {
+		parts = append(parts, fmt.Sprintf("a full one writes at %.2f× dd's throughput", c.FullWriteOverDD))
+	}
+	if c.RestoreFirstTouchOverLocal > 0 {
+		parts = append(parts, fmt.Sprintf("a restored page's first touch costs %.2f× a local fault", c.RestoreFirstTouchOverLocal))
+	}
+	if c.RestoreThroughputOverRead > 0 {
+		parts = append(parts, fmt.Sprintf("a sequential restore runs at %.2f× a read of the image", c.RestoreThroughputOverRead))
+	}
+	if c.RestartStartBigOverSmall > 0 {
+		parts = append(parts, fmt.Sprintf("a restart reaches the worker's first instruction in %.2f× the time with %d× the pages",
+			c.RestartStartBigOverSmall, c.RestartBigPages/max(c.RestartSmallPages, 1)))
+	}
+	if m := c.Move; m != nil && m.Live != nil && m.Restart != nil {
+		parts = append(parts, fmt.Sprintf("a live move stops the subsystem %.1f ms (%.1f ms in all), a restart move %.1f ms (%.1f ms)",
+			m.Live.DowntimeMS, m.Live.TotalMS, m.Restart.DowntimeMS, m.Restart.TotalMS))
+	}
+	if len(parts) == 0 {
+		return "summary: checkpoint modes measured nothing (see errors)"
+	}
+	return "summary: " + strings.Join(parts, "; ")
 }

@@ -82,6 +82,11 @@ func TestTargetsAndMissed(t *testing.T) {
 		"daemon_peak_rss_mib": StatusNotMeasured, "prefetch_per_page_over_kernel": StatusNotMeasured,
 		"prefetch_on_over_off_per_page": StatusNotMeasured, "replicated_over_local_median": StatusNotMeasured,
 		"forwarded_over_local_median": StatusNotMeasured,
+		// The checkpoint scenario's, without a Checkpoint report.
+		"tracking_overhead": StatusNotMeasured, "incremental_frozen_ms": StatusNotMeasured,
+		"incremental_over_full": StatusNotMeasured, "full_write_over_dd": StatusNotMeasured,
+		"restore_first_touch_over_local": StatusNotMeasured, "restore_throughput_over_read": StatusNotMeasured,
+		"restart_start_big_over_small": StatusNotMeasured,
 	}
 	for k, s := range want {
 		if status[k] != s {

@@ -16,7 +16,7 @@ import (
 )
 
 // Synopsis is the one-line usage of `vcored worker`.
-const Synopsis = "--mode uffd|raw|xproc|kernel --dataspace NAME[,NAME] (--pages N | --size BYTES) [--pattern seq|random|stride] [--verify KIND:SEED] [--read] [--cpu N] [--handler-cpu N] [--fault-around N] [--rounds N] [--unbound] [--wait-file FILE] [--result FILE]"
+const Synopsis = "--mode uffd|raw|xproc|kernel --dataspace NAME[,NAME] (--pages N | --size BYTES) [--pattern seq|random|stride] [--verify KIND:SEED] [--read] [--cpu N] [--handler-cpu N] [--fault-around N] [--rounds N] [--unbound] [--wait-file FILE] [--result FILE] | --ckpt-role checkpoint|restore --ckpt-control DIR …"
 
 // listFlag collects a repeatable, comma-separated string flag.
 type listFlag []string
@@ -39,6 +39,9 @@ type Flags struct {
 	waitFile                                            *string
 	seed                                                *uint64
 	read, unbound, rawHandler                           *bool
+	// The checkpoint scenario (bench modes checkpoint and restore).
+	ckptRole, ckptControl                             *string
+	ckptTrackPages, ckptEpochs, ckptPasses, ckptIncrs *int
 }
 
 // BindFlags defines the worker's flags on fs.
@@ -61,6 +64,12 @@ func BindFlags(fs *flag.FlagSet) *Flags {
 	f.rounds = fs.Int("rounds", 1, "touch every page this many times, dropping the pages (MADV_DONTNEED) between rounds so each round faults again")
 	f.waitFile = fs.String("wait-file", "", "after attaching, wait until `FILE` exists before touching")
 	f.rawHandler = fs.Bool("raw-handler", false, "internal: be the handler process of an xproc worker (the worker's socket is fd 3)")
+	f.ckptRole = fs.String("ckpt-role", "", "run the checkpoint scenario instead (bench modes checkpoint, restore): checkpoint or restore; --dataspace names the persistent dataspace, then a plain one")
+	f.ckptControl = fs.String("ckpt-control", "", "checkpoint scenario: the control `DIR` shared with the bench (step files)")
+	f.ckptTrackPages = fs.Int("ckpt-track-pages", 0, "checkpoint scenario: pages of the write loop and of the plain dataspace (default: --pages)")
+	f.ckptEpochs = fs.Int("ckpt-epochs", 5, "checkpoint scenario: epochs of the write loop (a checkpoint after each)")
+	f.ckptPasses = fs.Int("ckpt-passes", 16, "checkpoint scenario: full-page write passes per epoch")
+	f.ckptIncrs = fs.Int("ckpt-incrementals", 3, "checkpoint scenario: incremental checkpoints of 1 % of the pages")
 	return f
 }
 
@@ -72,6 +81,9 @@ func (f *Flags) Unbound() bool { return *f.unbound }
 func (f *Flags) Config(attach AttachFunc) (Config, error) {
 	if *f.rawHandler {
 		return f.handlerConfig()
+	}
+	if *f.ckptRole != "" {
+		return f.ckptConfig(attach)
 	}
 	mode, err := bench.ParseWorkerMode(*f.mode)
 	if err != nil {
@@ -121,6 +133,28 @@ func (f *Flags) Config(attach AttachFunc) (Config, error) {
 	}, nil
 }
 
+// ckptConfig is the Config of the checkpoint scenario (--ckpt-role).
+func (f *Flags) ckptConfig(attach AttachFunc) (Config, error) {
+	n, err := pageCount(*f.pages, *f.size)
+	if err != nil {
+		return Config{}, fmt.Errorf("%w: %w", bench.ErrUsage, err)
+	}
+	if len(f.names) != 2 {
+		return Config{}, fmt.Errorf("%w: --ckpt-role needs --dataspace PERSISTENT,PLAIN", bench.ErrUsage)
+	}
+	track := *f.ckptTrackPages
+	if track == 0 {
+		track = n
+	}
+	c := &CkptConfig{Role: *f.ckptRole, Control: *f.ckptControl, Persistent: f.names[0], Plain: f.names[1],
+		Pages: n, TrackPages: track, Epochs: *f.ckptEpochs, Passes: *f.ckptPasses, Incrementals: *f.ckptIncrs,
+		Seed: *f.seed, CPU: *f.cpu, Attach: attach}
+	if err := c.check(); err != nil {
+		return Config{}, err
+	}
+	return Config{Ckpt: c}, nil
+}
+
 func rawLike(m bench.WorkerMode) bool { return m == bench.WorkerRaw || m == bench.WorkerXproc }
 
 // handlerConfig is the Config of the handler role (--raw-handler): only
@@ -164,6 +198,9 @@ func pageCount(pages int, size string) (int, error) {
 // as JSON when none was given. A result is written even when the run
 // failed (content mismatch), and the run's error is returned.
 func (f *Flags) Main(ctx context.Context, cfg Config, stdout io.Writer) error {
+	if cfg.Ckpt != nil {
+		return RunCkpt(ctx, *cfg.Ckpt)
+	}
 	res, runErr := Run(ctx, cfg)
 	if res == nil {
 		return runErr

@@ -83,7 +83,10 @@ type Config struct {
 	WaitFile string
 	// Attach is required in uffd mode.
 	Attach AttachFunc
-	Log    *slog.Logger
+	// Ckpt, when set, makes the worker run the checkpoint scenario
+	// (RunCkpt) instead; the other fields do not apply.
+	Ckpt *CkptConfig
+	Log  *slog.Logger
 }
 
 // ErrVerify is wrapped when a page does not hold the expected content.
