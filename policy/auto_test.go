@@ -108,7 +108,6 @@ func (s *autoSim) carryOut(a Advice) {
 	}
 }
 
-
 // TestAutoBalancedNoMove: a balanced machine is never touched, however long.
 func TestAutoBalancedNoMove(t *testing.T) {
 	s := newAutoSim(t, map[hw.Node][]SubsystemLoad{0: {sub("a", 0, 3), sub("b", 0, 0.5)}, 1: {sub("c", 1, 3.5)}})
