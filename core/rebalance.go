@@ -252,7 +252,7 @@ func (r *rebalancer) sample(ctx context.Context) {
 func (r *rebalancer) startLocked(ctx context.Context, a policy.Advice, at time.Time, s sampleSubsystem) {
 	r.state = r.state.Start(a, at)
 	rec := api.RebalanceMove{Subsystem: a.Subsystem, From: int(a.From), To: int(a.To), Mode: a.Mode, Reason: a.Reason,
-		Started: at, Result: moveInFlight}
+		ImbalanceBefore: a.Before, ImbalanceAfter: a.After, Started: at, Result: moveInFlight}
 	r.inFlight = &rec
 	m := autoMove{Subsystem: path.Base(s.Cgroup), Name: a.Subsystem, Cgroup: s.Cgroup, From: a.From, To: a.To, Mode: a.Mode}
 	r.log.Info("rebalance: moving a subsystem", "subsystem", a.Subsystem, "from", a.From, "to", a.To, "mode", a.Mode,

@@ -206,7 +206,8 @@ func TestRebalancerAuto(t *testing.T) {
 		t.Fatalf("status after the move: %+v", st)
 	}
 	if mv := st.Moves[0]; mv.Result != moveDone || mv.Ended == nil || !mv.Ended.Equal(ended) || mv.TotalMS != 850 || mv.Bytes != 64<<20 ||
-		mv.PagesLeftBehind != 3 || mv.From != 0 || mv.To != 1 || mv.Mode != policy.MoveLive || mv.Reason == "" {
+		mv.PagesLeftBehind != 3 || mv.From != 0 || mv.To != 1 || mv.Mode != policy.MoveLive || mv.Reason == "" || mv.ImbalanceBefore != 1 ||
+		!(mv.ImbalanceAfter > 0.19 && mv.ImbalanceAfter < 0.2) {
 		t.Errorf("move record %+v", mv)
 	}
 	if m := f.metrics(); !strings.Contains(m, `vcored_rebalance_moves_total{mode="live",result="done"} 1`) ||

@@ -73,12 +73,16 @@ type RebalanceSubsystem struct {
 
 // RebalanceMove is one move core made by itself (rebalance = "auto").
 type RebalanceMove struct {
-	Subsystem string    `json:"subsystem"` // as in RebalanceAdvice
-	From      int       `json:"from"`
-	To        int       `json:"to"`
-	Mode      string    `json:"mode"` // "live" or "restart"
-	Reason    string    `json:"reason"`
-	Started   time.Time `json:"started"`
+	Subsystem string `json:"subsystem"` // as in RebalanceAdvice
+	From      int    `json:"from"`
+	To        int    `json:"to"`
+	Mode      string `json:"mode"` // "live" or "restart"
+	Reason    string `json:"reason"`
+	// ImbalanceBefore is the imbalance the move was decided on,
+	// ImbalanceAfter the one the policy expected after it.
+	ImbalanceBefore float64   `json:"imbalance_before"`
+	ImbalanceAfter  float64   `json:"imbalance_after"`
+	Started         time.Time `json:"started"`
 	// Ended is absent while the move is in flight.
 	Ended *time.Time `json:"ended,omitempty"`
 	// Result is "in flight", "done" or "failed" (Error says why).
