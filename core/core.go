@@ -60,7 +60,7 @@ type Core struct {
 	reg    *metrics.Registry
 
 	dataspaces map[string]*dataspace
-	rb         *rebalancer // nil unless rebalance = "advise"
+	rb         *rebalancer // nil unless rebalance = "advise" or "auto"
 
 	mu       sync.Mutex
 	sessions map[string]*session        // live vcore sessions by VCoreID
@@ -130,7 +130,7 @@ func New(o Options) (*Core, error) {
 			return nil, fmt.Errorf("%w: dataspace %q: source: %w", ErrConfig, ds.Name, err)
 		}
 	}
-	return &Core{
+	c := &Core{
 		cfg: o.Config, m: o.Machine, plan: plan, mode: mode, log: log, gid: gid,
 		dataspaces: map[string]*dataspace{},
 		sessions:   map[string]*session{},
@@ -139,7 +139,11 @@ func New(o Options) (*Core, error) {
 		failover:   map[string]bool{},
 		regions:    map[uint64][]wire.Region{},
 		locals:     map[string]*holderContent{},
-	}, nil
+	}
+	if err := c.checkRebalance(); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // Mode is the pager mode this core runs in.

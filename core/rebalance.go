@@ -2,6 +2,8 @@ package core
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path"
@@ -49,37 +51,84 @@ type sampleSubsystem struct {
 	HaveFaults bool
 }
 
+// autoMove is one move rebalance = "auto" asks its mover to make.
+type autoMove struct {
+	// Subsystem is its name in its vcore's file ("toucher"), Name the one
+	// /v1/rebalance shows ("node0/toucher"), Cgroup its cgroup now.
+	Subsystem, Name, Cgroup string
+	From, To                hw.Node
+	Mode                    string // policy.MoveLive or policy.MoveRestart
+}
+
+// autoMoveResult is what a mover measured of a move it made (0: not
+// measured).
+type autoMoveResult struct {
+	DowntimeMS, TotalMS    float64
+	Bytes, PagesLeftBehind int64
+}
+
+// moveFunc makes one move and returns when it is done or has failed. It
+// must give up when ctx ends (rebalance_move_timeout, or core stopping).
+type moveFunc func(ctx context.Context, m autoMove) (autoMoveResult, error)
+
+// Move results, as /v1/rebalance and the metrics name them.
+const (
+	moveInFlight = "in flight"
+	moveDone     = "done"
+	moveFailed   = "failed"
+)
+
+// keptMoves is how many ended automatic moves /v1/rebalance lists.
+const keptMoves = 16
+
 // rebalancer samples every live partition's load each interval, asks
 // policy.Rebalance for the move it would make and keeps the answer for
 // /v1/rebalance, the log and the metrics. In advise mode nothing is moved:
-// the policy's state never has a move in flight.
+// the policy's state never has a move in flight. In auto mode an advised
+// move is started at once (mover, in its own goroutine) and recorded in the
+// policy's state until it returns, so no second move starts meanwhile.
 type rebalancer struct {
-	mode     config.Rebalance
-	interval time.Duration
-	cfg      policy.RebalanceConfig
-	now      func() time.Time
-	load     loadReader
-	parts    func() []samplePartition
-	log      *slog.Logger
+	mode        config.Rebalance
+	interval    time.Duration
+	cfg         policy.RebalanceConfig
+	moveTimeout time.Duration
+	now         func() time.Time
+	load        loadReader
+	parts       func() []samplePartition
+	mover       moveFunc // nil: moves are not possible (advise only)
+	log         *slog.Logger
 
-	mu         sync.Mutex // held for a sample's reads of cgroup and proc files (the vcores are asked before)
+	moving sync.WaitGroup // the move in flight
+
+	mu         sync.Mutex // held for a sample's reads of cgroup and proc files (the vcores are asked before), never across a move
 	prev       map[string]loadstat.CPUSample
 	prevFaults map[string]faultSample
 	state      policy.RebalanceState
 	status     api.Rebalance
 	advised    map[string]time.Time // advice key → first advised
+	inFlight   *api.RebalanceMove
+	moves      []api.RebalanceMove // the last keptMoves ended, oldest first
+	ended      map[[2]string]uint64
 }
 
+// newRebalancer returns a sampler for mode that moves with mover (nil:
+// none; rebalance = "auto" then advises only) under the default policy
+// thresholds (set cfg and moveTimeout to change them).
 func newRebalancer(mode config.Rebalance, interval time.Duration, load loadReader, parts func() []samplePartition,
-	now func() time.Time, log *slog.Logger) *rebalancer {
+	mover moveFunc, now func() time.Time, log *slog.Logger) *rebalancer {
 	return &rebalancer{
-		mode: mode, interval: interval, cfg: policy.DefaultRebalanceConfig(), now: now, load: load, parts: parts, log: log,
+		mode: mode, interval: interval, cfg: policy.DefaultRebalanceConfig(), moveTimeout: config.DefaultRebalanceMoveTimeout,
+		now: now, load: load, parts: parts, mover: mover, log: log,
 		prev:       map[string]loadstat.CPUSample{},
 		prevFaults: map[string]faultSample{},
 		advised:    map[string]time.Time{},
+		ended:      map[[2]string]uint64{},
 		status:     api.Rebalance{Mode: string(mode), Interval: interval.String(), Advice: []api.RebalanceAdvice{}, Partitions: []api.RebalancePartition{}},
 	}
 }
+
+// auto reports whether the rebalancer makes the moves it decides.
+func (r *rebalancer) auto() bool { return r.mode == config.RebalanceAuto && r.mover != nil }
 
 func adviceKey(a policy.Advice) string {
 	return a.Subsystem + " " + strconv.Itoa(int(a.From)) + ">" + strconv.Itoa(int(a.To)) + " " + a.Mode
@@ -91,8 +140,9 @@ type faultSample struct {
 	faults float64
 }
 
-// sample takes one sample and updates the advice.
-func (r *rebalancer) sample() {
+// sample takes one sample and updates the advice; in auto mode it starts
+// the advised move (which ends with ctx at the latest).
+func (r *rebalancer) sample(ctx context.Context) {
 	parts := r.parts() // may ask the vcores over their sockets: no lock held
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -104,6 +154,7 @@ func (r *rebalancer) sample() {
 		st.MachinePressure = &p.Avg10
 	}
 	seen := map[string]bool{}
+	byName := map[string]sampleSubsystem{}
 	for _, p := range parts {
 		pl := policy.PartitionLoad{Node: p.Node, CPUs: p.CPUs, Memory: p.Memory}
 		ap := api.RebalancePartition{Node: int(p.Node), CPUs: p.CPUs.String(), MemoryBytes: uint64(p.Memory), Subsystems: []api.RebalanceSubsystem{}}
@@ -115,8 +166,13 @@ func (r *rebalancer) sample() {
 		pl.MemFree, ap.MemFreeBytes = free, uint64(free)
 		for _, s := range p.Subsystems {
 			seen[s.Cgroup] = true
+			byName[s.Name] = s
 			as := api.RebalanceSubsystem{Name: s.Name, Cgroup: s.Cgroup, CPUs: s.CPUs, MemoryBytes: uint64(s.Memory), Movable: s.Movable}
-			sl := policy.SubsystemLoad{Name: s.Name, CPUs: s.CPUs, Memory: s.Memory, ConfiguredNode: p.Node, Movable: s.Movable}
+			// Its ID is its name in its vcore's file, which a move keeps
+			// while the partition part of Name changes. Subsystems of the
+			// same name on two vcores share their move history: the policy
+			// then waits more, never less.
+			sl := policy.SubsystemLoad{Name: s.Name, ID: path.Base(s.Cgroup), CPUs: s.CPUs, Memory: s.Memory, ConfiguredNode: p.Node, Movable: s.Movable}
 			if s.HaveFaults {
 				if prev, ok := r.prevFaults[s.Cgroup]; ok && at.After(prev.at) && s.Faults >= prev.faults {
 					sl.FaultRate = (s.Faults - prev.faults) / at.Sub(prev.at).Seconds()
@@ -161,26 +217,85 @@ func (r *rebalancer) sample() {
 		}
 	}
 	d, next := policy.Rebalance(r.cfg, snap, r.state)
-	r.state = next // advise: never Start, so no move is ever in flight
-	st.Imbalance, st.Waiting = d.Imbalance, d.Waiting
+	r.state = next // startLocked records a move it starts
+	st.Imbalance, st.Waiting, st.Decision = d.Imbalance, d.Waiting, d.Waiting
 	keep := map[string]time.Time{}
 	for _, a := range d.Advice {
 		k := adviceKey(a)
 		since, ok := r.advised[k]
 		if !ok {
 			since = at
+		}
+		st.Advice = append(st.Advice, api.RebalanceAdvice{Subsystem: a.Subsystem, From: int(a.From), To: int(a.To), Mode: a.Mode,
+			ImbalanceBefore: a.Before, ImbalanceAfter: a.After, Reason: a.Reason, Since: since})
+		if r.auto() {
+			st.Decision = fmt.Sprintf("started moving %s from node %d to node %d (%s): %s", a.Subsystem, a.From, a.To, a.Mode, a.Reason)
+			r.startLocked(ctx, a, at, byName[a.Subsystem])
+			continue
+		}
+		st.Decision = fmt.Sprintf("advised moving %s from node %d to node %d (%s): %s", a.Subsystem, a.From, a.To, a.Mode, a.Reason)
+		if !ok {
 			r.log.Info("rebalance advice (advise mode: nothing is moved)", "subsystem", a.Subsystem, "from", a.From, "to", a.To,
 				"mode", a.Mode, "reason", a.Reason)
 		}
 		keep[k] = since
-		st.Advice = append(st.Advice, api.RebalanceAdvice{Subsystem: a.Subsystem, From: int(a.From), To: int(a.To), Mode: a.Mode,
-			ImbalanceBefore: a.Before, ImbalanceAfter: a.After, Reason: a.Reason, Since: since})
 	}
 	if len(r.advised) > 0 && len(keep) == 0 {
 		r.log.Info("rebalance advice withdrawn", "why", d.Waiting)
 	}
 	r.advised = keep
 	r.status = st
+}
+
+// startLocked starts move a (sampled as s) in its own goroutine and records
+// it in flight. r.mu is held.
+func (r *rebalancer) startLocked(ctx context.Context, a policy.Advice, at time.Time, s sampleSubsystem) {
+	r.state = r.state.Start(a, at)
+	rec := api.RebalanceMove{Subsystem: a.Subsystem, From: int(a.From), To: int(a.To), Mode: a.Mode, Reason: a.Reason,
+		ImbalanceBefore: a.Before, ImbalanceAfter: a.After, Started: at, Result: moveInFlight}
+	r.inFlight = &rec
+	m := autoMove{Subsystem: path.Base(s.Cgroup), Name: a.Subsystem, Cgroup: s.Cgroup, From: a.From, To: a.To, Mode: a.Mode}
+	r.log.Info("rebalance: moving a subsystem", "subsystem", a.Subsystem, "from", a.From, "to", a.To, "mode", a.Mode,
+		"timeout", r.moveTimeout, "reason", a.Reason)
+	r.moving.Add(1)
+	go func() {
+		defer r.moving.Done()
+		mctx, cancel := context.WithTimeout(ctx, r.moveTimeout)
+		res, err := r.mover(mctx, m)
+		if err != nil && errors.Is(mctx.Err(), context.DeadlineExceeded) {
+			err = fmt.Errorf("gave up after rebalance_move_timeout %s: %w", r.moveTimeout, err)
+		}
+		cancel()
+		r.finish(rec, res, err)
+	}()
+}
+
+// finish records the end of the move in flight.
+func (r *rebalancer) finish(rec api.RebalanceMove, res autoMoveResult, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	end := r.now()
+	rec.Ended = &end
+	rec.DowntimeMS, rec.TotalMS, rec.Bytes, rec.PagesLeftBehind = res.DowntimeMS, res.TotalMS, res.Bytes, res.PagesLeftBehind
+	took := end.Sub(rec.Started)
+	if err != nil {
+		rec.Result, rec.Error = moveFailed, err.Error()
+		r.state = r.state.Fail(end, err.Error())
+		r.log.Warn("rebalance: move failed; the subsystem stays where it was and is not tried again for the flap window",
+			"subsystem", rec.Subsystem, "from", rec.From, "to", rec.To, "mode", rec.Mode, "took", took,
+			"flap_window", r.cfg.FlapWindow, "err", err)
+	} else {
+		rec.Result = moveDone
+		r.state = r.state.Done(end)
+		r.log.Info("rebalance: move done", "subsystem", rec.Subsystem, "from", rec.From, "to", rec.To, "mode", rec.Mode,
+			"took", took, "downtime_ms", res.DowntimeMS, "total_ms", res.TotalMS, "bytes", res.Bytes, "pages_left_behind", res.PagesLeftBehind)
+	}
+	r.ended[[2]string{rec.Result, rec.Mode}]++
+	r.inFlight = nil
+	r.moves = append(r.moves, rec)
+	if n := len(r.moves); n > keptMoves {
+		r.moves = slices.Clone(r.moves[n-keptMoves:])
+	}
 }
 
 // Status returns the last sample and advice.
@@ -190,11 +305,26 @@ func (r *rebalancer) Status() api.Rebalance {
 	st := r.status
 	st.Advice = slices.Clone(st.Advice)
 	st.Partitions = slices.Clone(st.Partitions)
+	if r.inFlight != nil {
+		m := *r.inFlight
+		st.InFlight = &m
+	}
+	st.Moves = append([]api.RebalanceMove{}, r.moves...)
+	for k, n := range r.ended {
+		switch k[0] {
+		case moveDone:
+			st.MovesDone += n
+		case moveFailed:
+			st.MovesFailed += n
+		}
+	}
 	return st
 }
 
-// run samples every interval until ctx ends.
+// run samples every interval until ctx ends, then waits for the move in
+// flight (which ctx ends too).
 func (r *rebalancer) run(ctx context.Context) {
+	defer r.moving.Wait()
 	t := time.NewTicker(r.interval)
 	defer t.Stop()
 	for {
@@ -202,13 +332,38 @@ func (r *rebalancer) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			r.sample()
+			r.sample(ctx)
 		}
 	}
 }
 
 func (r *rebalancer) registerMetrics(reg *metrics.Registry) {
-	reg.Collect(metrics.Family{Name: "vcored_rebalance_advice", Help: "The move core would make (rebalance = \"advise\"): 1 per advised move.",
+	if r.mode == config.RebalanceAuto {
+		reg.Collect(metrics.Family{Name: "vcored_rebalance_moves_total", Help: "Moves core made by itself (rebalance = \"auto\") that ended, by result (done, failed) and mode.",
+			Kind: metrics.Counter, Labels: []string{"result", "mode"}},
+			func() []metrics.Sample {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				var out []metrics.Sample
+				for _, res := range []string{moveDone, moveFailed} {
+					for _, mode := range []string{policy.MoveLive, policy.MoveRestart} {
+						out = append(out, metrics.Sample{Labels: []string{res, mode}, Value: float64(r.ended[[2]string{res, mode}])})
+					}
+				}
+				return out
+			})
+		reg.Collect(metrics.Family{Name: "vcored_rebalance_move_in_flight", Help: "1 while a move core started by itself is under way.", Labels: []string{}},
+			func() []metrics.Sample {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				v := 0.0
+				if r.inFlight != nil {
+					v = 1
+				}
+				return []metrics.Sample{{Labels: []string{}, Value: v}}
+			})
+	}
+	reg.Collect(metrics.Family{Name: "vcored_rebalance_advice", Help: "The move core would make (rebalance = \"advise\") or started (\"auto\") in the last sample: 1 per move.",
 		Labels: []string{"subsystem", "from", "to", "mode"}},
 		func() []metrics.Sample {
 			var out []metrics.Sample
@@ -229,15 +384,36 @@ func (r *rebalancer) registerMetrics(reg *metrics.Registry) {
 		})
 }
 
+// rebalanceMover is what rebalance = "auto" moves subsystems with; nil:
+// this core cannot move them, and refuses "auto" at start.
+func (c *Core) rebalanceMover() moveFunc { return nil }
+
+// checkRebalance refuses a rebalance configuration this core cannot carry
+// out (New calls it: nothing has started yet).
+func (c *Core) checkRebalance() error {
+	if c.cfg.Rebalance == config.RebalanceOff {
+		return nil
+	}
+	if err := c.cfg.RebalancePolicy.Check(); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if c.cfg.Rebalance == config.RebalanceAuto && c.rebalanceMover() == nil {
+		return fmt.Errorf("%w: %w", ErrConfig, c.cfg.RebalanceUnavailable(
+			`"auto" needs moves between nodes, which this core cannot make; use "advise" to see the moves it would make`))
+	}
+	return nil
+}
+
 // startRebalance starts the sampler when core.toml says rebalance =
-// "advise" (config refuses "auto" until moves exist).
+// "advise" or "auto".
 func (c *Core) startRebalance(ctx context.Context, wg *sync.WaitGroup) {
-	if c.cfg.Rebalance != config.RebalanceAdvise {
+	if c.cfg.Rebalance != config.RebalanceAdvise && c.cfg.Rebalance != config.RebalanceAuto {
 		return
 	}
 	host := os.DirFS("/")
 	c.rb = newRebalancer(c.cfg.Rebalance, c.cfg.RebalanceInterval, loadstat.New(host, loadstat.ProbeLayout(host)),
-		c.rebalanceParts, time.Now, c.log.With("part", "rebalance"))
+		c.rebalanceParts, c.rebalanceMover(), time.Now, c.log.With("part", "rebalance"))
+	c.rb.cfg, c.rb.moveTimeout = c.cfg.RebalancePolicy, c.cfg.RebalanceMoveTimeout
 	c.rb.registerMetrics(c.reg)
 	wg.Add(1)
 	go func() {
@@ -250,7 +426,7 @@ func (c *Core) startRebalance(ctx context.Context, wg *sync.WaitGroup) {
 func (c *Core) RebalanceStatus() api.Rebalance {
 	if c.rb == nil {
 		return api.Rebalance{Mode: string(config.RebalanceOff), Waiting: `rebalancing is off (core.toml: rebalance = "off")`,
-			Advice: []api.RebalanceAdvice{}, Partitions: []api.RebalancePartition{}}
+			Advice: []api.RebalanceAdvice{}, Partitions: []api.RebalancePartition{}, Moves: []api.RebalanceMove{}}
 	}
 	return c.rb.Status()
 }

@@ -2,6 +2,7 @@ package core
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -86,13 +87,13 @@ func TestRebalancerAdvise(t *testing.T) {
 	var logMu sync.Mutex
 	log := slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logBuf}, nil))
 	parts := twoNodeParts(t)
-	r := newRebalancer(config.RebalanceAdvise, 10*time.Second, load, func() []samplePartition { return parts }, func() time.Time { return now }, log)
+	r := newRebalancer(config.RebalanceAdvise, 10*time.Second, load, func() []samplePartition { return parts }, nil, func() time.Time { return now }, log)
 	reg := metrics.New()
 	r.registerMetrics(reg)
 	step := func() {
 		now = now.Add(10 * time.Second)
 		load.advance(10 * time.Second)
-		r.sample()
+		r.sample(context.Background())
 	}
 	samples := r.cfg.Samples
 
@@ -186,14 +187,14 @@ func TestRebalancerWarmUp(t *testing.T) {
 	load := &fakeLoad{usage: map[string]time.Duration{"vcored/node0/a": time.Hour}, rate: map[string]float64{"vcored/node0/a": 1},
 		free: map[hw.Node]hw.Bytes{0: hw.GiB, 1: hw.GiB}}
 	parts := twoNodeParts(t)
-	r := newRebalancer(config.RebalanceAdvise, time.Second, load, func() []samplePartition { return parts }, func() time.Time { return now }, slog.New(slog.DiscardHandler))
-	r.sample()
+	r := newRebalancer(config.RebalanceAdvise, time.Second, load, func() []samplePartition { return parts }, nil, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+	r.sample(context.Background())
 	if u := r.Status().Partitions[0].Subsystems[0].Usage; u != 0 {
 		t.Errorf("first sample usage %v, want 0 (no rate yet)", u)
 	}
 	now = now.Add(time.Second)
 	load.advance(time.Second)
-	r.sample()
+	r.sample(context.Background())
 	if u := r.Status().Partitions[0].Subsystems[0].Usage; u < 0.99 || u > 1.01 {
 		t.Errorf("second sample usage %v, want 1", u)
 	}
@@ -201,7 +202,7 @@ func TestRebalancerWarmUp(t *testing.T) {
 	load.usage["vcored/node0/a"] = 0 // the cgroup was recreated
 	load.mu.Unlock()
 	now = now.Add(time.Second)
-	r.sample()
+	r.sample(context.Background())
 	if u := r.Status().Partitions[0].Subsystems[0].Usage; u != 0 {
 		t.Errorf("usage %v after the counter went down, want 0", u)
 	}
@@ -245,12 +246,12 @@ func TestRebalancerMovableAndFaults(t *testing.T) {
 	parts := twoNodeParts(t)
 	parts[0].Subsystems[0].Movable = true
 	parts[0].Subsystems[0].HaveFaults = true
-	r := newRebalancer(config.RebalanceAdvise, time.Second, load, func() []samplePartition { return parts }, func() time.Time { return now }, slog.New(slog.DiscardHandler))
+	r := newRebalancer(config.RebalanceAdvise, time.Second, load, func() []samplePartition { return parts }, nil, func() time.Time { return now }, slog.New(slog.DiscardHandler))
 	for range r.cfg.Samples + 1 {
 		now = now.Add(10 * time.Second)
 		load.advance(10 * time.Second)
 		parts[0].Subsystems[0].Faults += 5000 // 500 faults/s
-		r.sample()
+		r.sample(context.Background())
 	}
 	st := r.Status()
 	if len(st.Advice) != 1 || st.Advice[0].Subsystem != "node0/a" || st.Advice[0].Mode != policy.MoveRestart {

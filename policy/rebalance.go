@@ -47,6 +47,10 @@ type PartitionLoad struct {
 type SubsystemLoad struct {
 	// Name identifies the subsystem machine-wide.
 	Name string
+	// ID identifies it across moves, when its Name changes with the
+	// partition it runs in ("" means Name). The history of moves and of
+	// failed moves is kept by ID.
+	ID string
 	// Usage is the CPU time it used per second (1.5 = one and a half CPUs
 	// busy), from cpuacct / cpu.stat deltas.
 	Usage float64
@@ -89,8 +93,9 @@ type RebalanceConfig struct {
 	Samples int
 	// MinInterval: the least time between the start of two moves.
 	MinInterval time.Duration
-	// FlapWindow: a subsystem never goes back to a node it left less than
-	// this long ago.
+	// FlapWindow: a subsystem moved less than this long ago is not moved
+	// again (so it never goes back to the node it left), and one whose
+	// move failed is not tried again for as long.
 	FlapWindow time.Duration
 	// MinGain: a move must cut the imbalance by at least this much (so a
 	// move that only swaps which node is hot is not made).
@@ -98,11 +103,15 @@ type RebalanceConfig struct {
 }
 
 // DefaultRebalanceConfig: an imbalance of a quarter of a CPU per CPU for
-// three samples, a minute between moves, ten minutes before a subsystem may
-// return to a node it left.
+// three samples, a minute between moves, ten minutes (FlapWindowFactor
+// times the interval) before a moved subsystem may move again.
 func DefaultRebalanceConfig() RebalanceConfig {
-	return RebalanceConfig{Threshold: 0.25, Samples: 3, MinInterval: time.Minute, FlapWindow: 10 * time.Minute, MinGain: 0.1}
+	return RebalanceConfig{Threshold: 0.25, Samples: 3, MinInterval: time.Minute, FlapWindow: FlapWindowFactor * time.Minute, MinGain: 0.1}
 }
+
+// FlapWindowFactor is the flap window in min intervals, when only the
+// interval is configured.
+const FlapWindowFactor = 10
 
 // Check reports a config the policy cannot work with.
 func (c RebalanceConfig) Check() error {
@@ -123,10 +132,12 @@ func (c RebalanceConfig) Check() error {
 
 // Advice is one move the policy would make.
 type Advice struct {
-	Subsystem string  `json:"subsystem"`
-	From      hw.Node `json:"from"`
-	To        hw.Node `json:"to"`
-	Mode      string  `json:"mode"` // MoveLive or MoveRestart
+	Subsystem string `json:"subsystem"`
+	// ID is the subsystem's SubsystemLoad.ID ("" when it has none).
+	ID   string  `json:"id,omitempty"`
+	From hw.Node `json:"from"`
+	To   hw.Node `json:"to"`
+	Mode string  `json:"mode"` // MoveLive or MoveRestart
 	// Before and After are the imbalance without and with the move.
 	Before float64 `json:"imbalance_before"`
 	After  float64 `json:"imbalance_after"`
@@ -148,12 +159,20 @@ type RebalanceState struct {
 	// Streak counts the consecutive samples whose imbalance exceeded the
 	// threshold.
 	Streak int
-	// LastMove is when the last move started.
+	// LastMove is when the last move started, or when it ended once it
+	// ended (Done, Fail).
 	LastMove time.Time
 	// InFlight is the move started and not finished yet (nil: none).
 	InFlight *Advice
-	// History is each moved subsystem's last move.
+	// History is each moved subsystem's last move, by ID.
 	History map[string]MoveRecord
+	// Failures is each subsystem's last failed move, by ID.
+	Failures map[string]MoveFailure
+
+	// prev is the History entry the move in flight replaced (had: there
+	// was one), restored when it fails.
+	prev    MoveRecord
+	hadPrev bool
 }
 
 // Start records that move a started at time at. It panics if a move is
@@ -169,15 +188,18 @@ func (s RebalanceState) Start(a Advice, at time.Time) RebalanceState {
 	if s.History == nil {
 		s.History = map[string]MoveRecord{}
 	}
-	s.History[a.Subsystem] = MoveRecord{From: a.From, To: a.To, At: at}
+	s.prev, s.hadPrev = s.History[a.key()]
+	s.History[a.key()] = MoveRecord{From: a.From, To: a.To, At: at}
 	return s
 }
 
-// Finish records that the move in flight ended (done or given up). The
-// imbalance streak starts over: the loads have changed.
+// Finish records that the move in flight ended, without saying when or how
+// (the history keeps it as made). The imbalance streak starts over: the
+// loads have changed. Done and Fail say more.
 func (s RebalanceState) Finish() RebalanceState {
 	s.InFlight = nil
 	s.Streak = 0
+	s.prev, s.hadPrev = MoveRecord{}, false
 	return s
 }
 
@@ -209,10 +231,12 @@ func (l partLoad) load(delta float64) float64 { return (l.demand + delta) / floa
 //
 //   - the imbalance exceeded cfg.Threshold for cfg.Samples consecutive
 //     samples (hysteresis), and
-//   - no move is in flight, and the last one started at least
-//     cfg.MinInterval ago, and
-//   - some subsystem of the hottest partition (not pinned, not going back
-//     to a node it left less than cfg.FlapWindow ago) fits in another
+//   - no move is in flight, and the last one (the policy's, or any
+//     subsystem's MovedAt in the snapshot) ended at least cfg.MinInterval
+//     ago, and
+//   - some subsystem of the hottest partition (not pinned, not moved less
+//     than cfg.FlapWindow ago, no move of it failed less than
+//     cfg.FlapWindow ago) fits in another
 //     partition — the target has at least the CPUs it asks for, its
 //     partition memory left and the node's free memory hold its Memory —
 //     and moving it cuts the imbalance by at least cfg.MinGain.
@@ -267,8 +291,9 @@ func Rebalance(cfg RebalanceConfig, snap LoadSnapshot, prev RebalanceState) (Dec
 	case st.InFlight != nil:
 		d.Waiting = fmt.Sprintf("the move of %s from node %d to node %d is in flight", st.InFlight.Subsystem, st.InFlight.From, st.InFlight.To)
 		return d, st
-	case !st.LastMove.IsZero() && snap.At.Sub(st.LastMove) < cfg.MinInterval:
-		d.Waiting = fmt.Sprintf("last move %s ago, min interval %s", snap.At.Sub(st.LastMove).Round(time.Second), cfg.MinInterval)
+	}
+	if last := lastMove(st, snap); !last.IsZero() && snap.At.Sub(last) < cfg.MinInterval {
+		d.Waiting = fmt.Sprintf("last move %s ago, min interval %s", snap.At.Sub(last).Round(time.Second), cfg.MinInterval)
 		return d, st
 	}
 
@@ -308,14 +333,14 @@ func Rebalance(cfg RebalanceConfig, snap LoadSnapshot, prev RebalanceState) (Dec
 		if s.Pinned || s.Demand() <= 0 {
 			continue
 		}
+		if why := settling(s, snap.At, cfg.FlapWindow, st); why != "" {
+			refused = append(refused, fmt.Sprintf("%s: %s", s.Name, why))
+			continue
+		}
 		for j := 1; j < len(loads); j++ {
 			to := loads[j]
 			if why := fits(s, to.p); why != "" {
 				refused = append(refused, fmt.Sprintf("%s to node %d: %s", s.Name, to.p.Node, why))
-				continue
-			}
-			if flaps(s, to.p.Node, snap.At, cfg.FlapWindow, st.History) {
-				refused = append(refused, fmt.Sprintf("%s to node %d: it left that node less than %s ago", s.Name, to.p.Node, cfg.FlapWindow))
 				continue
 			}
 			after := spread(loads, 0, j, s.Demand())
@@ -340,7 +365,7 @@ func Rebalance(cfg RebalanceConfig, snap LoadSnapshot, prev RebalanceState) (Dec
 		mode = MoveRestart
 	}
 	d.Advice = []Advice{{
-		Subsystem: best.s.Name, From: hot.p.Node, To: to.p.Node, Mode: mode,
+		Subsystem: best.s.Name, ID: best.s.ID, From: hot.p.Node, To: to.p.Node, Mode: mode,
 		Before: d.Imbalance, After: best.after,
 		Reason: fmt.Sprintf("node %d load %.2f (demand %.2f on %d CPUs) vs node %d load %.2f (demand %.2f on %d CPUs), imbalance %.2f > %.2f for %d samples; "+
 			"moving %s (usage %.2f, pressure %.2f, %.0f faults/s, %s) leaves %.2f vs %.2f, imbalance %.2f",
@@ -384,14 +409,4 @@ func fits(s *SubsystemLoad, p *PartitionLoad) string {
 		return fmt.Sprintf("needs %s, the node has %s free", s.Memory.Human(), p.MemFree.Human())
 	}
 	return ""
-}
-
-// flaps reports whether moving s to node would take it back to a node it
-// left less than window ago (by the policy's history or the snapshot's
-// record of its last move).
-func flaps(s *SubsystemLoad, node hw.Node, now time.Time, window time.Duration, hist map[string]MoveRecord) bool {
-	if r, ok := hist[s.Name]; ok && r.From == node && now.Sub(r.At) < window {
-		return true
-	}
-	return !s.MovedAt.IsZero() && s.MovedFrom == node && now.Sub(s.MovedAt) < window
 }

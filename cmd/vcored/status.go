@@ -21,6 +21,7 @@ type statusReport struct {
 	VCores     []api.VCore                `json:"vcores,omitempty"`
 	Subsystems map[string][]api.Subsystem `json:"subsystems"`           // keyed by vcore socket
 	Containers map[string][]api.External  `json:"containers,omitempty"` // placed by `vcored nri`, keyed by vcore socket
+	Rebalance  *api.Rebalance             `json:"rebalance,omitempty"`  // core's, unless rebalance = "off"
 	Errors     []string                   `json:"errors,omitempty"`
 }
 
@@ -64,6 +65,7 @@ func collectStatus(ctx context.Context, socket string, euid int) (*statusReport,
 		if err := c.Get(ctx, "/v1/vcores", &rep.VCores); err != nil {
 			return nil, err
 		}
+		collectRebalance(ctx, c, rep)
 		for _, v := range rep.VCores {
 			if v.Connected {
 				vcoreSockets = append(vcoreSockets, v.Socket)
@@ -164,6 +166,7 @@ func printStatus(e *env, rep *statusReport) {
 		fmt.Fprintln(w)
 	}
 	printContainers(w, rep)
+	printRebalance(w, rep.Rebalance)
 	for _, err := range rep.Errors {
 		fmt.Fprintf(w, "error: %s\n", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vcored/vcored/internal/hw"
+	"github.com/vcored/vcored/policy"
 )
 
 // PagerMode says where page faults are served.
@@ -82,10 +83,13 @@ type Core struct {
 	RejoinGrace time.Duration
 	// LogLevel is the minimum level logged.
 	LogLevel LogLevel
-	// Rebalance is off, or advise: sample every partition's load each
-	// RebalanceInterval and report the moves core would make.
-	Rebalance         Rebalance
-	RebalanceInterval time.Duration
+	// Rebalance is off, advise (sample every partition's load each
+	// RebalanceInterval and report the moves core would make) or auto
+	// (make them, each within RebalanceMoveTimeout).
+	Rebalance            Rebalance
+	RebalanceInterval    time.Duration
+	RebalancePolicy      policy.RebalanceConfig
+	RebalanceMoveTimeout time.Duration
 	// Dataspaces are owned by core and attachable from every node.
 	Dataspaces []Dataspace
 
@@ -106,8 +110,10 @@ func DefaultCore() *Core {
 		RejoinGrace:    DefaultRejoinGrace,
 		LogLevel:       LogInfo,
 
-		Rebalance:         RebalanceOff,
-		RebalanceInterval: DefaultRebalanceInterval,
+		Rebalance:            RebalanceOff,
+		RebalanceInterval:    DefaultRebalanceInterval,
+		RebalancePolicy:      policy.DefaultRebalanceConfig(),
+		RebalanceMoveTimeout: DefaultRebalanceMoveTimeout,
 	}
 }
 

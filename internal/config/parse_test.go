@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vcored/vcored/internal/hw"
+	"github.com/vcored/vcored/policy"
 )
 
 func TestParseCoreDefaults(t *testing.T) {
@@ -39,8 +40,12 @@ fault_around = 16
 orphan_grace = "1m"
 rejoin_grace = "5s"
 log_level = "debug"
-rebalance = "advise"
+rebalance = "auto"
 rebalance_interval = "30s"
+rebalance_threshold = 0.5
+rebalance_samples = 5
+rebalance_min_interval = "2m"
+rebalance_move_timeout = "90s"
 
 [[dataspace]]
 name = "dataset"
@@ -67,7 +72,8 @@ func TestParseCoreFull(t *testing.T) {
 		File: "core.toml", Socket: "/tmp/vc/core.sock", SocketGroup: "vcored", StateDir: "/tmp/vc/state",
 		CgroupParent: "test/vcored-1", ReservedCPUs: hw.MustParse[hw.CPU]("0,2"), ReservedMemory: hw.GiB,
 		Pager: PagerCentral, FaultAround: 16, OrphanGrace: time.Minute, RejoinGrace: 5 * time.Second, LogLevel: LogDebug,
-		Rebalance: RebalanceAdvise, RebalanceInterval: 30 * time.Second,
+		Rebalance: RebalanceAuto, RebalanceInterval: 30 * time.Second, RebalanceMoveTimeout: 90 * time.Second,
+		RebalancePolicy: policy.RebalanceConfig{Threshold: 0.5, Samples: 5, MinInterval: 2 * time.Minute, FlapWindow: 20 * time.Minute, MinGain: 0.1},
 		Dataspaces: []Dataspace{
 			{Name: "dataset", Size: 64 * hw.MiB, Content: ContentZero},
 			{Name: "blob", Size: 8 * hw.KiB, Content: ContentFile, Source: "/var/lib/vcored/blob.bin"},

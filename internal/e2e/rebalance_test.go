@@ -88,24 +88,25 @@ func TestRebalanceAdviseSamplesLoad(t *testing.T) {
 	}
 }
 
-// TestRebalanceOffAndAutoRefused: without the key /v1/rebalance says off;
-// rebalance = "auto" is refused by vcored check and by core (exit 2, no
-// socket), saying that moves do not exist yet.
-func TestRebalanceOffAndAutoRefused(t *testing.T) {
+// TestRebalanceOffAndBadMode: without the key /v1/rebalance says off; a
+// mode that does not exist is refused by vcored check and by core (exit 2,
+// file:line, no socket). (rebalance = "auto": rebalance_auto_test.go.)
+func TestRebalanceOffAndBadMode(t *testing.T) {
 	c := newCluster(t)
-	auto := c.write("core.toml", c.coreConfig("rebalance = \"auto\"\n"))
-	const want = `rebalance: "auto" needs moves between nodes, which are not implemented yet; use "advise"`
-	out, err := exec.Command(vcoredBin, "check", auto).CombinedOutput()
+	body := c.coreConfig("rebalance = \"always\"\n")
+	bad := c.write("core.toml", body)
+	want := fmt.Sprintf(`%s:%d: rebalance: "always" is not one of "off", "advise", "auto"`, bad, keyLine(body, "rebalance = "))
+	out, err := exec.Command(vcoredBin, "check", bad).CombinedOutput()
 	if err == nil || !bytes.Contains(out, []byte(want)) {
-		t.Errorf("vcored check with auto: err %v\n%s", err, out)
+		t.Errorf("vcored check with a bad mode: err %v\n%s", err, out)
 	}
-	out, err = exec.Command(vcoredBin, "core", "--config", auto).CombinedOutput()
+	out, err = exec.Command(vcoredBin, "core", "--config", bad).CombinedOutput()
 	var ee *exec.ExitError
 	if !errorsAs(err, &ee) || ee.ExitCode() != 2 || !bytes.Contains(out, []byte(want)) {
-		t.Errorf("core with auto: err %v\n%s", err, out)
+		t.Errorf("core with a bad mode: err %v\n%s", err, out)
 	}
 	if _, err := os.Stat(c.coreSocket()); err == nil {
-		t.Error("core with rebalance = \"auto\" created its socket")
+		t.Error("core with a bad rebalance mode created its socket")
 	}
 	c.startCore(c.coreConfig(""))
 	if st := get[api.Rebalance](t, c.coreSocket(), "/v1/rebalance"); st.Mode != "off" || st.Samples != 0 {
