@@ -1,0 +1,273 @@
+package pager_test
+
+import (
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/linux"
+	"github.com/vcored/vcored/pager"
+)
+
+// Benchmarks of async write tracking (Region.Track with WP_ASYNC and
+// PAGEMAP_SCAN). Each compares, in the same process and interleaved, a
+// write loop over a tracked region and over an untracked one, and reports
+// their ratio: absolute times on the shared dev VM vary tenfold between
+// days, the ratio less so.
+//
+// Two loops, because they cost different things:
+//
+//   - rewrite of present pages (BenchmarkTrackRewrite): the pages are
+//     mapped already; an epoch (the time between two checkpoints) writes
+//     every page `passes` times, then PAGEMAP_SCAN collects and re-protects
+//     the written pages. Tracking costs one in-kernel write-protect fault
+//     per page per epoch (the first write; later writes run free) plus the
+//     scan — a fixed cost per written page per epoch, independent of how
+//     often the page is written. Its share of the loop shrinks with the
+//     work per page per epoch.
+//   - first write to fresh pages (BenchmarkTrackFirstTouch): every page is
+//     missing and its first touch is a write, served by the pager (zero
+//     content) in both regions; the tracked one is Track. A missing page
+//     needs its fault to the pager either way: tracking must not add a
+//     second fault on top.
+
+// trackBenchPages is the region size of the benchmarks: 16 MiB of 4 KiB
+// pages.
+const trackBenchPages = 4096
+
+// benchPagerUffd makes a pager (its threads on any CPU) with uffd 1.
+func benchPagerUffd(b *testing.B, opts pager.Options) *pager.Pager {
+	b.Helper()
+	needUffd(b)
+	p, err := pager.New(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close() })
+	u, err := linux.OpenUffd()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, true); err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+// writePass stores to one word in every page of mem (a different word each
+// pass). A store, not an increment: the load of an increment would be a
+// read fault of its own on a missing page.
+func writePass(mem []byte, ps, k int) {
+	off := (k % (ps / 8)) * 8
+	v := byte(k) | 1
+	for p := 0; p < len(mem); p += ps {
+		mem[p+off] = v
+	}
+}
+
+// BenchmarkTrackRewrite: the rewrite loop, passes=1 (the worst case: one
+// write per page per epoch), 16 and 256, each epoch ending in the scan
+// that a checkpoint makes. Reported per page and epoch: the loop untracked
+// (ns/page-untracked), the loop tracked including the scan
+// (ns/page-tracked), the tracked loop's first pass over the untracked one's
+// (fault-ns/page: what the write-protect fault adds), the scan
+// (scan-ns/page), and tracked/untracked (ratio).
+func BenchmarkTrackRewrite(b *testing.B) {
+	if !linux.HaveWPAsync() {
+		b.Skip("kernel lacks async write protection (Linux 6.7)")
+	}
+	for _, passes := range []int{1, 16, 256} {
+		b.Run("passes="+strconv.Itoa(passes), func(b *testing.B) {
+			p := benchPagerUffd(b, pager.Options{})
+			ps := linux.PageSize()
+			size := trackBenchPages * ps
+			plain, err := linux.Mmap(size, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE|linux.MAP_POPULATE)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer linux.Munmap(plain)
+			tracked, err := linux.Mmap(size, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer linux.Munmap(tracked)
+			base := addrOf(tracked)
+			if err := p.AddRegion(1, pager.Region{Start: base, Length: uintptr(size), Dataspace: "bench", Content: content.Zero(), Track: true}); err != nil {
+				b.Fatal(err)
+			}
+			defer p.RemoveRegion(1, base)
+			writePass(tracked, ps, 0) // every page present (through the pager)
+			pm, err := linux.OpenPagemap(0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer pm.Close()
+			vec := make([]linux.PageRegion, 256)
+			var out []linux.PageRegion
+			scan := func() {
+				out, err = pm.WrittenPages(base, base+uintptr(size), true, vec, out[:0])
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			scan() // epoch 0 begins: everything protected
+			var plainT, trackedT, plainFirst, trackedFirst, scanT time.Duration
+			epoch := func(mem []byte, k int, first, total *time.Duration, scanned bool) {
+				t0 := time.Now()
+				writePass(mem, ps, k)
+				t1 := time.Now()
+				for j := 1; j < passes; j++ {
+					writePass(mem, ps, k+j)
+				}
+				t2 := time.Now()
+				*first += t1.Sub(t0)
+				*total += t2.Sub(t0)
+				if scanned {
+					scan()
+					t3 := time.Now()
+					scanT += t3.Sub(t2)
+					*total += t3.Sub(t2)
+					var n uint64
+					for _, g := range out {
+						n += (g.End - g.Start) / uint64(ps)
+					}
+					if n != trackBenchPages {
+						b.Fatalf("the scan found %d written pages, want %d", n, trackBenchPages)
+					}
+				}
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				// Alternate which loop runs first.
+				if i%2 == 0 {
+					epoch(plain, i*passes, &plainFirst, &plainT, false)
+					epoch(tracked, i*passes, &trackedFirst, &trackedT, true)
+				} else {
+					epoch(tracked, i*passes, &trackedFirst, &trackedT, true)
+					epoch(plain, i*passes, &plainFirst, &plainT, false)
+				}
+			}
+			b.StopTimer()
+			n := float64(b.N * trackBenchPages)
+			b.ReportMetric(float64(plainT.Nanoseconds())/n, "ns/page-untracked")
+			b.ReportMetric(float64(trackedT.Nanoseconds())/n, "ns/page-tracked")
+			b.ReportMetric(float64((trackedFirst-plainFirst).Nanoseconds())/n, "fault-ns/page")
+			b.ReportMetric(float64(scanT.Nanoseconds())/n, "scan-ns/page")
+			b.ReportMetric(float64(trackedT)/float64(plainT), "ratio")
+		})
+	}
+}
+
+// BenchmarkTrackFirstTouch: write once to every page of a fresh region
+// served by the pager (zero content), Track and not, alternating; the
+// anonymous memory the kernel fills itself (no userfaultfd) for scale.
+// Async: WP_ASYNC tracking; sync: Options.SyncWriteTracking (the 6.1
+// fallback). Reported per page: each loop's time, tracked/untracked
+// (ratio), the page faults each loop took (getrusage: every exception, the
+// kernel's retry after the pager resolved one is not another) and the
+// faults the pager served per page of the tracked loop.
+func BenchmarkTrackFirstTouch(b *testing.B) {
+	b.Run("async", func(b *testing.B) { benchFirstTouch(b, false) })
+	b.Run("sync", func(b *testing.B) { benchFirstTouch(b, true) })
+}
+
+// pageFaults is this process's page faults so far (minor and major:
+// getrusage counts a fault the pager resolved as major).
+func pageFaults(b *testing.B) int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return ru.Minflt + ru.Majflt
+}
+
+func benchFirstTouch(b *testing.B, sync bool) {
+	if !sync && !linux.HaveWPAsync() {
+		b.Skip("kernel lacks async write protection (Linux 6.7)")
+	}
+	p := benchPagerUffd(b, pager.Options{SyncWriteTracking: sync})
+	ps := linux.PageSize()
+	size := trackBenchPages * ps
+	pm, err := linux.OpenPagemap(0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pm.Close()
+	var faults, plainFaults int64
+	var served uint64
+	run := func(track, uffd bool, total *time.Duration) {
+		mem, err := linux.Mmap(size, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer linux.Munmap(mem)
+		base := addrOf(mem)
+		if uffd {
+			if err := p.AddRegion(1, pager.Region{Start: base, Length: uintptr(size), Dataspace: "bench", Content: content.Zero(), Track: track}); err != nil {
+				b.Fatal(err)
+			}
+			defer p.RemoveRegion(1, base)
+		}
+		if track && !sync {
+			// As the vcore starts tracking at attach: every page
+			// protected, present or not (WP_UNPOPULATED).
+			if err := pm.WriteProtectAsync(base, base+uintptr(size)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		s0 := p.Stats()["bench"].Faults
+		f0 := pageFaults(b)
+		t0 := time.Now()
+		writePass(mem, ps, 0)
+		*total += time.Since(t0)
+		if uffd && !track {
+			plainFaults += pageFaults(b) - f0
+		}
+		if track {
+			faults += pageFaults(b) - f0
+			served += p.Stats()["bench"].Faults - s0
+			var n uint64
+			if sync {
+				w, err := p.TakeWritten(1, base, uintptr(size))
+				if err != nil {
+					b.Fatal(err)
+				}
+				n = uint64(len(w))
+			} else {
+				regs, err := pm.WrittenPages(base, base+uintptr(size), false, nil, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, g := range regs {
+					n += (g.End - g.Start) / uint64(ps)
+				}
+			}
+			if n != trackBenchPages {
+				b.Fatalf("%d pages written, want %d", n, trackBenchPages)
+			}
+		}
+	}
+	var anonT, plainT, trackedT time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%2 == 0 {
+			run(false, true, &plainT)
+			run(true, true, &trackedT)
+		} else {
+			run(true, true, &trackedT)
+			run(false, true, &plainT)
+		}
+		run(false, false, &anonT)
+	}
+	b.StopTimer()
+	n := float64(b.N * trackBenchPages)
+	b.ReportMetric(float64(anonT.Nanoseconds())/n, "ns/page-anon")
+	b.ReportMetric(float64(plainT.Nanoseconds())/n, "ns/page-untracked")
+	b.ReportMetric(float64(trackedT.Nanoseconds())/n, "ns/page-tracked")
+	b.ReportMetric(float64(plainFaults)/n, "faults/page-untracked")
+	b.ReportMetric(float64(faults)/n, "faults/page-tracked")
+	b.ReportMetric(float64(served)/n, "served/page-tracked")
+	b.ReportMetric(float64(trackedT)/float64(plainT), "ratio")
+}
