@@ -160,7 +160,7 @@ func (p *Pager) orderChunk(o *OrderPrefetch, e *uffdEntry, r0 *region, lo uintpt
 		return true, nil
 	}
 	r := e.find(lo)
-	if r == nil || r.Start != r0.Start || r.Content != r0.Content || r.Offset != r0.Offset {
+	if r != r0 { // removed, moved or cut: the region's table entry is new
 		return true, nil
 	}
 	ps := p.ps
