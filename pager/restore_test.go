@@ -244,3 +244,47 @@ func TestPrefetchOrderFaultFirst(t *testing.T) {
 		t.Fatalf("result %+v: want %d mapped, the faulted page present", res, len(order)-1)
 	}
 }
+
+// TestPrefetchOrderRegionRemoved: a region removed while its prefetch runs
+// ends the prefetch (nothing is mapped outside a registered region).
+func TestPrefetchOrderRegionRemoved(t *testing.T) {
+	needUffd(t)
+	leakCheck(t)
+	p := newPager(t, pager.Options{})
+	u, err := linux.OpenUffd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	ps := linux.PageSize()
+	const pages = 256
+	mem, err := linux.Mmap(pages*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(mem)
+	base := addrOf(mem)
+	if err := p.AddRegion(1, pager.Region{Start: base, Length: uintptr(len(mem)), Dataspace: "x", Content: slowSource{Source: content.Pattern(1), d: 5 * time.Millisecond}}); err != nil {
+		t.Fatal(err)
+	}
+	var order []uint64
+	for pg := uint64(0); pg < pages; pg += 2 {
+		order = append(order, pg)
+	}
+	o, err := p.PrefetchOrder(1, base, order)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RemoveRegion(1, base); err != nil {
+		t.Fatal(err)
+	}
+	res := waitOrder(t, o)
+	if !res.Ended || res.Err != nil || res.Mapped >= len(order) {
+		t.Fatalf("result %+v: want ended early without error", res)
+	}
+	if _, err := p.PrefetchOrder(1, base, order); !errors.Is(err, pager.ErrNoRegion) {
+		t.Fatalf("prefetch of a removed region: %v", err)
+	}
+}
