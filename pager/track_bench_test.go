@@ -81,7 +81,7 @@ func threadCPU() time.Duration {
 }
 
 // BenchmarkTrackRewrite: the rewrite loop, passes=1 (the worst case: one
-// write per page per epoch), 16, 256 and 4096 (an epoch of ~0.1 s of
+// write per page per epoch), 16, 256 and 4096 (an epoch of ~0.25 s of
 // writing on the dev VM: checkpoints are seconds apart), each epoch of the
 // tracked region ending in the scan that a checkpoint makes. The two
 // regions' passes alternate (plain, tracked, tracked, plain, ...) on one
