@@ -782,7 +782,7 @@ func (p *Pager) Resolve(id uint64, addr uintptr) error {
 	bp := p.bufPool.Get().(*[]byte)
 	// A forwarded fault's access kind is not known here: map real pages
 	// (a write to a zero page mapping would fault again).
-	pages, err := p.resolve(e, r, addr, *bp, true)
+	pages, err := p.resolve(e, r, addr, *bp, true, false)
 	p.bufPool.Put(bp)
 	if errors.Is(err, linux.EAGAIN) {
 		// The worker's mm is changing: let the fault be raised again.
@@ -811,19 +811,26 @@ func (p *Pager) Resolve(id uint64, addr uintptr) error {
 // Zero content on a read fault maps the shared zero page (UFFDIO_ZEROPAGE:
 // no allocation). On a write fault that would only trade this fault for a
 // copy-on-write fault in the kernel, so the pages are copied from a zero
-// buffer instead (UFFDIO_COPY allocates them at once).
-func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write bool) (int, error) {
+// buffer instead (UFFDIO_COPY allocates them at once). wrote: the fault is
+// known to be a write (write alone may be a guess), see resolveWritten.
+func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write, wrote bool) (int, error) {
 	lo, hi := p.window(r, addr)
-	return p.resolveRange(e, r, addr, lo, hi, buf, write, nil)
+	return p.resolveRange(e, r, addr, lo, hi, buf, write, wrote, nil)
 }
 
 // resolveRange is resolve of the window [lo, hi) around addr (buf holds
 // hi-lo bytes). If ioctlNS is not nil, the time spent in the
 // UFFDIO_COPY/ZEROPAGE/WAKE ioctls is added to it.
-func (p *Pager) resolveRange(e *uffdEntry, r *region, addr, lo, hi uintptr, buf []byte, write bool, ioctlNS *int64) (int, error) {
+func (p *Pager) resolveRange(e *uffdEntry, r *region, addr, lo, hi uintptr, buf []byte, write, wrote bool, ioctlNS *int64) (int, error) {
 	if ioctlNS != nil {
 		u := timedUffd{u: e.u, ns: ioctlNS}
+		if wrote && r.Track {
+			return resolveWritten(p, &u, e, r, addr, lo, hi, buf)
+		}
 		return resolveWith(p, &u, r, addr, lo, hi, buf, write)
+	}
+	if wrote && r.Track {
+		return resolveWritten(p, e.u, e, r, addr, lo, hi, buf)
 	}
 	return resolveWith(p, e.u, r, addr, lo, hi, buf, write)
 }

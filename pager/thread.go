@@ -184,7 +184,7 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 	var ioctl int64
 	lo, hi := p.window(r, addr)
 	if r.stream == nil {
-		pages, err := p.resolveRange(e, r, addr, lo, hi, t.buf, write, &ioctl)
+		pages, err := p.resolveRange(e, r, addr, lo, hi, t.buf, write, write, &ioctl)
 		st.pages += uint64(pages)
 		t.breakdown(st, start, ioctl, err)
 		return t.settle(e, r, addr, write, start, err, st)
@@ -202,7 +202,7 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 		st.pages += uint64(n)
 		ok = !done
 	}
-	pages, err := p.resolveRange(e, r, addr, lo, hi, t.pbuf, write, &ioctl)
+	pages, err := p.resolveRange(e, r, addr, lo, hi, t.pbuf, write, write, &ioctl)
 	st.pages += uint64(pages)
 	t.breakdown(st, start, ioctl, err)
 	if err == nil && ok {
@@ -239,7 +239,7 @@ func (t *thread) settle(e *uffdEntry, r *region, addr uintptr, write bool, start
 func (t *thread) retry(e *uffdEntry) {
 	for _, a := range t.again {
 		st := t.stats.get(a.r.ds)
-		pages, err := t.p.resolve(e, a.r, a.addr, t.buf, a.write)
+		pages, err := t.p.resolve(e, a.r, a.addr, t.buf, a.write, a.write)
 		st.pages += uint64(pages)
 		if errors.Is(err, linux.EAGAIN) {
 			_ = e.u.Wake(a.addr, t.p.ps)

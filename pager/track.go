@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vcored/vcored/internal/linux"
 )
@@ -21,11 +22,58 @@ import (
 // records the page and unprotects it (waking the writer), so later writes
 // in the same epoch run free. TakeWritten hands the recorded pages over and
 // protects the range again: the next epoch.
+//
+// A missing-page fault that is a write (UFFD_PAGEFAULT_FLAG_WRITE) copies
+// its page in unprotected: the page is written, and the writer's retry must
+// not find it protected — in sync mode that would be a second fault to the
+// pager for the same write (measured: 2 faults served per page instead of
+// 1, BenchmarkTrackFirstTouch/sync), in async mode a second trip through
+// the kernel's fault handler. The rest of the fault-around window is copied
+// protected (nobody wrote it), at the price of up to two more UFFDIO_COPY;
+// async mode pays that only where it saves nothing but the kernel's
+// retry, so there a wider window stays protected as a whole.
 
 // syncWritten is the set of pages written in sync mode, by address.
 type syncWritten struct {
 	mu    sync.Mutex
 	pages map[uintptr]struct{}
+	// lifting counts, per page, the handlers between recording the page
+	// and the end of lifting its protection. TakeWritten hands such a page
+	// out and keeps it for the next epoch as well: the write the lift lets
+	// through may land after the hand-out (and after TakeWritten protected
+	// the range again, before the lift).
+	lifting map[uintptr]int
+}
+
+// begin records the page at addr before its protection is lifted.
+func (w *syncWritten) begin(addr uintptr) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pages == nil {
+		w.pages = map[uintptr]struct{}{}
+		w.lifting = map[uintptr]int{}
+	}
+	w.pages[addr] = struct{}{}
+	w.lifting[addr]++
+}
+
+// end notes that the protection of the page at addr is lifted.
+func (w *syncWritten) end(addr uintptr) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.lifting[addr]--; w.lifting[addr] <= 0 {
+		delete(w.lifting, addr)
+	}
+}
+
+// syncTrackHook, when set (tests), runs between recording a written page
+// and lifting its protection.
+var syncTrackHook atomic.Pointer[func(addr uintptr)]
+
+func runSyncTrackHook(addr uintptr) {
+	if h := syncTrackHook.Load(); h != nil {
+		(*h)(addr)
+	}
 }
 
 // initUffd negotiates a fresh uffd: InitUffd, without the async write
@@ -58,17 +106,83 @@ func (p *Pager) wpFault(e *uffdEntry, r *region, addr uintptr) error {
 		}
 		return err
 	}
-	e.written.mu.Lock()
-	if e.written.pages == nil {
-		e.written.pages = map[uintptr]struct{}{}
-	}
-	e.written.pages[addr] = struct{}{}
-	e.written.mu.Unlock()
-	err := e.u.WriteProtect(addr, p.ps, 0)
+	// Record, lift without waking, end the record's lifting, wake: the
+	// write lands after end, so an epoch handed out after end has seen
+	// the record (and re-protected the page before the writer retries),
+	// and one handed out before end keeps the page for the next epoch.
+	e.written.begin(addr)
+	runSyncTrackHook(addr)
+	err := e.u.WriteProtect(addr, p.ps, linux.UFFDIO_WRITEPROTECT_MODE_DONTWAKE)
+	e.written.end(addr)
 	if errors.Is(err, linux.ENOENT) {
 		err = nil // unmapped meanwhile
 	}
+	if werr := e.u.Wake(addr, p.ps); err == nil {
+		err = werr
+	}
 	return err
+}
+
+// resolveWritten resolves a missing-page write fault at addr of Track
+// region r (window [lo, hi)): the page unprotected, first (which wakes
+// the writer), then the rest of the window protected. Sync tracking
+// records the page as written (record, UFFDIO_COPY without waking,
+// UFFDIO_WAKE: one ioctl more than async, one round trip to the pager
+// less than a write-protect fault on top). Async tracking with a window wider than the
+// page copies it all protected instead (resolveWith): two more ioctls cost
+// more than the kernel's own retry saves.
+func resolveWritten[U uffdOps](p *Pager, u U, e *uffdEntry, r *region, addr, lo, hi uintptr, buf []byte) (int, error) {
+	ps := p.ps
+	if e.wpAsync && hi-lo > ps {
+		return resolveWith(p, u, r, addr, lo, hi, buf, true)
+	}
+	var src []byte
+	if r.Content.IsZero() {
+		src = p.zero[:hi-lo]
+	} else {
+		src = buf[:hi-lo]
+		if err := r.Content.Fill(src, r.Offset+uint64(lo-r.Start)); err != nil {
+			return 0, err
+		}
+	}
+	off := addr - lo
+	page := src[off : off+ps]
+	var n int64
+	var err error
+	if e.wpAsync {
+		n, err = u.Copy(addr, page, 0)
+	} else {
+		// As wpFault: recorded before the copy, which does not wake
+		// the writer; woken after the record's lifting ended. (A page
+		// mapped meanwhile, EEXIST, is recorded for nothing: a write
+		// to it raises its own fault.)
+		e.written.begin(addr)
+		runSyncTrackHook(addr)
+		n, err = u.Copy(addr, page, linux.UFFDIO_COPY_MODE_DONTWAKE)
+		e.written.end(addr)
+		if err == nil {
+			err = u.Wake(addr, ps)
+		}
+	}
+	if errors.Is(err, linux.EEXIST) {
+		return 0, u.Wake(addr, ps)
+	}
+	if err != nil {
+		return int(uintptr(n) / ps), err
+	}
+	pages := int(uintptr(n) / ps)
+	// The neighbours, protected: a present one ends its side's copy.
+	for _, s := range [2][2]uintptr{{lo, addr}, {addr + ps, hi}} {
+		if s[0] >= s[1] {
+			continue
+		}
+		m, err := u.Copy(s[0], src[s[0]-lo:s[1]-lo], linux.UFFDIO_COPY_MODE_WP)
+		pages += int(uintptr(m) / ps)
+		if err != nil && !errors.Is(err, linux.EEXIST) {
+			return pages, err
+		}
+	}
+	return pages, nil
 }
 
 // WriteTracking tells how the Track regions of uffd id are tracked: async
@@ -108,7 +222,9 @@ func (p *Pager) TakeWritten(id uint64, start, length uintptr) ([]uint64, error) 
 	for a := range e.written.pages {
 		if a >= start && a-start < length {
 			out = append(out, uint64((a-start)/p.ps))
-			delete(e.written.pages, a)
+			if e.written.lifting[a] == 0 {
+				delete(e.written.pages, a)
+			}
 		}
 	}
 	e.written.mu.Unlock()

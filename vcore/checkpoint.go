@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -50,9 +51,16 @@ type persistentDS struct {
 	base content.Source // the configured content, below the image
 
 	im *ckpt.Image
+	// prefetch: restore_prefetch = true (map the image's pages in the
+	// last run's first-touch order on attach).
+	prefetch bool
+	log      *slog.Logger
 
 	mu sync.RWMutex // Fill holds it shared; reopen exclusively
 	rd *ckpt.Reader
+	// order (under mu): the image's touch order, as read at open or
+	// written by the last checkpoint, for the next attach's prefetch.
+	order []uint64
 
 	// ckptMu serializes checkpoints of this dataspace.
 	ckptMu sync.Mutex
@@ -72,6 +80,13 @@ type attachment struct {
 	tr       ckpt.Tracker
 	rescan   bool // the dirty set was lost: store every present page next time
 	detached bool
+
+	// order is the touch order the restore prefetch followed (nil: no
+	// prefetch), pf the prefetch. The pages it mapped raise no fault, so
+	// this run's own record misses them: the order written at a
+	// checkpoint is this run's faults, then order (ckpt.MergeTouchOrder).
+	order []uint64
+	pf    *pager.OrderPrefetch
 }
 
 // openPersistent opens (or creates) the image of dataspace d of subsystem
@@ -95,7 +110,12 @@ func (v *VCore) openPersistent(sub string, d config.Dataspace, base content.Sour
 	if err != nil {
 		return nil, err
 	}
-	return &persistentDS{sub: sub, name: d.Name, dir: dir, size: size, base: base, im: im, rd: rd}, nil
+	p := &persistentDS{sub: sub, name: d.Name, dir: dir, size: size, base: base, im: im, rd: rd,
+		prefetch: d.RestorePrefetch, log: v.log}
+	if p.prefetch {
+		p.order = p.restoreOrder()
+	}
+	return p, nil
 }
 
 // Fill, IsZero, Size and String make a persistentDS the content.Source of
@@ -188,10 +208,58 @@ func (p *persistentDS) start(pgr *pager.Pager, uffd uint64, r ckpt.Region) error
 		p.unreserve()
 		return err
 	}
+	a := &attachment{uffd: uffd, region: r, tr: tr}
+	if p.prefetch {
+		a.order, a.pf = p.startPrefetch(pgr, uffd, r)
+	}
 	p.attMu.Lock()
-	p.att = &attachment{uffd: uffd, region: r, tr: tr}
+	p.att = a
 	p.attMu.Unlock()
 	return nil
+}
+
+// restoreOrder is the image's touch order for a restore prefetch: nil
+// when there is none, or when it is damaged (refused whole, logged: the
+// restore stays lazy).
+func (p *persistentDS) restoreOrder() []uint64 {
+	order, err := p.im.TouchOrder()
+	if err != nil {
+		p.log.Warn("restore prefetch: touch order refused, restoring lazily", "subsystem", p.sub, "dataspace", p.name, "image", p.dir, "err", err)
+		return nil
+	}
+	return order
+}
+
+// startPrefetch starts the restore prefetch of the region r just attached
+// on uffd (restore_prefetch); its end is logged. It returns the order it
+// follows and the prefetch, or nils. No file is read here (the caller
+// holds the vcore's lock): the order was read at open or written by the
+// last checkpoint.
+func (p *persistentDS) startPrefetch(pgr *pager.Pager, uffd uint64, r ckpt.Region) ([]uint64, *pager.OrderPrefetch) {
+	p.mu.RLock()
+	order := p.order
+	p.mu.RUnlock()
+	if len(order) == 0 {
+		return nil, nil
+	}
+	start := time.Now()
+	pf, err := pgr.PrefetchOrder(uffd, r.Addr, order)
+	if err != nil {
+		p.log.Warn("restore prefetch not started", "subsystem", p.sub, "dataspace", p.name, "err", err)
+		return nil, nil
+	}
+	p.log.Info("restore prefetch started", "subsystem", p.sub, "dataspace", p.name, "pid", r.Pid, "pages", pf.Pages, "beyond_region", pf.Dropped)
+	go func() {
+		<-pf.Done()
+		res := pf.Result()
+		lvl := slog.LevelInfo
+		if res.Err != nil {
+			lvl = slog.LevelWarn
+		}
+		p.log.Log(context.Background(), lvl, "restore prefetch done", "subsystem", p.sub, "dataspace", p.name, "pid", r.Pid,
+			"mapped", res.Mapped, "present", res.Present, "pages", pf.Pages, "stopped", res.Ended, "took", time.Since(start), "err", res.Err)
+	}()
+	return order, pf
 }
 
 // pagerTracker is a ckpt.Tracker over the pager's sync write tracking.
@@ -223,6 +291,9 @@ func (p *persistentDS) detached(uffd uint64, addr uintptr) {
 	}
 	p.att = nil
 	p.attMu.Unlock()
+	if a.pf != nil {
+		a.pf.Stop()
+	}
 	go func() {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -327,8 +398,15 @@ func (v *VCore) Checkpoint(ctx context.Context, name string) (api.CheckpointResu
 		// prefetch (a hint: a failure is reported, nothing else).
 		if a := atts[i]; a != nil {
 			order, err := v.pgr.TouchOrder(a.uffd, a.region.Addr, uintptr(a.region.Size))
+			if err == nil && a.order != nil {
+				order = ckpt.MergeTouchOrder(order, a.order)
+			}
 			if err == nil && len(order) > 0 {
-				err = p.im.WriteTouchOrder(order)
+				if err = p.im.WriteTouchOrder(order); err == nil {
+					p.mu.Lock()
+					p.order = order
+					p.mu.Unlock()
+				}
 			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("dataspace %s: touch order: %w", p.name, err))

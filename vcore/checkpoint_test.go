@@ -2,12 +2,17 @@ package vcore
 
 import (
 	"bytes"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"unsafe"
 
 	"github.com/vcored/vcored/internal/ckpt"
+	"github.com/vcored/vcored/internal/config"
+	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
 
 	"net/http/httptest"
@@ -92,5 +97,62 @@ func TestCheckpointRescanAfterFailure(t *testing.T) {
 	got := make([]byte, len(mem))
 	if err := rd.Fill(got, 0); err != nil || !bytes.Equal(got, mem) {
 		t.Fatalf("image differs from memory: %v", err)
+	}
+}
+
+// TestRestorePrefetchOrder: with restore_prefetch, a persistent dataspace
+// reads its image's touch order when it is opened; a damaged one (torn
+// here) is refused with a warning naming it, and no page of it is used.
+func TestRestorePrefetchOrder(t *testing.T) {
+	ps := linux.PageSize()
+	var logs bytes.Buffer
+	v := &VCore{cfg: &config.VCore{StateDir: t.TempDir()}, log: slog.New(slog.NewTextHandler(&logs, nil))}
+	d := config.Dataspace{Name: "mem", Size: hw.Bytes(16 * ps), Persistent: true, RestorePrefetch: true}
+	p, err := v.openPersistent("s", d, content.Zero())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.order != nil {
+		t.Fatalf("a new image has a touch order: %v", p.order)
+	}
+	want := []uint64{3, 1, 2}
+	if err := p.im.WriteTouchOrder(want); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if p, err = v.openPersistent("s", d, content.Zero()); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if !slices.Equal(p.order, want) {
+		t.Fatalf("order %v, want %v", p.order, want)
+	}
+	// Torn: the last byte of the checksum is gone.
+	path := filepath.Join(p.dir, "TOUCH-ORDER")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b[:len(b)-1], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if p, err = v.openPersistent("s", d, content.Zero()); err != nil {
+		t.Fatalf("a damaged touch order stopped the dataspace: %v", err)
+	}
+	p.Close()
+	if p.order != nil {
+		t.Fatalf("damaged touch order used: %v", p.order)
+	}
+	if l := logs.String(); !strings.Contains(l, "touch order refused") || !strings.Contains(l, "TOUCH-ORDER") {
+		t.Fatalf("no warning about the damaged order in the log: %q", l)
+	}
+	// Without restore_prefetch the order is not read.
+	d.RestorePrefetch = false
+	if p, err = v.openPersistent("s", d, content.Zero()); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if p.order != nil {
+		t.Fatal("order read without restore_prefetch")
 	}
 }

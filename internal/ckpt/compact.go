@@ -1,13 +1,6 @@
 package ckpt
 
-import (
-	"encoding/binary"
-	"errors"
-	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
-)
+import "fmt"
 
 // Compact merges the oldest layers of the chain into one when it holds more
 // than maxLayers, so that the chain has maxLayers layers afterwards: the
@@ -69,56 +62,4 @@ func (im *Image) Compact(maxLayers int) (bool, LayerInfo, error) {
 		return false, LayerInfo{}, err
 	}
 	return true, info, nil
-}
-
-// Touch order: the pages of a dataspace in the order its process first
-// touched them, so that a restore can copy them ahead of the faults. The
-// file is "VCKTOUCH", a u64 count, the page indexes (u64 each) and a crc32c
-// of everything before it; it is replaced atomically.
-const touchMagic = "VCKTOUCH"
-
-// WriteTouchOrder records pages (page indexes, first touched first) for
-// the next restore's prefetch.
-func (im *Image) WriteTouchOrder(pages []uint64) error {
-	npages := im.m.Size / uint64(im.m.PageSize)
-	b := make([]byte, 0, 16+8*len(pages)+4)
-	b = append(b, touchMagic...)
-	b = binary.LittleEndian.AppendUint64(b, uint64(len(pages)))
-	for _, p := range pages {
-		if p >= npages {
-			return fmt.Errorf("ckpt: touch order: page %d is beyond the dataspace (%d pages)", p, npages)
-		}
-		b = binary.LittleEndian.AppendUint64(b, p)
-	}
-	b = binary.LittleEndian.AppendUint32(b, crc(b))
-	return writeFileAtomic(im.dir, touchName, b)
-}
-
-// ReadTouchOrder returns the recorded touch order of the image in dir, or
-// nil without error when none was recorded. A damaged file is an error
-// wrapping ErrCorrupt (a prefetch hint: the caller may go on without it).
-func ReadTouchOrder(dir string) ([]uint64, error) {
-	b, err := os.ReadFile(filepath.Join(dir, touchName))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("ckpt: %w", err)
-	}
-	if len(b) < 20 || string(b[:8]) != touchMagic {
-		return nil, fmt.Errorf("%w: %s: bad header", ErrCorrupt, touchName)
-	}
-	n := binary.LittleEndian.Uint64(b[8:])
-	if uint64(len(b)) != 16+8*n+4 {
-		return nil, fmt.Errorf("%w: %s: %d bytes for %d pages", ErrCorrupt, touchName, len(b), n)
-	}
-	body := b[:len(b)-4]
-	if got, want := crc(body), binary.LittleEndian.Uint32(b[len(b)-4:]); got != want {
-		return nil, fmt.Errorf("%w: %s: checksum %08x, computed %08x", ErrCorrupt, touchName, want, got)
-	}
-	out := make([]uint64, n)
-	for i := range out {
-		out[i] = binary.LittleEndian.Uint64(b[16+8*i:])
-	}
-	return out, nil
 }

@@ -474,32 +474,6 @@ func FuzzCompactionEquivalence(f *testing.F) {
 	f.Fuzz(func(t *testing.T, seed uint64) { compactionProperty(t, seed) })
 }
 
-func TestTouchOrder(t *testing.T) {
-	dir := t.TempDir()
-	im, err := Create(dir, 16*testPS, testPS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, err := ReadTouchOrder(dir); got != nil || err != nil {
-		t.Fatalf("no touch order: %v, %v", got, err)
-	}
-	order := []uint64{7, 0, 15, 3}
-	if err := im.WriteTouchOrder(order); err != nil {
-		t.Fatal(err)
-	}
-	got, err := ReadTouchOrder(dir)
-	if err != nil || !slices.Equal(got, order) {
-		t.Fatalf("ReadTouchOrder = %v, %v", got, err)
-	}
-	if err := im.WriteTouchOrder([]uint64{16}); err == nil {
-		t.Error("touch order beyond the dataspace: no error")
-	}
-	flip(t, filepath.Join(dir, touchName), 20)
-	if _, err := ReadTouchOrder(dir); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("corrupt touch order: %v", err)
-	}
-}
-
 // A reader over a base content: pages no layer holds read from it; a page
 // stored as zero stays zero.
 func TestReaderOver(t *testing.T) {

@@ -31,6 +31,10 @@ type Dataspace struct {
 	// Persistent (local dataspaces only): the memory outlives the worker
 	// in a checkpoint image under the vcore's state_dir.
 	Persistent bool
+	// RestorePrefetch (persistent dataspaces only): on attach, map the
+	// image's pages in the previous run's first-touch order, in the
+	// background.
+	RestorePrefetch bool
 	// Prefetch (local dataspaces only): whether the vcore's pagers map
 	// pages ahead of sequential and strided fault streams.
 	Prefetch Prefetch
@@ -77,6 +81,7 @@ func decodeDataspace(t *table) Dataspace {
 		t.d.add(t.key("seed"), ErrConflict, nil, "seed is only used with content = \"pattern\"")
 	}
 	decodePersistent(t, &ds)
+	decodeRestorePrefetch(t, &ds)
 	decodePrefetch(t, &ds)
 	decodeWritable(t, &ds)
 	t.done()

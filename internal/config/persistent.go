@@ -24,6 +24,21 @@ func decodePersistent(t *table, ds *Dataspace) {
 	ds.Persistent = b
 }
 
+// decodeRestorePrefetch reads `restore_prefetch` of a persistent
+// dataspace: on attach, the vcore maps the image's pages ahead of the
+// faults, in the order the previous run first touched them (its
+// TOUCH-ORDER), in the background. Off by default; meaningless (refused)
+// without persistent = true.
+func decodeRestorePrefetch(t *table, ds *Dataspace) {
+	if !strings.HasPrefix(t.path, "subsystem") {
+		return
+	}
+	t.setBool("restore_prefetch", &ds.RestorePrefetch)
+	if ds.RestorePrefetch && !ds.Persistent {
+		t.d.add(t.key("restore_prefetch"), ErrConflict, nil, "restore_prefetch needs persistent = true (it prefetches from the checkpoint image)")
+	}
+}
+
 // Prefetch modes of a local dataspace (`prefetch`).
 type Prefetch string
 

@@ -47,3 +47,23 @@ func TestPrefetchKey(t *testing.T) {
 		t.Errorf("prefetch in a core dataspace: %v", err)
 	}
 }
+
+func TestRestorePrefetchKey(t *testing.T) {
+	const sub = "node = 0\nmemory = \"1GiB\"\ncpus = \"1\"\n[[subsystem]]\nname = \"a\"\ncommand = [\"sleep\", \"1\"]\nmemory = \"64MiB\"\n[[subsystem.dataspace]]\nname = \"p\"\nsize = \"4MiB\"\n"
+	v, _, err := parseVCore("node0.toml", []byte(sub+"persistent = true\nrestore_prefetch = true\n"))
+	if err != nil || !v.Subsystems[0].Local[0].RestorePrefetch {
+		t.Fatalf("restore_prefetch = true: %v, %v", err, v)
+	}
+	v, _, err = parseVCore("node0.toml", []byte(sub+"persistent = true\n"))
+	if err != nil || v.Subsystems[0].Local[0].RestorePrefetch {
+		t.Errorf("default: restore_prefetch %v, %v", v.Subsystems[0].Local[0].RestorePrefetch, err)
+	}
+	for _, bad := range []string{"restore_prefetch = true\n", "persistent = true\nrestore_prefetch = \"yes\"\n"} {
+		if _, _, err := parseVCore("node0.toml", []byte(sub+bad)); err == nil || !strings.Contains(err.Error(), "restore_prefetch") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	if _, _, err := parseCore("core.toml", []byte("[[dataspace]]\nname = \"d\"\nsize = \"4MiB\"\nrestore_prefetch = true\n")); err == nil || !strings.Contains(err.Error(), "restore_prefetch") {
+		t.Errorf("restore_prefetch in a core dataspace: %v", err)
+	}
+}

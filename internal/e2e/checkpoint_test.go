@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/vcored/vcored/internal/api"
 	"github.com/vcored/vcored/internal/ckpt"
@@ -32,6 +33,13 @@ type ckptVerdict struct {
 	Pid   int    `json:"pid"`
 }
 
+// ckptAttached is what the helper writes once attached when it is to wait
+// before verifying (restore prefetch).
+type ckptAttached struct {
+	Pid  int    `json:"pid"`
+	Addr uint64 `json:"addr"`
+}
+
 // ckptExpected is the seed page p holds after both rounds of writes: every
 // page seed 1, then every tenth seed 2.
 func ckptExpected(p int) uint64 {
@@ -44,7 +52,8 @@ func ckptExpected(p int) uint64 {
 // TestCkptHelperProcess is not a test. Run by a vcore as the command of a
 // subsystem with a persistent dataspace "mem", it attaches it, then:
 // if $DIR/verify exists, checks every page (ckptExpected) and writes
-// $DIR/verdict-<pid>.json; otherwise fills every page with pattern seed 1,
+// $DIR/verdict-<pid>.json (with $DIR/verify-wait, it first writes
+// $DIR/attached-<pid>.json and waits for $DIR/go-verify); otherwise fills every page with pattern seed 1,
 // writes $DIR/written1, waits for $DIR/go2, writes seed 2 over every tenth
 // page (page 0 twice), writes $DIR/written2. Then it holds the mapping
 // until killed.
@@ -66,6 +75,17 @@ func TestCkptHelperProcess(t *testing.T) {
 		content.Pattern(seed).Fill(mem[p*ps:(p+1)*ps], uint64(p*ps))
 	}
 	if _, err := os.Stat(filepath.Join(dir, "verify")); err == nil {
+		if _, err := os.Stat(filepath.Join(dir, "verify-wait")); err == nil {
+			// Tell where the region is, touch nothing until go-verify.
+			writeJSON(t, filepath.Join(dir, fmt.Sprintf("attached-%d.json", os.Getpid())),
+				ckptAttached{Pid: os.Getpid(), Addr: uint64(uintptr(unsafe.Pointer(&mem[0])))})
+			for {
+				if _, err := os.Stat(filepath.Join(dir, "go-verify")); err == nil {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
 		v := ckptVerdict{Pid: os.Getpid()}
 		for p := range ckptPages {
 			if err := content.VerifyPattern(mem[p*ps:(p+1)*ps], ckptExpected(p), uint64(p*ps)); err != nil {
@@ -146,6 +166,22 @@ func TestCheckpointRestoreSyncWP(t *testing.T) {
 }
 
 func checkpointRestore(t *testing.T) {
+	checkpointRestoreWith(t, false)
+}
+
+// TestCheckpointRestorePrefetch: the same with restore_prefetch = true:
+// after the restart the vcore maps the pages in the first run's touch
+// order before the worker touches any (the worker's pagemap shows them
+// all present while it waits), the worker then reads every page without a
+// single fault, and every page is right.
+func TestCheckpointRestorePrefetch(t *testing.T) {
+	if !linux.HaveWPAsync() {
+		t.Skip("kernel lacks async write protection (Linux 6.7)")
+	}
+	checkpointRestoreWith(t, true)
+}
+
+func checkpointRestoreWith(t *testing.T, prefetch bool) {
 	c := newCluster(t)
 	c.startCore(c.coreConfig(""))
 	dir := c.path("ckpt-helper")
@@ -165,7 +201,10 @@ name = "mem"
 size = "8MiB"
 persistent = true
 `, os.Args[0], ckptHelperEnv, dir, vcoredBin)
-	c.startVCore(0, c.vcoreConfig(0, sub+sleeper))
+	if prefetch {
+		sub += "restore_prefetch = true\n"
+	}
+	vc := c.startVCore(0, c.vcoreConfig(0, sub+sleeper))
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(filepath.Join(c.path("vcore0-state"), "logs", "p.log"))
@@ -251,6 +290,9 @@ persistent = true
 	// Kill the worker; the supervisor restarts it; it attaches again and
 	// verifies every page, restored from the image.
 	touchFile(t, filepath.Join(dir, "verify"))
+	if prefetch {
+		touchFile(t, filepath.Join(dir, "verify-wait"))
+	}
 	s, ok := subsystem(t, sock, "p")
 	if !ok || len(s.Pids) == 0 {
 		t.Fatalf("subsystem p: %+v", s)
@@ -258,6 +300,10 @@ persistent = true
 	old := s.Pids[0]
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
+	}
+	var faultsBefore uint64
+	if prefetch {
+		faultsBefore = restoredByPrefetch(t, vc, sock, dir, old)
 	}
 	var v ckptVerdict
 	eventually(t, 120*time.Second, "the restarted worker's verdict", func() (bool, string) {
@@ -280,9 +326,57 @@ persistent = true
 		t.Fatalf("verdict from the killed worker %d", old)
 	}
 	// The restored pages came through the vcore's pager.
-	if st := pagerStats(t, sock, "mem"); st.Errors != 0 {
+	st := pagerStats(t, sock, "mem")
+	if st.Errors != 0 {
 		t.Errorf("pager errors on mem: %+v", st)
 	}
+	if prefetch && st.Faults != faultsBefore {
+		t.Errorf("the restored worker's reads of prefetched pages raised %d faults", st.Faults-faultsBefore)
+	}
+}
+
+// restoredByPrefetch waits for the restarted worker (not pid old) to
+// attach and checks, while it touches nothing, that the restore prefetch
+// maps every page: the worker's pagemap shows them present. Then it lets
+// the worker verify. It returns the faults served on the dataspace so far.
+func restoredByPrefetch(t *testing.T, vc *daemon, sock, dir string, old int) uint64 {
+	t.Helper()
+	var at ckptAttached
+	eventually(t, 120*time.Second, "the restarted worker's attach", func() (bool, string) {
+		ents, _ := filepath.Glob(filepath.Join(dir, "attached-*.json"))
+		for _, e := range ents {
+			b, err := os.ReadFile(e)
+			if err == nil && json.Unmarshal(b, &at) == nil && at.Pid != old {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(ents)
+	})
+	ps := uint64(os.Getpagesize())
+	pm, err := linux.OpenPagemap(at.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pm.Close()
+	var present []uint64
+	eventually(t, 120*time.Second, "every page present before the worker touches one", func() (bool, string) {
+		present, err = pm.PresentPages(uintptr(at.Addr), uintptr(at.Addr+ckptPages*ps))
+		return err == nil && len(present) == ckptPages, fmt.Sprintf("%d of %d pages present (%v)", len(present), ckptPages, err)
+	})
+	eventually(t, 60*time.Second, "restore prefetch done in the log", func() (bool, string) {
+		return strings.Contains(vc.log.String(), "restore prefetch done"), ""
+	})
+	for l := range strings.SplitSeq(vc.log.String(), "\n") {
+		if strings.Contains(l, "restore prefetch") {
+			t.Log(l)
+		}
+	}
+	st := pagerStats(t, sock, "mem")
+	if st.Prefetched < ckptPages {
+		t.Errorf("pager stats: %d pages prefetched, want the %d of the order", st.Prefetched, ckptPages)
+	}
+	touchFile(t, filepath.Join(dir, "go-verify"))
+	return st.Faults
 }
 
 // TestCheckpointRootOnly: a user other than root cannot checkpoint (the

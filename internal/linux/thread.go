@@ -53,3 +53,15 @@ func Getcpu() (cpu hw.CPU, node hw.Node, err error) {
 	}
 	return hw.CPU(c), hw.Node(n), nil
 }
+
+// SetThreadIdle moves the calling OS thread to SCHED_IDLE: it runs only
+// when nothing else wants its CPU, and any other thread that wakes there
+// preempts it. The caller must hold its goroutine on the thread
+// (runtime.LockOSThread) and should let the thread end with the goroutine.
+func SetThreadIdle() error {
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}
+	if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+		return fmt.Errorf("sched_setattr SCHED_IDLE: %w", err)
+	}
+	return nil
+}
