@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"sync"
 )
@@ -56,10 +57,7 @@ func (f *failures) line(s string) {
 		f.current = strings.TrimSpace(s[10:])
 	case strings.HasPrefix(s, "--- FAIL: "):
 		name, _, _ := strings.Cut(strings.TrimSpace(s[10:]), " ")
-		lines := f.logs[name]
-		if len(lines) > maxFailureLines {
-			lines = append([]string{fmt.Sprintf("... (%d earlier lines)", len(lines)-maxFailureLines)}, lines[len(lines)-maxFailureLines:]...)
-		}
+		lines := assertions(f.logs[name])
 		f.failed = append(f.failed, failure{test: strings.TrimSpace(s[10:]), lines: lines})
 		delete(f.logs, name)
 	case strings.HasPrefix(s, "--- PASS: "), strings.HasPrefix(s, "--- SKIP: "):
@@ -70,6 +68,30 @@ func (f *failures) line(s string) {
 	case strings.HasPrefix(s, "panic: ") || strings.HasPrefix(s, "FAIL\t") || strings.Contains(s, "test timed out after"):
 		f.failed = append(f.failed, failure{test: s})
 	}
+}
+
+// testLine is a line t.Log/t.Error printed: "name_test.go:123: ...".
+var testLine = regexp.MustCompile(`^[\w.-]+_test\.go:\d+: `)
+
+// assertions keeps what a failing test said itself (its file:line lines),
+// not the daemon logs a harness dumps after them, at most maxFailureLines.
+func assertions(lines []string) []string {
+	var out []string
+	left := 0
+	for _, l := range lines {
+		switch {
+		case !testLine.MatchString(l):
+			left++
+		case len(out) < maxFailureLines:
+			out = append(out, l)
+		default:
+			left++
+		}
+	}
+	if left > 0 {
+		out = append(out, fmt.Sprintf("(%d more lines in the console above)", left))
+	}
+	return out
 }
 
 // report prints what failed, or nothing.

@@ -37,3 +37,19 @@ func TestFailuresNameTheFailingTestAndItsLog(t *testing.T) {
 		t.Errorf("summary names a passing test:\n%s", got)
 	}
 }
+
+func TestFailuresKeepTheAssertionsNotTheDaemonLogs(t *testing.T) {
+	var console, sum bytes.Buffer
+	f := newFailures(&console, "")
+	f.Write([]byte("=== RUN   TestX\n    x_test.go:156: advice metric missing\n    harness_test.go:296: --- core log:\n"))
+	for range 40 {
+		f.Write([]byte("    time=... level=INFO msg=\"lease released\"\n"))
+	}
+	f.Write([]byte("--- FAIL: TestX (1.91s)\n"))
+	f.report(&sum)
+	got := sum.String()
+	if !strings.Contains(got, "x_test.go:156: advice metric missing") || strings.Contains(got, "lease released") ||
+		!strings.Contains(got, "(40 more lines") {
+		t.Errorf("summary:\n%s", got)
+	}
+}
