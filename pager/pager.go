@@ -360,8 +360,8 @@ func New(opts Options) (*Pager, error) {
 	p.byToken.Store(&empty)
 	bufSize := p.around * int(p.ps)
 	p.bufPool.New = func() any { b := make([]byte, bufSize); return &b }
-	// The zero source also serves prefetch chunks of zero content.
-	p.zero = make([]byte, max(bufSize, prefetchChunk*int(p.ps)))
+	// The zero source also serves prefetch copies of zero content.
+	p.zero = make([]byte, bufSize+prefetchBufPages*int(p.ps))
 
 	var err error
 	if p.ep, err = linux.NewEpoll(); err != nil {
