@@ -31,6 +31,7 @@ type session struct {
 
 	forwarded, forwardErrors uint64 // under Core.mu
 	released                 atomic.Bool
+	replicaPages             bool // the Claim asked for ReplicaPage (replica.go)
 }
 
 // serveWire handles one framed-protocol connection: a vcore's session.
@@ -182,7 +183,7 @@ func (c *Core) grant(conn *wire.Conn, pid int, cl *wire.Claim) (*session, error)
 		}
 		return nil, fmt.Errorf("create partition cgroup %s: %w", le.Cgroup, err)
 	}
-	s := &session{conn: conn, id: cl.VCoreID, pid: pid, node: node, lease: le, since: time.Now(),
+	s := &session{conn: conn, id: cl.VCoreID, pid: pid, node: node, lease: le, since: time.Now(), replicaPages: cl.ReplicaPages,
 		log: c.log.With("vcore", cl.VCoreID, "node", node, "vcore_pid", pid)}
 	ok2 := &wire.ClaimOK{
 		Node: int(node), CPUs: le.CPUs, Mems: le.Mems, Memory: uint64(le.Memory), Cgroup: le.Cgroup,
@@ -707,6 +708,8 @@ func (c *Core) forward(s *session, m *wire.Forward) {
 	if err != nil {
 		done.Errno = errnoOf(err)
 		s.log.Warn("forwarded fault failed", "uffd", m.UffdID, "addr", fmt.Sprintf("%#x", m.Addr), "dataspace", m.Dataspace, "err", err)
+	} else {
+		c.sendReplicaPage(s, m)
 	}
 	if err := s.conn.SendMsg(done); err != nil {
 		s.log.Warn("send ForwardDone", "err", err)

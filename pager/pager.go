@@ -228,7 +228,9 @@ type Pager struct {
 	log    *slog.Logger
 	ps     uintptr // page size
 	around int     // pages per fault
-	zero   []byte  // around pages of zeros, never written: the source for zero-content write faults
+	zero   []byte  // around + prefetchBufPages pages of zeros, never written: the source for zero-content copies
+	// zeroMapped: zero is an mmap'd read-only mapping, unmapped by Close.
+	zeroMapped bool
 
 	ep   *linux.Epoll
 	stop *linux.EventFD
@@ -360,8 +362,15 @@ func New(opts Options) (*Pager, error) {
 	p.byToken.Store(&empty)
 	bufSize := p.around * int(p.ps)
 	p.bufPool.New = func() any { b := make([]byte, bufSize); return &b }
-	// The zero source also serves prefetch chunks of zero content.
-	p.zero = make([]byte, max(bufSize, prefetchChunk*int(p.ps)))
+	// The zero source also serves prefetch copies of zero content. A
+	// read-only anonymous mapping: every page of it is the kernel's shared
+	// zero page, so a copy of many pages reads one cache-hot page.
+	zsize := bufSize + prefetchBufPages*int(p.ps)
+	if z, err := linux.Mmap(zsize, linux.PROT_READ, linux.MAP_PRIVATE); err == nil {
+		p.zero, p.zeroMapped = z, true
+	} else {
+		p.zero = make([]byte, zsize)
+	}
 
 	var err error
 	if p.ep, err = linux.NewEpoll(); err != nil {
@@ -443,6 +452,9 @@ func (p *Pager) Close() error {
 			}
 		}
 		errs = append(errs, p.stop.Close(), p.ep.Close())
+		if p.zeroMapped { // every user of it is gone: the threads, and Resolve (entries removed)
+			linux.Munmap(p.zero)
+		}
 		p.closeErr = errors.Join(errs...)
 	})
 	return p.closeErr

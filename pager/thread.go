@@ -26,7 +26,7 @@ type thread struct {
 	// handled, divided among the messages it returned (breakdown).
 	readShare int64
 	jobs      []prefetchJob // pending prefetch, served when no event is
-	pbuf      []byte        // prefetchChunk pages, mmap'd, for prefetch copies
+	pbuf      []byte        // prefetchBufPages + FaultAround pages, mmap'd, for prefetch copies
 
 	stats threadStats
 }
@@ -55,7 +55,7 @@ func (t *thread) run(started chan<- error) {
 	}
 	defer linux.Munmap(buf)
 	t.buf = buf
-	pbuf, err := linux.Mmap(max(prefetchChunk, t.p.around)*int(t.p.ps), linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	pbuf, err := linux.Mmap((prefetchBufPages+t.p.around)*int(t.p.ps), linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
 	if err != nil {
 		started <- fmt.Errorf("pager: thread %d: prefetch buffer: %w", t.idx, err)
 		return
@@ -189,27 +189,7 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 		t.breakdown(st, start, ioctl, err)
 		return t.settle(e, r, addr, write, start, err, st)
 	}
-	// A Prefetch region: the detector may widen the window (the stream
-	// caught up with what is mapped ahead of it) and queue what to map
-	// ahead once the faulting thread is awake.
-	hi, job, ok := p.observe(r, addr, lo, hi)
-	if ok && job.stride != 0 {
-		// A strided stream: the next steps first (no wake-up), so that
-		// a worker outrunning the prefetch finds them mapped.
-		job.e = e
-		done, n := p.mapAhead(&job, t, stridedSync)
-		st.prefetched += uint64(n)
-		st.pages += uint64(n)
-		ok = !done
-	}
-	pages, err := p.resolveRange(e, r, addr, lo, hi, t.pbuf, write, write, &ioctl)
-	st.pages += uint64(pages)
-	t.breakdown(st, start, ioctl, err)
-	if err == nil && ok {
-		job.e = e
-		t.queuePrefetch(job)
-	}
-	return t.settle(e, r, addr, write, start, err, st)
+	return t.streamFault(e, r, addr, lo, hi, write, start, st)
 }
 
 // settle accounts for the outcome of resolving the fault at addr.

@@ -106,6 +106,8 @@ func (v *VCore) claim(ctx context.Context, conn *wire.Conn, subs []wire.Subsyste
 		VCoreID:    v.cfg.Socket,
 		Socket:     v.cfg.Socket,
 		Subsystems: subs,
+		// Replicas of read-only file dataspaces need core's bytes.
+		ReplicaPages: v.cfg.ReplicaBudget > 0,
 	}
 	if err := conn.SendMsg(c); err != nil {
 		return fail(fmt.Errorf("vcore: claim: %w", err))
@@ -185,6 +187,14 @@ func (v *VCore) readCore(conn *wire.Conn) error {
 				continue
 			}
 			v.forwardDone(d)
+			continue
+		case wire.TypeReplicaPage:
+			var rp wire.ReplicaPage
+			if err := rp.Unmarshal(f.Payload); err != nil {
+				v.log.Warn("bad ReplicaPage from core", "err", err)
+				continue
+			}
+			v.replicaPage(&rp)
 			continue
 		}
 		m, err := wire.Decode(f)

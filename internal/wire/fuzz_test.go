@@ -88,6 +88,7 @@ func FuzzForwardDone(f *testing.F)  { fuzzUnmarshal(f, TypeForwardDone) }
 func FuzzTakeBack(f *testing.F)     { fuzzUnmarshal(f, TypeTakeBack) }
 func FuzzDataspaceAdd(f *testing.F) { fuzzUnmarshal(f, TypeDataspaceAdd) }
 func FuzzRegionRemove(f *testing.F) { fuzzUnmarshal(f, TypeRegionRemove) }
+func FuzzReplicaPage(f *testing.F)  { fuzzUnmarshal(f, TypeReplicaPage) }
 func FuzzAttach(f *testing.F)       { fuzzUnmarshal(f, TypeAttach) }
 func FuzzAttachOK(f *testing.F)     { fuzzUnmarshal(f, TypeAttachOK) }
 func FuzzAttachErr(f *testing.F)    { fuzzUnmarshal(f, TypeAttachErr) }
@@ -96,7 +97,7 @@ func FuzzDetach(f *testing.F)       { fuzzUnmarshal(f, TypeDetach) }
 // TestFuzzTargetsCoverTable keeps the per-message fuzz targets in step
 // with the message table.
 func TestFuzzTargetsCoverTable(t *testing.T) {
-	if n := len(table); n != 19 {
+	if n := len(table); n != 20 {
 		t.Fatalf("the message table has %d types: add a Fuzz<Type> target for each new one and update this count", n)
 	}
 }

@@ -121,6 +121,10 @@ type Claim struct {
 	VCoreID    string           `json:"vcore_id"`
 	Socket     string           `json:"socket"`               // the vcore's own socket (workers', status)
 	Subsystems []SubsystemState `json:"subsystems,omitempty"` // non-empty when re-registering
+	// ReplicaPages: the vcore keeps node-local replicas and asks for the
+	// bytes of the forwarded faults of read-only file dataspaces
+	// (ReplicaPage). Omitted (false) by vcores that keep none.
+	ReplicaPages bool `json:"replica_pages,omitempty"`
 }
 
 // DataspaceInfo is one entry of core's dataspace catalogue. It names no

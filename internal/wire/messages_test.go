@@ -18,7 +18,8 @@ var samples = []Message{
 	&Error{Code: CodeConflict, Msg: "CPU 1 is held by vcore node0"},
 	&Ack{Of: TypeUffdAdd, ID: 7},
 	&Claim{Node: 1, CPUs: hw.MustParse[hw.CPU]("2-3"), Memory: 1 << 30, VCoreID: "node1", Socket: "/run/vcored/node1.sock",
-		Subsystems: []SubsystemState{{Name: "db", Cgroup: "vcored/node1/db", Pids: []int{10, 11}, CPUs: hw.MustParse[hw.CPU]("3"), Memory: 512 << 20}}},
+		Subsystems:   []SubsystemState{{Name: "db", Cgroup: "vcored/node1/db", Pids: []int{10, 11}, CPUs: hw.MustParse[hw.CPU]("3"), Memory: 512 << 20}},
+		ReplicaPages: true},
 	&ClaimOK{Node: 1, CPUs: hw.MustParse[hw.CPU]("2-3"), Mems: hw.MustParse[hw.Node]("1"), Memory: 1 << 30, Cgroup: "vcored/node1",
 		Pager: PagerCentral, FaultAround: 16, Dataspaces: []DataspaceInfo{{Name: "shared", Size: 1 << 24, Content: ContentPattern, Seed: 5}}},
 	&Release{Reason: "SIGTERM"},
@@ -29,6 +30,7 @@ var samples = []Message{
 	&RegionRemove{UffdID: 3, Start: 0x7f0000000000, Length: 1 << 20},
 	&Forward{UffdID: 3, Addr: 0x7f0000001000, Dataspace: "shared", Offset: 8192, TID: 4322, SeqNo: 77},
 	&ForwardDone{SeqNo: 77, Errno: -11, ServeNanos: 12345},
+	&ReplicaPage{SeqNo: 77, Offset: 8192, Dataspace: "lib", Page: []byte("page bytes")},
 	&TakeBack{UffdID: 3, WorkerPid: 4321, Regions: []Region{sampleRegion, {Start: 1 << 40, Length: 4096, Dataspace: "f", Subsystem: "db"}}},
 	&Attach{Name: "heap", Addr: 0x7f0000000000, Length: 1 << 20, Bind: true, Content: ContentPattern, Seed: 9},
 	&AttachOK{Name: "heap", Addr: 0x7f0000000000, Node: 0, Size: 1 << 20, Content: ContentZero, Bind: true},
@@ -159,6 +161,10 @@ func TestUnmarshalRejects(t *testing.T) {
 		{"forward reserved", &Forward{}, string(append(make([]byte, 36), 0, 0, 1, 0))},
 		{"forward done size", &ForwardDone{}, string(make([]byte, 23))},
 		{"forward done reserved", &ForwardDone{}, string(append(append(make([]byte, 12), 1, 0, 0, 0), make([]byte, 8)...))},
+		{"replica page short", &ReplicaPage{}, string(make([]byte, 23))},
+		{"replica page reserved", &ReplicaPage{}, string(append(make([]byte, 16), 0, 0, 1, 0, 1, 0, 0, 0, 'x'))},
+		{"replica page empty", &ReplicaPage{}, string(append(make([]byte, 16), 1, 0, 0, 0, 0, 0, 0, 0, 'a'))},
+		{"replica page length", &ReplicaPage{}, string(append(make([]byte, 16), 1, 0, 0, 0, 2, 0, 0, 0, 'a', 'x'))},
 	}
 	for _, c := range cases {
 		if err := c.m.Unmarshal([]byte(c.in)); !errors.Is(err, ErrProtocol) {
@@ -170,6 +176,9 @@ func TestUnmarshalRejects(t *testing.T) {
 func TestMarshalRejects(t *testing.T) {
 	if _, err := (&Forward{Dataspace: strings.Repeat("x", MaxName+1)}).Marshal(); !errors.Is(err, ErrProtocol) {
 		t.Errorf("Forward with a long name: %v", err)
+	}
+	if _, err := (&ReplicaPage{Dataspace: "a"}).Marshal(); !errors.Is(err, ErrProtocol) {
+		t.Errorf("ReplicaPage without a page: %v", err)
 	}
 	big := &UffdAdd{UffdID: 1}
 	for i := 0; i < 1000; i++ {

@@ -23,6 +23,7 @@ const (
 	TypeTakeBack     Type = 24 // JSON + 1 fd, core -> vcore
 	TypeDataspaceAdd Type = 25 // JSON (+ 1 fd for file content), vcore -> core
 	TypeRegionRemove Type = 26 // JSON, vcore -> core
+	TypeReplicaPage  Type = 27 // binary, core -> vcore
 	TypeAttach       Type = 32 // JSON (+ 1 fd on the first Attach), worker -> vcore
 	TypeAttachOK     Type = 33 // JSON, vcore -> worker
 	TypeAttachErr    Type = 34 // JSON, vcore -> worker
@@ -55,6 +56,7 @@ var table = map[Type]typeInfo{
 	TypeTakeBack:     {"TakeBack", func() Message { return new(TakeBack) }, 1, 1},
 	TypeDataspaceAdd: {"DataspaceAdd", func() Message { return new(DataspaceAdd) }, 0, 1},
 	TypeRegionRemove: {"RegionRemove", func() Message { return new(RegionRemove) }, 0, 0},
+	TypeReplicaPage:  {"ReplicaPage", func() Message { return new(ReplicaPage) }, 0, 0},
 	TypeAttach:       {"Attach", func() Message { return new(Attach) }, 0, 1},
 	TypeAttachOK:     {"AttachOK", func() Message { return new(AttachOK) }, 0, 0},
 	TypeAttachErr:    {"AttachErr", func() Message { return new(AttachErr) }, 0, 0},

@@ -4,6 +4,7 @@ package replica
 
 import (
 	"container/list"
+	"fmt"
 	"sync"
 
 	"github.com/vcored/vcored/internal/content"
@@ -12,19 +13,22 @@ import (
 	"github.com/vcored/vcored/ramalloc"
 )
 
-// // The first fault of a page of a core-owned dataspace on this node is
-// forwarded to core as always. When core answers it (ForwardDone, errno
-// 0), the vcore keeps a copy of the page in node-bound memory (ramalloc,
-// at most replica_budget bytes, least recently used pages dropped beyond
-// it); later faults of the page by any worker of this vcore are served by
-// the pager thread from the copy (pager.Options.Replica), without a round
-// trip to core.
+// The first fault of a page of a core-owned dataspace on this node is
+// forwarded to core as always. When core answers it, the vcore keeps a
+// copy of the page in node-bound memory (ramalloc, at most replica_budget
+// bytes, least recently used pages dropped beyond it); later faults of the
+// page by any worker of this vcore are served by the pager thread from the
+// copy (pager.Options.Replica), without a round trip to core.
 //
-// The copy is built from the dataspace's content as core announced it
-// (DataspaceInfo: zero or pattern, a pure function of the offset), never
-// read back from a worker (which may have written its private copy
-// already). Dataspaces with file content are not replicated (core does
-// not send their bytes), nor those core.toml declares writable.
+// The copy is never read back from a worker (which may have written its
+// private copy already). For zero and pattern content it is built from
+// the content as core announced it (DataspaceInfo: a pure function of the
+// offset) once core's ForwardDone says the fault was resolved. For file
+// content it is the page core itself sent (wire.ReplicaPage, asked for by
+// the Claim's ReplicaPages): core alone opens the file, no path is on the
+// wire. A file dataspace is assumed not to change while core serves it
+// (core reads it as it goes; a replica keeps what core read first).
+// Dataspaces core.toml declares writable are never replicated.
 
 // key is a page of a core-owned dataspace.
 type key struct {
@@ -62,7 +66,7 @@ func New(node hw.Node, budget hw.Bytes, ps int) *Store {
 }
 
 // Replicable says whether pages of the core-owned dataspace info may be
-// replicated, and from what.
+// replicated from its announced content, and from what source.
 func Replicable(info wire.DataspaceInfo) (content.Source, bool) {
 	if info.Writable {
 		return nil, false
@@ -74,6 +78,13 @@ func Replicable(info wire.DataspaceInfo) (content.Source, bool) {
 		return content.Pattern(info.Seed), true
 	}
 	return nil, false
+}
+
+// FromCore says whether pages of the core-owned dataspace info are
+// replicated from the bytes core sends (ReplicaPage): read-only file
+// content.
+func FromCore(info wire.DataspaceInfo) bool {
+	return !info.Writable && info.Content == wire.ContentFile
 }
 
 // Lookup copies the replica of page off of ds into dst (one page) and
@@ -96,6 +107,20 @@ func (s *Store) Lookup(ds string, off uint64, dst []byte) bool {
 // Fill keeps page off of ds, built from src, dropping the least recently
 // used page when the budget is full.
 func (s *Store) Fill(ds string, off uint64, src content.Source) error {
+	return s.fill(ds, off, func(page []byte) error { return src.Fill(page, off&^uint64(s.ps-1)) })
+}
+
+// FillBytes keeps page (one page: the bytes of page off of ds), dropping
+// the least recently used page when the budget is full.
+func (s *Store) FillBytes(ds string, off uint64, page []byte) error {
+	if len(page) != s.ps {
+		return fmt.Errorf("replica: page of %d bytes, want %d", len(page), s.ps)
+	}
+	return s.fill(ds, off, func(dst []byte) error { copy(dst, page); return nil })
+}
+
+// fill keeps page off of ds, written by put.
+func (s *Store) fill(ds string, off uint64, put func(page []byte) error) error {
 	if s.slots == 0 {
 		return nil
 	}
@@ -125,7 +150,7 @@ func (s *Store) Fill(ds string, off uint64, src content.Source) error {
 		s.drops++
 	}
 	page := s.mem.Bytes()[slot*s.ps : (slot+1)*s.ps]
-	if err := src.Fill(page, k.page*uint64(s.ps)); err != nil {
+	if err := put(page); err != nil {
 		s.lru.PushBack(&entry{key: key{}, slot: slot}) // keep the slot, unreachable
 		return err
 	}

@@ -58,3 +58,46 @@ func TestReplicaStore(t *testing.T) {
 		t.Error("zero content is not replicable")
 	}
 }
+
+// TestReplicaFromCoreBytes: read-only file content is replicated from the
+// bytes core sends (FillBytes), kept exactly and LRU-dropped like any
+// page; a writable file dataspace, or zero/pattern content, is not.
+func TestReplicaFromCoreBytes(t *testing.T) {
+	ps := linux.PageSize()
+	s := New(0, hw.Bytes(2*ps), ps)
+	defer s.Close()
+	if !FromCore(wire.DataspaceInfo{Content: wire.ContentFile}) {
+		t.Error("read-only file content is not replicated from core's bytes")
+	}
+	for _, info := range []wire.DataspaceInfo{
+		{Content: wire.ContentFile, Writable: true},
+		{Content: wire.ContentPattern, Seed: 1},
+		{Content: wire.ContentZero},
+	} {
+		if FromCore(info) {
+			t.Errorf("%+v is replicated from core's bytes", info)
+		}
+	}
+	pages := [3][]byte{}
+	for i := range pages {
+		pages[i] = make([]byte, ps)
+		for j := range pages[i] {
+			pages[i][j] = byte(i*7 + j)
+		}
+		if err := s.FillBytes("f", uint64(i*ps), pages[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make([]byte, ps)
+	if s.Lookup("f", 0, got) {
+		t.Error("page 0 kept beyond the budget of 2 pages")
+	}
+	for i := 1; i < 3; i++ {
+		if !s.Lookup("f", uint64(i*ps), got) || string(got) != string(pages[i]) {
+			t.Errorf("page %d: not found or not the bytes filled", i)
+		}
+	}
+	if err := s.FillBytes("f", 0, got[:100]); err == nil {
+		t.Error("a short page was accepted")
+	}
+}
