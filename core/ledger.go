@@ -96,7 +96,7 @@ type Ledger struct {
 	now  func() time.Time
 
 	mu       sync.Mutex
-	leases   map[string]*Lease // by holder id
+	leases   map[string]*Lease       // by holder id
 	moves    map[moveKey]*MoveRecord // subsystems placed away from home (move.go)
 	pending  map[string]pendingOp
 	degraded *Degraded

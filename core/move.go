@@ -479,7 +479,7 @@ func (c *Core) askMoveOut(ctx context.Context, t moveTarget, name string, req ap
 	}
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	err := api.NewClient(t.socket).Do(actx, http.MethodPost, "/v1/subsystems/"+name+"/move-out", req, out)
+	err := api.NewUnboundedClient(t.socket).Do(actx, http.MethodPost, "/v1/subsystems/"+name+"/move-out", req, out)
 	if err != nil {
 		var se *api.StatusError
 		if req.Phase == "query" && errors.As(err, &se) && se.Code/100 == 4 {
@@ -493,7 +493,7 @@ func (c *Core) askMoveOut(ctx context.Context, t moveTarget, name string, req ap
 func (c *Core) askMoveIn(ctx context.Context, t moveTarget, req api.MoveInRequest, out *api.MoveIn) error {
 	actx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if err := api.NewClient(t.socket).Do(actx, http.MethodPost, "/v1/move-in", req, out); err != nil {
+	if err := api.NewUnboundedClient(t.socket).Do(actx, http.MethodPost, "/v1/move-in", req, out); err != nil {
 		return fmt.Errorf("core: move-in on %s: %w", t.holder, err)
 	}
 	return nil

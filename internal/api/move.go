@@ -150,3 +150,14 @@ type MovePlacement struct {
 	ImagePages uint64 `json:"image_pages"`
 	Pids       []int  `json:"pids"`
 }
+
+// NewUnboundedClient is NewClient without the client's own time limit:
+// the request's context bounds it (a move checkpoints, starts processes
+// and migrates memory).
+func NewUnboundedClient(socket string) *Client {
+	c := NewClient(socket)
+	hc := *c.hc
+	hc.Timeout = 0
+	c.hc = &hc
+	return c
+}
