@@ -80,7 +80,7 @@ func (l *Ledger) checkMove(m *MoveRecord, lim *LedgerLimits) error {
 		return fmt.Errorf("destination node %d is its home", m.Node)
 	case m.Mode != api.MoveLive && m.Mode != api.MoveRestart:
 		return fmt.Errorf("mode %q", m.Mode)
-	case len(m.Spec) == 0 || !json.Valid(m.Spec):
+	case !json.Valid(m.Spec) || !strings.HasPrefix(strings.TrimSpace(string(m.Spec)), "{"):
 		return errors.New("no configuration")
 	}
 	for ds, dir := range m.Images {
