@@ -271,7 +271,7 @@ func (c *Core) locate(ctx context.Context, name string) (cur moveTarget, rec *Mo
 	if !qualified {
 		sub, part = name, ""
 	}
-	if !subsystemName(sub) {
+	if !subsystemName(sub) || (qualified && !subsystemName(part)) {
 		return cur, nil, sub, fmt.Errorf("%w: %q is not a subsystem name (NAME or PARTITION/NAME)", ErrMoveInvalid, name)
 	}
 	targets := c.liveTargets()
@@ -714,7 +714,7 @@ func (c *Core) handleMove(w http.ResponseWriter, r *http.Request) {
 		case errors.Is(err, ErrLedgerWrite):
 			code = http.StatusServiceUnavailable
 		}
-		api.WriteError(w, code, "move: %v", err)
+		api.WriteError(w, code, "%v", err)
 		return
 	}
 	api.WriteJSON(w, res)

@@ -105,6 +105,19 @@ func (v *VCore) movedInOf(path string) *subsystem {
 	return nil
 }
 
+// runningSubs lists the subsystems this vcore runs: those of its file not
+// moved away (nor replaced by one moved back in), and the moved-in ones.
+func (v *VCore) runningSubs() []*subsystem {
+	in := v.movedInSubs()
+	var out []*subsystem
+	for _, s := range v.subs {
+		if !v.movedAway(s.cfg.Name) && v.movedInByName(s.cfg.Name) == nil {
+			out = append(out, s)
+		}
+	}
+	return append(out, in...)
+}
+
 // movedInSubs lists the moved-in subsystems.
 func (v *VCore) movedInSubs() []*subsystem {
 	v.mv.mu.Lock()
@@ -535,6 +548,11 @@ func (v *VCore) moveIn(ctx context.Context, req api.MoveInRequest) (api.MoveIn, 
 			_ = s.group.Delete()
 		}
 		return fail(err)
+	}
+	// Started: its process runs (the shim execs the command a moment
+	// after supervise.Start returns).
+	for deadline := time.Now().Add(5 * time.Second); len(s.sup.Status().Pids) == 0 && time.Now().Before(deadline); {
+		time.Sleep(2 * time.Millisecond)
 	}
 	res.StartedAtUnixNS = time.Now().UnixNano()
 	v.mu.Lock()

@@ -366,7 +366,7 @@ func (v *VCore) openSource(d config.Dataspace) (content.Source, error) {
 // and closes the socket and the pager. It is called once, from Run.
 func (v *VCore) shutdown() {
 	var wg sync.WaitGroup
-	for _, s := range append(slices.Clone(v.subs), v.movedInSubs()...) {
+	for _, s := range v.runningSubs() {
 		wg.Go(func() { v.stopSubsystem(s) })
 	}
 	wg.Wait()

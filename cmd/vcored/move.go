@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/vcored/vcored/internal/api"
@@ -29,17 +28,22 @@ func runMove(ctx context.Context, e *env, args []string) error {
 	back := fs.Bool("back", false, "move the subsystem back to the node its vcore file puts it on")
 	asJSON := fs.Bool("json", false, "print JSON")
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
-	// Flags may follow the subsystem's name.
+	// Flags may come before and after the subsystem's name.
+	var names []string
+	for {
+		if err := parseFlags(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		names = append(names, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	rest := fs.Args()
-	if name == "" && len(rest) > 0 {
-		name, rest = rest[0], rest[1:]
+	var rest []string
+	if len(names) > 0 {
+		name, rest = names[0], names[1:]
 	}
 	switch {
 	case name == "" || len(rest) > 0:
