@@ -544,7 +544,7 @@ func (c *Core) moveRestart(ctx context.Context, cur, dest moveTarget, name strin
 	for {
 		var err error
 		p, err = c.placement(ctx, dest, name)
-		if err == nil && p.ImagePages > 0 && p.Missing == 0 {
+		if err == nil && p.Missing == 0 {
 			break
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -593,14 +593,24 @@ func (c *Core) moveLive(ctx context.Context, cur, dest moveTarget, name string, 
 		pids[p] = true
 	}
 	ids := c.handOver(cur, dest, pids)
+	wake := func() error {
+		actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		return api.NewUnboundedClient(dest.socket).Do(actx, http.MethodPost, "/v1/subsystems/"+name+"/wake", api.MoveWake{Uffds: ids}, nil)
+	}
+	// The destination serves them before the source lets go: no fault
+	// finds nobody reading.
+	if err := wake(); err != nil {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("the destination did not take the userfaultfds: %v; the source keeps serving them", err))
+		return nil
+	}
 	var out api.MoveOut
 	if err := c.askMoveOut(ctx, cur, name, api.MoveOutRequest{Phase: api.MoveLive, ToNode: int(dest.node), Uffds: ids}, &out); err != nil {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("the source vcore did not let go: %v (its pager and the destination's both serve until it does)", err))
 	}
-	actx, cancel := context.WithTimeout(ctx, moveAskTimeout)
-	err := api.NewClient(dest.socket).Do(actx, http.MethodPost, "/v1/subsystems/"+name+"/wake", nil, nil)
-	cancel()
-	if err != nil {
+	// Once more: a fault the source read and did not resolve is raised
+	// again at the destination.
+	if err := wake(); err != nil {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("wake the moved ranges: %v", err))
 	}
 	p, err := c.placement(ctx, dest, name)

@@ -40,6 +40,7 @@ import (
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
+	"github.com/vcored/vcored/internal/wire"
 	"github.com/vcored/vcored/policy"
 	"github.com/vcored/vcored/ramalloc"
 )
@@ -219,7 +220,11 @@ func (v *VCore) serveMoves(mux *http.ServeMux) {
 		if !rootPeer(w, r) {
 			return
 		}
-		writeMoveAnswer(w, struct{}{}, v.wakeSub(r.PathValue("name")))
+		var req api.MoveWake
+		if !decodeBody(w, r, &req) {
+			return
+		}
+		writeMoveAnswer(w, struct{}{}, v.wakeSub(r.PathValue("name"), req.Uffds))
 	})
 	mux.HandleFunc("GET /v1/subsystems/{name}/placement", func(w http.ResponseWriter, r *http.Request) {
 		p, err := v.pagePlacement(r.PathValue("name"))
@@ -703,21 +708,65 @@ func openPersistentAt(dir, sub string, d config.Dataspace, base content.Source) 
 	return &persistentDS{sub: sub, name: d.Name, dir: dir, size: size, base: base, im: im, rd: rd}, nil
 }
 
-// wakeSub wakes every registered range of the subsystem's workers once: a
-// fault the source's pager read and never resolved is raised again, here.
-func (v *VCore) wakeSub(name string) error {
+// wakeSub finishes a live move on the destination: the persistent
+// regions handed over are checkpointed from here on (every present page
+// at each checkpoint: the write tracking of the source's pager did not come
+// along), and every registered range of the subsystem's workers is woken
+// once, so a fault the source's pager read and never resolved is raised
+// again, here.
+func (v *VCore) wakeSub(name string, want []uint64) error {
 	s, _, err := v.subForMove(name)
 	if err != nil {
 		return err
 	}
+	// The TakeBacks travel on the core session: wait until they arrived.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		v.mu.Lock()
+		missing := 0
+		for _, id := range want {
+			if v.uffds[id] == nil {
+				missing++
+			}
+		}
+		v.mu.Unlock()
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %d of the %d handed-over userfaultfds did not arrive", errConflict, missing, len(want))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	type reg struct {
+		id  uint64
+		pid int
+		r   wire.Region
+	}
 	v.mu.Lock()
 	var ids []uint64
+	var regs []reg
 	for id, st := range v.uffds {
-		if st.sub == s {
-			ids = append(ids, id)
+		if st.sub != s {
+			continue
+		}
+		ids = append(ids, id)
+		for _, rs := range st.regions {
+			regs = append(regs, reg{id, st.pid, rs.wire})
 		}
 	}
 	v.mu.Unlock()
+	for _, r := range regs {
+		p := persistentOf(s, r.r.Dataspace)
+		if p == nil || r.r.Forward || r.r.Offset != 0 {
+			continue
+		}
+		p.attMu.Lock()
+		if p.att == nil {
+			region := ckpt.Region{Pid: r.pid, Addr: uintptr(r.r.Start), Size: r.r.Length}
+			p.att = &attachment{uffd: r.id, region: region, tr: presentTracker{region}}
+		}
+		p.attMu.Unlock()
+	}
 	var errs []error
 	for _, id := range ids {
 		rs, err := v.pgr.Regions(id)
@@ -737,6 +786,14 @@ func (v *VCore) wakeSub(name string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// presentTracker is the ckpt.Tracker of a persistent region adopted by a
+// live move: every present page is "dirty" (stored again at each
+// checkpoint: correct, larger).
+type presentTracker struct{ r ckpt.Region }
+
+func (t presentTracker) Dirty() ([]uint64, error) { return ckpt.PresentPages(t.r) }
+func (t presentTracker) Close() error             { return nil }
 
 // placement says where the subsystem's pages are: resident pages of its
 // workers' registered regions by node, and how many pages its images hold

@@ -161,3 +161,9 @@ func NewUnboundedClient(socket string) *Client {
 	c.hc = &hc
 	return c
 }
+
+// MoveWake is the body of POST /v1/subsystems/NAME/wake: the uffds core
+// handed to the destination (it waits until it holds them all).
+type MoveWake struct {
+	Uffds []uint64 `json:"uffds"`
+}
