@@ -56,6 +56,7 @@ var commands = []command{
 	{name: "move", summary: "move a subsystem to another node (live or restart), or back", run: runMove},
 	{name: "bench", summary: "compare local pagers with the single-pager baseline", run: runBench},
 	{name: "worker", summary: "a worker that attaches dataspaces and touches pages (used by bench and tests)", run: runWorker},
+	{name: "move-worker", summary: "internal: the subsystem the move benchmark moves", run: runMoveWorker, hidden: true},
 	{name: "exec-in-cgroup", summary: "internal: join cgroups, then exec a subsystem command", run: runExecInCgroup, hidden: true},
 }
 

@@ -9,9 +9,14 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/vcored/vcored/internal/api"
+	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/vcore/client"
 )
 
 // runMove implements `vcored move SUBSYSTEM --to-node N [--mode live|restart]`
@@ -124,4 +129,74 @@ func printMoves(w io.Writer, moves []api.Move) {
 		fmt.Fprintf(w, "%s\tnode%d\tnode%d\t%s\t%s\t%s\n", m.Subsystem, m.HomeNode, m.Node, m.Mode, m.At.Format(time.RFC3339), m.Cgroup)
 	}
 	fmt.Fprintln(w)
+}
+
+// moveWorkerReady is what `vcored move-worker` writes once its memory is
+// in place: DIR/ready-PID.json.
+type moveWorkerReady struct {
+	Pid   int     `json:"pid"`
+	Addr  uintptr `json:"addr"`
+	Pages int     `json:"pages"`
+	// Restored: a restart found the memory filled before; every page was
+	// read (restored on first touch) and verified.
+	Restored bool   `json:"restored"`
+	TouchNS  int64  `json:"touch_ns"` // the fill or the verifying read
+	Error    string `json:"error,omitempty"`
+}
+
+// runMoveWorker is the subsystem the move benchmark moves (hidden): it
+// attaches persistent dataspace --dataspace of --pages pages; a first run
+// fills every page with pattern seed 1 and creates DIR/filled, a later one
+// (after a restart move) reads and verifies every page. Either way it
+// writes DIR/ready-PID.json, then holds its memory until killed.
+func runMoveWorker(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "move-worker", "--dir DIR [--dataspace NAME] [--pages N]")
+	dir := fs.String("dir", "", "directory for the ready files")
+	name := fs.String("dataspace", "mem", "the persistent dataspace to attach")
+	pages := fs.Int("pages", 1024, "pages of the dataspace")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" || *pages < 1 {
+		return usagef("want --dir and --pages ≥ 1")
+	}
+	ps := os.Getpagesize()
+	actx, cancel := context.WithTimeout(ctx, time.Minute)
+	m, err := client.Attach(actx, *name, *pages*ps)
+	cancel()
+	if err != nil {
+		return err
+	}
+	mem := m.Bytes()
+	r := moveWorkerReady{Pid: os.Getpid(), Addr: m.Addr(), Pages: *pages}
+	filled := filepath.Join(*dir, "filled")
+	start := time.Now()
+	if _, err := os.Stat(filled); err == nil {
+		r.Restored = true
+		for p := range *pages {
+			if err := content.VerifyPattern(mem[p*ps:(p+1)*ps], 1, uint64(p*ps)); err != nil {
+				r.Error = fmt.Sprintf("page %d: %v", p, err)
+				break
+			}
+		}
+	} else {
+		for p := range *pages {
+			content.Pattern(1).Fill(mem[p*ps:(p+1)*ps], uint64(p*ps))
+		}
+		if err := os.WriteFile(filled, nil, 0o644); err != nil {
+			return err
+		}
+	}
+	r.TouchNS = time.Since(start).Nanoseconds()
+	b, _ := json.Marshal(r)
+	out := filepath.Join(*dir, fmt.Sprintf("ready-%d.json", r.Pid))
+	if err := os.WriteFile(out+".tmp", b, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(out+".tmp", out); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	runtime.KeepAlive(mem)
+	return nil
 }
