@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vcored/vcored/internal/api"
+	"github.com/vcored/vcored/internal/bench"
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
@@ -335,4 +336,37 @@ func TestMoveNuma(t *testing.T) {
 	res = moveJSON(t, cs, "m", "--back", "--mode", "live")
 	checkOnNode(t, c, dir, pid4, a, "after the live move back")
 	checkHelper(t, dir, pid4, 1)
+}
+
+// TestMoveBenchNuma runs the bench's move mode (a live move, then a
+// restart move back, of one persistent subsystem) at a small size and
+// logs the figures side by side; the restarted worker must read every
+// page back.
+func TestMoveBenchNuma(t *testing.T) {
+	c := newCluster(t)
+	needNodes(t, c, 2)
+	dir := c.path("bench")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	res, err := bench.RunMove(ctx, bench.MoveConfig{Exe: vcoredBin, Machine: c.machine, Pages: 8192, Dir: dir, CgroupParent: c.cgroup})
+	if err != nil {
+		for _, f := range []string{"core.log", "vcore0.log", "vcore1.log"} {
+			b, _ := os.ReadFile(filepath.Join(dir, f))
+			t.Logf("--- %s:\n%s", f, b)
+		}
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", bench.FormatMove(res))
+	if res.Skipped != "" {
+		t.Skip(res.Skipped)
+	}
+	if !res.Verified || res.Live == nil || res.Restart == nil || res.Live.ToNode != res.Restart.FromNode || res.Live.FromNode != res.Restart.ToNode {
+		t.Fatalf("move bench: %+v live %+v restart %+v", res, res.Live, res.Restart)
+	}
+	if res.Live.PagesLeftBehind != 0 || res.Restart.PagesLeftBehind != 0 {
+		t.Errorf("pages left behind: live %d, restart %d", res.Live.PagesLeftBehind, res.Restart.PagesLeftBehind)
+	}
 }
