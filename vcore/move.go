@@ -442,7 +442,15 @@ func (v *VCore) stopForMove(ctx context.Context, s *subsystem, res *api.MoveOut)
 // and the emptied cgroup is removed.
 func (v *VCore) letGo(s *subsystem, ids []uint64) {
 	if s.sup != nil {
+		pids := s.sup.Status().Pids
 		s.sup.Detach()
+		// A process this vcore started stays its child: reap it when it
+		// exits (Wait fails at once for one that is not).
+		for _, pid := range pids {
+			if p, err := os.FindProcess(pid); err == nil {
+				go func() { _, _ = p.Wait() }()
+			}
+		}
 	}
 	v.mu.Lock()
 	for _, id := range ids {

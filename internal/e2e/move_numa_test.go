@@ -291,7 +291,7 @@ func TestMoveNuma(t *testing.T) {
 	if res.ToNode != int(a) || res.Mode != api.MoveRestart || !res.Back || len(res.Pids) == 0 {
 		t.Fatalf("restart move back: %+v", res)
 	}
-	eventually(t, 30*time.Second, "the live-moved process gone", func() (bool, string) { return !alive(pid), "" })
+	eventually(t, 30*time.Second, "the live-moved process gone", func() (bool, string) { return !linux.ProcessLive(pid), "" })
 	pid2 := res.Pids[0]
 	var v ckptVerdict
 	waitJSONFile(t, filepath.Join(dir, fmt.Sprintf("verdict-%d-0.json", pid2)), &v)
