@@ -380,9 +380,6 @@ func (c *Core) Move(ctx context.Context, req api.MoveRequest) (api.MoveResult, e
 	if req.Mode != api.MoveLive && req.Mode != api.MoveRestart {
 		return res, fmt.Errorf("%w: mode %q (want live or restart)", ErrMoveInvalid, req.Mode)
 	}
-	if dest.holder == cur.holder || dest.node == cur.node {
-		return res, fmt.Errorf("%w: subsystem %q already runs on node %d", ErrMoveInvalid, name, cur.node)
-	}
 	if c.mode == wire.PagerCentral && req.Mode == api.MoveLive {
 		return res, fmt.Errorf("%w: live moves hand the workers' faults to the destination vcore's pager; in central pager mode core serves them (use restart)", ErrMoveInvalid)
 	}
@@ -396,6 +393,9 @@ func (c *Core) Move(ctx context.Context, req api.MoveRequest) (api.MoveResult, e
 	}
 	if req.Mode == api.MoveLive && len(q.Pids) == 0 {
 		return res, fmt.Errorf("%w: subsystem %q runs no process to move live", ErrMoveInvalid, name)
+	}
+	if dest.holder == cur.holder || dest.node == cur.node {
+		return res, fmt.Errorf("%w: subsystem %q already runs on node %d", ErrMoveInvalid, name, cur.node)
 	}
 	// The destination must not run a subsystem of that name (its cgroup
 	// would be the moved one's), unless it is the home it returns to.

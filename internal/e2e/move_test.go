@@ -74,6 +74,7 @@ func TestMoveRefused(t *testing.T) {
 		{[]string{"sleeper", "--to-node", "0"}, `"sleeper" already runs on node 0`},
 		{[]string{"p", "--to-node", "0", "--mode", "restart"}, `"p" already runs on node 0`},
 		{[]string{"sleeper", "--back"}, "runs on its home node 0"},
+		{[]string{"sleeper", "--to-node", "0", "--mode", "restart"}, "a restart move keeps the memory of persistent dataspaces only"},
 		{[]string{"node0/nosuch", "--to-node", "0"}, "no live vcore runs"},
 		{[]string{"../etc", "--to-node", "0"}, "not a subsystem name"},
 		{[]string{"sleeper"}, "--to-node N, or --back"},
