@@ -447,11 +447,15 @@ func (c *Core) Move(ctx context.Context, req api.MoveRequest) (api.MoveResult, e
 	if req.Back {
 		in.FromNode = int(dest.node)
 	}
+	// From here on the move changes things: it runs to its end (or its
+	// undo) even if the caller goes away.
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Minute)
+	defer cancel()
 	switch req.Mode {
 	case api.MoveRestart:
-		err = c.moveRestart(ctx, cur, dest, name, in, &res, start)
+		err = c.moveRestart(mctx, cur, dest, name, in, &res, start)
 	default:
-		err = c.moveLive(ctx, cur, dest, name, in, q, &res)
+		err = c.moveLive(mctx, cur, dest, name, in, q, &res)
 	}
 	if err != nil {
 		undoLedger()
