@@ -70,6 +70,11 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// The move mode (internal/bench/move.go) runs on its own.
+	modes, move, moveOnly := takeMoveMode(modes)
+	if moveOnly {
+		return runMoveMode(ctx, e, exe, m, *quick, *jsonPath)
+	}
 	pm := progress.Auto
 	if *noProgress {
 		pm = progress.Off
@@ -100,6 +105,9 @@ func runBench(ctx context.Context, e *env, args []string) error {
 		if err := rep.WriteSVG(*svgPath); err != nil {
 			return errors.Join(runErr, err)
 		}
+	}
+	if move {
+		runErr = errors.Join(runErr, runMoveMode(ctx, e, exe, m, *quick, ""))
 	}
 	return benchOutcome(rep, *check, runErr)
 }

@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/vcored/vcored/internal/api"
+	"github.com/vcored/vcored/internal/bench"
 	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/topology"
 	"github.com/vcored/vcored/vcore/client"
 )
 
@@ -198,5 +200,46 @@ func runMoveWorker(ctx context.Context, e *env, args []string) error {
 	}
 	<-ctx.Done()
 	runtime.KeepAlive(mem)
+	return nil
+}
+
+// takeMoveMode removes bench.ModeMove from modes; move reports whether it
+// was there, only whether nothing else is left.
+func takeMoveMode(modes []string) (rest []string, move, only bool) {
+	for _, m := range modes {
+		if m == bench.ModeMove {
+			move = true
+		} else {
+			rest = append(rest, m)
+		}
+	}
+	return rest, move, move && len(rest) == 0
+}
+
+// runMoveMode runs the bench's move mode (`vcored bench --modes move`) and
+// prints its figures; with jsonPath (and no other mode) it writes them as
+// {"checkpoint": {"move": {"live": …, "restart": …}}}.
+func runMoveMode(ctx context.Context, e *env, exe string, m *topology.Machine, quick bool, jsonPath string) error {
+	dir, err := os.MkdirTemp("", "vcored-bench-move-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	res, err := bench.RunMove(ctx, bench.MoveConfig{Exe: exe, Machine: m, Quick: quick, Dir: dir,
+		CgroupParent: fmt.Sprintf("vcored-bench-move-%d", os.Getpid()), Log: e.log})
+	if res != nil {
+		fmt.Fprint(e.stdout, bench.FormatMove(res))
+	}
+	if err != nil {
+		return err
+	}
+	if jsonPath != "" {
+		doc := map[string]any{"checkpoint": map[string]any{"move": res}}
+		b, err := json.MarshalIndent(doc, "", "  ")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(jsonPath, append(b, '\n'), 0o644)
+	}
 	return nil
 }

@@ -1,16 +1,16 @@
 package bench
 
 import (
-	"context"
 	"strings"
 	"testing"
 
 	"github.com/vcored/vcored/topology"
 )
 
-// TestRunMoveNeedsTwoNodes: on a machine with one node that can host a
-// vcore, the move mode measures nothing and says why (never a number).
-func TestRunMoveNeedsTwoNodes(t *testing.T) {
+// TestMoveNodesNoCPUs: a machine whose nodes have no CPU besides core's
+// has nothing to move between, and RunMove says so without starting
+// anything.
+func TestMoveNodesOneCPU(t *testing.T) {
 	m, err := topology.Host()
 	if err != nil {
 		t.Fatal(err)
@@ -19,22 +19,27 @@ func TestRunMoveNeedsTwoNodes(t *testing.T) {
 	if err != nil {
 		t.Skip(err)
 	}
-	if len(parts) >= 2 {
-		t.Skipf("this machine can move between nodes (%d nodes with a partition)", len(parts))
+	for _, p := range parts {
+		if p.CPUs.IsEmpty() {
+			t.Errorf("partition of node %d without CPUs offered for a move", p.Node)
+		}
 	}
-	res, err := RunMove(context.Background(), MoveConfig{Exe: "/nonexistent", Machine: m, Quick: true, Dir: t.TempDir(), CgroupParent: "vcored-bench-move-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Live != nil || res.Restart != nil || !strings.Contains(res.Skipped, "a move needs two") {
-		t.Fatalf("one-node result %+v", res)
-	}
-	if out := FormatMove(res); !strings.Contains(out, "skipped") {
-		t.Errorf("FormatMove = %q", out)
+	for i := range parts {
+		for j := range i {
+			if parts[i].Node == parts[j].Node {
+				t.Errorf("node %d offered twice", parts[i].Node)
+			}
+		}
 	}
 }
 
 func TestFormatMove(t *testing.T) {
+	one := FormatMove(&MoveBench{Pages: 256, Verified: true, Skipped: "live: this machine has 1 NUMA node(s)",
+		Restart: &MoveMeasure{SameNode: true, DowntimeMS: 3, TotalMS: 9, Bytes: 1 << 20}})
+	if !strings.Contains(one, "not measured: live: this machine has 1") || !strings.Contains(one, "(same node: the mechanics only)") ||
+		strings.Contains(one, "live    node") {
+		t.Errorf("one-node FormatMove:\n%s", one)
+	}
 	out := FormatMove(&MoveBench{Pages: 256, Verified: true,
 		Live:    &MoveMeasure{FromNode: 0, ToNode: 1, DowntimeMS: 1.5, TotalMS: 20, Bytes: 1 << 20},
 		Restart: &MoveMeasure{FromNode: 1, ToNode: 0, DowntimeMS: 40, TotalMS: 90, Bytes: 2 << 20}})

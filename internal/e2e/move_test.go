@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vcored/vcored/internal/api"
+	"github.com/vcored/vcored/internal/bench"
 )
 
 // moveCLI runs `vcored move` with args and returns its output and exit code.
@@ -223,5 +224,36 @@ func TestMoveRestartMechanics(t *testing.T) {
 	}
 	if _, ok := subsystem(t, sock, "x"); ok {
 		t.Error("a refused move-in left a subsystem x")
+	}
+}
+
+// TestMoveBenchOneNode: on a one-node machine the bench's move mode
+// measures no live move (and says why) and times the restart move's
+// mechanics on that node; the restarted worker reads every page back.
+func TestMoveBenchOneNode(t *testing.T) {
+	c := newCluster(t)
+	if len(c.machine.Nodes) > 1 {
+		t.Skip("a multi-node machine: TestMoveBenchNuma")
+	}
+	dir := c.path("bench")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err := bench.RunMove(ctx, bench.MoveConfig{Exe: vcoredBin, Machine: c.machine, Pages: 4096, Dir: dir, CgroupParent: c.cgroup})
+	if err != nil {
+		for _, f := range []string{"core.log", "vcore0.log"} {
+			b, _ := os.ReadFile(filepath.Join(dir, f))
+			t.Logf("--- %s:\n%s", f, b)
+		}
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", bench.FormatMove(res))
+	if res.Live != nil || !strings.Contains(res.Skipped, "a move needs two") {
+		t.Errorf("one node, yet a live move: %+v", res)
+	}
+	if r := res.Restart; r == nil || !r.SameNode || !res.Verified || r.DowntimeMS <= 0 || r.TotalMS < r.DowntimeMS {
+		t.Fatalf("restart mechanics: %+v %+v", res, r)
 	}
 }
