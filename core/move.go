@@ -521,6 +521,7 @@ func (c *Core) moveRestart(ctx context.Context, cur, dest moveTarget, name strin
 		return err
 	}
 	res.CheckpointPages, res.CheckpointBytes = out.CheckpointPages, out.CheckpointBytes
+	res.PreCopyPages, res.PreCopyBytes, res.PreCopyFrozenMS = out.PreCopyPages, out.PreCopyBytes, out.PreCopyFrozenMS
 	var mi api.MoveIn
 	if err := c.askMoveIn(ctx, dest, in, &mi); err != nil {
 		// Stopped on the source, not started on the destination: start it
@@ -565,7 +566,7 @@ func (c *Core) moveRestart(ctx context.Context, cur, dest moveTarget, name strin
 		}
 	}
 	ps := uint64(pageSize)
-	res.Bytes = uint64(out.CheckpointBytes) + (p.ImagePages-p.Missing)*ps
+	res.Bytes = uint64(out.PreCopyBytes+out.CheckpointBytes) + (p.ImagePages-p.Missing)*ps
 	if d := time.Since(restoreStart); d > 0 && p.ImagePages > p.Missing {
 		res.GBps = float64((p.ImagePages-p.Missing)*ps) / d.Seconds() / 1e9
 	}

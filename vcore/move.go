@@ -329,6 +329,15 @@ func (v *VCore) moveOut(ctx context.Context, name string, req api.MoveOutRequest
 	case "query":
 		return res, nil
 	case api.MoveRestart:
+		// Pre-copy: a checkpoint while it still runs afterwards, so that
+		// the final one (the downtime) holds only what is written since.
+		if res.Persistent && s.group != nil {
+			if pre, err := v.Checkpoint(ctx, name); err != nil {
+				v.log.Warn("move: pre-copy checkpoint failed; the final checkpoint writes everything", "subsystem", name, "err", err)
+			} else {
+				res.PreCopyPages, res.PreCopyBytes, res.PreCopyFrozenMS = pre.Pages, pre.Bytes, float64(pre.FrozenNS)/1e6
+			}
+		}
 		if err := v.stopForMove(ctx, s, &res); err != nil {
 			return res, err
 		}

@@ -59,6 +59,12 @@ type MoveResult struct {
 	// CheckpointPages/CheckpointBytes: the final checkpoint (restart).
 	CheckpointPages int   `json:"checkpoint_pages,omitempty"`
 	CheckpointBytes int64 `json:"checkpoint_bytes,omitempty"`
+	// PreCopyPages/PreCopyBytes/PreCopyFrozenMS: the checkpoint written
+	// before the final one while the subsystem ran on (restart; its
+	// frozen time is not downtime of the move but a pause before it).
+	PreCopyPages    int     `json:"pre_copy_pages,omitempty"`
+	PreCopyBytes    int64   `json:"pre_copy_bytes,omitempty"`
+	PreCopyFrozenMS float64 `json:"pre_copy_frozen_ms,omitempty"`
 	// Pids now running the subsystem on the destination.
 	Pids []int `json:"pids,omitempty"`
 	// Warnings: what did not fully work but did not undo the move.
@@ -96,6 +102,11 @@ type MoveOut struct {
 	CheckpointPages int     `json:"checkpoint_pages,omitempty"`
 	CheckpointBytes int64   `json:"checkpoint_bytes,omitempty"`
 	FrozenMS        float64 `json:"frozen_ms,omitempty"`
+	// PreCopy*: the checkpoint written before the final one, while the
+	// subsystem ran on (restart).
+	PreCopyPages    int     `json:"pre_copy_pages,omitempty"`
+	PreCopyBytes    int64   `json:"pre_copy_bytes,omitempty"`
+	PreCopyFrozenMS float64 `json:"pre_copy_frozen_ms,omitempty"`
 }
 
 // MoveOutRequest is the body of POST /v1/subsystems/NAME/move-out. Phase

@@ -270,7 +270,7 @@ func restartOnNode(ctx context.Context, sock string, node int, workDir string, o
 		return nil, fmt.Errorf("bench: the restarted move worker: restored %v: %s", r.Restored, r.Error)
 	}
 	m := &MoveMeasure{FromNode: node, ToNode: node, SameNode: true, TotalMS: float64(total.Microseconds()) / 1000,
-		Bytes: uint64(out.CheckpointBytes) + uint64(pages)*uint64(os.Getpagesize()), Pages: uint64(pages)}
+		Bytes: uint64(out.PreCopyBytes+out.CheckpointBytes) + uint64(pages)*uint64(os.Getpagesize()), Pages: uint64(pages)}
 	if in.StartedAtUnixNS > 0 && out.FrozenAtUnixNS > 0 {
 		m.DowntimeMS = float64(in.StartedAtUnixNS-out.FrozenAtUnixNS) / 1e6
 	}
