@@ -62,6 +62,9 @@ type Core struct {
 	dataspaces map[string]*dataspace
 	rb         *rebalancer // nil unless rebalance = "advise" or "auto"
 
+	moveOnce sync.Once // makes moveCh: one move at a time (move.go)
+	moveCh   chan struct{}
+
 	mu       sync.Mutex
 	sessions map[string]*session        // live vcore sessions by VCoreID
 	held     map[string]map[uint64]bool // uffd ids core holds, by VCoreID (value: served by core)

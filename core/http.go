@@ -25,6 +25,7 @@ func (c *Core) httpHandler() http.Handler {
 	mux.HandleFunc("GET /v1/pager", func(w http.ResponseWriter, _ *http.Request) { api.WriteJSON(w, c.PagerStatus()) })
 	mux.HandleFunc("GET /v1/rebalance", func(w http.ResponseWriter, _ *http.Request) { api.WriteJSON(w, c.RebalanceStatus()) })
 	mux.Handle("GET /metrics", c.reg.Handler())
+	c.serveMoves(mux)
 	return mux
 }
 

@@ -96,7 +96,8 @@ type Ledger struct {
 	now  func() time.Time
 
 	mu       sync.Mutex
-	leases   map[string]*Lease // by holder id
+	leases   map[string]*Lease       // by holder id
+	moves    map[moveKey]*MoveRecord // subsystems placed away from home (move.go)
 	pending  map[string]pendingOp
 	degraded *Degraded
 }
@@ -116,8 +117,9 @@ type Degraded struct {
 }
 
 type ledgerFile struct {
-	Version int      `json:"version"`
-	Leases  []*Lease `json:"leases"`
+	Version int           `json:"version"`
+	Leases  []*Lease      `json:"leases"`
+	Moves   []*MoveRecord `json:"moves,omitempty"`
 }
 
 // LedgerLimits are what every lease read from the ledger must fit: core's
@@ -146,7 +148,7 @@ func OpenLedger(path string, now func() time.Time, lim *LedgerLimits) (*Ledger, 
 	if now == nil {
 		now = time.Now
 	}
-	l := &Ledger{path: path, now: now, leases: map[string]*Lease{}, pending: map[string]pendingOp{}}
+	l := &Ledger{path: path, now: now, leases: map[string]*Lease{}, moves: map[moveKey]*MoveRecord{}, pending: map[string]pendingOp{}}
 	var f ledgerFile
 	if found, err := statefile.Read(path, &f); err != nil {
 		if found { // read but not decoded
@@ -173,6 +175,7 @@ func OpenLedger(path string, now func() time.Time, lim *LedgerLimits) (*Ledger, 
 		}
 		l.leases[le.Holder] = le
 	}
+	dropped = append(dropped, l.loadMoves(path, f.Moves, lim)...)
 	if len(dropped) > 0 {
 		if data, err := os.ReadFile(path); err == nil {
 			_ = os.WriteFile(path+".rejected", data, 0o600) // best effort: the log names every dropped lease too
@@ -245,7 +248,7 @@ func CgroupUnder(parent, path string) error {
 // saveLocked writes the leases in memory. A failure marks the ledger
 // degraded; a success clears that.
 func (l *Ledger) saveLocked() error {
-	f := ledgerFile{Version: 1, Leases: l.sortedLocked()}
+	f := ledgerFile{Version: 1, Leases: l.sortedLocked(), Moves: l.sortedMovesLocked()}
 	if err := statefile.Write(l.path, f); err != nil {
 		if l.degraded == nil {
 			l.degraded = &Degraded{Since: l.now()}
@@ -267,6 +270,7 @@ func (l *Ledger) txLocked(fn func() error) error {
 		leases[k] = &cp
 	}
 	pending := maps.Clone(l.pending)
+	moves := l.copyMovesLocked()
 	for holder, p := range l.pending {
 		le, ok := l.leases[holder]
 		if !ok {
@@ -287,7 +291,7 @@ func (l *Ledger) txLocked(fn func() error) error {
 		err = l.saveLocked()
 	}
 	if err != nil {
-		l.leases, l.pending = leases, pending
+		l.leases, l.pending, l.moves = leases, pending, moves
 	}
 	return err
 }

@@ -384,9 +384,15 @@ func (r *rebalancer) registerMetrics(reg *metrics.Registry) {
 		})
 }
 
-// rebalanceMover is what rebalance = "auto" moves subsystems with; nil:
-// this core cannot move them, and refuses "auto" at start.
-func (c *Core) rebalanceMover() moveFunc { return nil }
+// rebalanceMover is what rebalance = "auto" moves subsystems with: core's
+// own Move (core/move.go), as an operator's `vcored move` would.
+func (c *Core) rebalanceMover() moveFunc {
+	return func(ctx context.Context, m autoMove) (autoMoveResult, error) {
+		res, err := c.Move(ctx, api.MoveRequest{Subsystem: m.Name, ToNode: int(m.To), Mode: m.Mode})
+		return autoMoveResult{DowntimeMS: res.DowntimeMS, TotalMS: res.TotalMS,
+			Bytes: int64(res.Bytes), PagesLeftBehind: int64(res.PagesLeftBehind)}, err
+	}
+}
 
 // checkRebalance refuses a rebalance configuration this core cannot carry
 // out (New calls it: nothing has started yet).

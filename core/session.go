@@ -189,6 +189,7 @@ func (c *Core) grant(conn *wire.Conn, pid int, cl *wire.Claim) (*session, error)
 		Node: int(node), CPUs: le.CPUs, Mems: le.Mems, Memory: uint64(le.Memory), Cgroup: le.Cgroup,
 		Pager: c.mode, FaultAround: max(c.cfg.FaultAround, 1),
 	}
+	ok2.MovedOut, ok2.MovedIn = c.ledger.movesFor(cl.VCoreID)
 	for _, d := range c.cfg.Dataspaces {
 		info := wire.DataspaceInfo{Name: d.Name, Size: uint64(d.Size), Content: c.dataspaces[d.Name].kind(), Writable: d.Writable}
 		if info.Content == wire.ContentPattern {

@@ -538,6 +538,8 @@ func (v *VCore) takeBack(tb *wire.TakeBack, fd int) {
 	if p, err := cgroupOf(v.procfs, tb.WorkerPid); err == nil {
 		if name, ok := subsystemOf(p, v.groups); ok {
 			st.sub = v.subByName(name)
+		} else {
+			st.sub = v.movedInOf(p) // handed over by a live move
 		}
 	}
 	serve := v.grant.Pager == wire.PagerLocal

@@ -20,6 +20,7 @@ func (v *VCore) httpHandler() http.Handler {
 	mux.HandleFunc("GET /v1/pager", func(w http.ResponseWriter, r *http.Request) { api.WriteJSON(w, v.PagerStatus()) })
 	mux.Handle("GET /metrics", v.reg.Handler())
 	mux.HandleFunc("POST /v1/subsystems/{name}/checkpoint", v.handleCheckpoint)
+	v.serveMoves(mux)
 	v.serveExternal(mux)
 	return mux
 }
@@ -30,7 +31,7 @@ func (v *VCore) Subsystems() []api.Subsystem {
 	for _, s := range v.sortedSubs() {
 		out = append(out, v.subsystemStatus(s))
 	}
-	return out
+	return v.withMoves(out)
 }
 
 func (v *VCore) subsystemStatus(s *subsystem) api.Subsystem {

@@ -120,6 +120,9 @@ func refuseOverLimit(sub *subsystem, c *wire.Conn, msg string) {
 const maxRefusing = 8
 
 func (v *VCore) subByName(name string) *subsystem {
+	if s := v.movedInByName(name); s != nil {
+		return s
+	}
 	for _, s := range v.subs {
 		if s.cfg.Name == name {
 			return s
@@ -154,6 +157,10 @@ func (v *VCore) startSubsystems(ctx context.Context) error {
 	}
 	for i, s := range v.subs {
 		s.cpus = cpus[i]
+		if v.movedAway(s.cfg.Name) {
+			v.log.Info("subsystem runs on another node (moved; core's ledger says so): not started here", "subsystem", s.cfg.Name)
+			continue
+		}
 		for _, p := range prev.Subsystems {
 			if p.Name == s.cfg.Name && p.Cgroup == s.cgroup {
 				s.prevRestarts = p.Restarts

@@ -154,6 +154,7 @@ type VCore struct {
 	fwdLat      map[string]*hist.Histogram
 
 	ext externals // containers placed by the NRI plugin (external.go)
+	mv  moves     // subsystems moved away or moved in (move.go)
 }
 
 // New checks opts.Config against the machine and returns a VCore ready to
@@ -270,7 +271,11 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 	if v.ln, err = wire.Listen(v.cfg.Socket, 0o600, -1, v.log); err != nil {
 		return fmt.Errorf("vcore: %w", err)
 	}
+	v.initMoves(ctx)
 	if err := v.startSubsystems(ctx); err != nil {
+		return err
+	}
+	if err := v.startMovedIn(ctx); err != nil {
 		return err
 	}
 	v.registerMetrics()
@@ -361,7 +366,7 @@ func (v *VCore) openSource(d config.Dataspace) (content.Source, error) {
 // and closes the socket and the pager. It is called once, from Run.
 func (v *VCore) shutdown() {
 	var wg sync.WaitGroup
-	for _, s := range v.subs {
+	for _, s := range v.runningSubs() {
 		wg.Go(func() { v.stopSubsystem(s) })
 	}
 	wg.Wait()

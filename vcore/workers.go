@@ -83,6 +83,9 @@ func (v *VCore) serveWorker(ctx context.Context, c *wire.Conn) {
 		}
 	}
 	if sub == nil && err == nil {
+		sub = v.movedInOf(path) // a subsystem moved here from another node
+	}
+	if sub == nil && err == nil {
 		sub = v.externalOf(path) // a container placed by the NRI plugin
 	}
 	if sub == nil {

@@ -72,6 +72,11 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	// The move mode (internal/bench/move.go) runs on its own.
+	modes, move, moveOnly := takeMoveMode(modes)
+	if moveOnly {
+		return runMoveMode(ctx, e, exe, m, *quick, *jsonPath)
+	}
 	pm := progress.Auto
 	if *noProgress {
 		pm = progress.Off
@@ -92,6 +97,13 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	}
 	if err := rep.WriteText(e.stdout); err != nil {
 		return errors.Join(runErr, err)
+	}
+	if move {
+		res, err := runMoveBench(ctx, e, exe, m, *quick)
+		runErr = errors.Join(runErr, err)
+		if res != nil {
+			rep.SetMove(&bench.MoveReport{Live: moveFigures(res.Live), Restart: moveFigures(res.Restart)})
+		}
 	}
 	if *jsonPath != "" {
 		if err := rep.WriteJSON(*jsonPath); err != nil {
@@ -116,6 +128,7 @@ func writeBenchHelp(w io.Writer) {
 	for _, m := range bench.Registry {
 		fmt.Fprintf(w, "  %-15s %s\n", m.Name, m.Doc)
 	}
+	fmt.Fprintf(w, "  %-15s %s\n", bench.ModeMove, bench.MoveDoc)
 	fmt.Fprintf(w, "  with --fault-around N > 1 also local_faN and raw_floor_faN (sequential, N pages per fault), and with a\n"+
 		"  non-sequential --pattern the sequential baselines local_seq, raw_floor_seq and kernel_seq.\n")
 	fmt.Fprintf(w, "\ntargets (ratios measured within the run; --check exits 1 when a measured one is missed,\n"+

@@ -53,8 +53,10 @@ var commands = []command{
 	{name: "nri", summary: "run the containerd NRI plugin: place annotated pods' containers on the vcores' partitions", run: runNRI},
 	{name: "status", summary: "show partitions, vcores and subsystems of a running core or vcore", run: runStatus},
 	{name: "checkpoint", summary: "write a checkpoint of a subsystem's persistent dataspaces", run: runCheckpoint},
+	{name: "move", summary: "move a subsystem to another node (live or restart), or back", run: runMove},
 	{name: "bench", summary: "compare local pagers with the single-pager baseline", run: runBench},
 	{name: "worker", summary: "a worker that attaches dataspaces and touches pages (used by bench and tests)", run: runWorker},
+	{name: "move-worker", summary: "internal: the subsystem the move benchmark moves", run: runMoveWorker, hidden: true},
 	{name: "exec-in-cgroup", summary: "internal: join cgroups, then exec a subsystem command", run: runExecInCgroup, hidden: true},
 }
 

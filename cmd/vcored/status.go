@@ -22,6 +22,7 @@ type statusReport struct {
 	Subsystems map[string][]api.Subsystem `json:"subsystems"`           // keyed by vcore socket
 	Containers map[string][]api.External  `json:"containers,omitempty"` // placed by `vcored nri`, keyed by vcore socket
 	Rebalance  *api.Rebalance             `json:"rebalance,omitempty"`  // core's, unless rebalance = "off"
+	Moves      []api.Move                 `json:"moves,omitempty"`      // subsystems core moved away from their node
 	Errors     []string                   `json:"errors,omitempty"`
 }
 
@@ -66,6 +67,9 @@ func collectStatus(ctx context.Context, socket string, euid int) (*statusReport,
 			return nil, err
 		}
 		collectRebalance(ctx, c, rep)
+		if err := c.Get(ctx, "/v1/moves", &rep.Moves); err != nil {
+			rep.Errors = append(rep.Errors, err.Error())
+		}
 		for _, v := range rep.VCores {
 			if v.Connected {
 				vcoreSockets = append(vcoreSockets, v.Socket)
@@ -159,12 +163,14 @@ func printStatus(e *env, rep *statusReport) {
 			if s.Adopted {
 				state += " (adopted)"
 			}
+			state += movedNote(s)
 			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s/%s\t%s/%s\n", s.Name, state, dash(strings.Join(pids, ",")), s.Restarts,
 				s.CPUs, s.Mems, hw.Bytes(s.MemoryUsageBytes).Human(), limit(s.MemoryLimitBytes),
 				hw.Bytes(s.QuotaUsedBytes).Human(), limit(s.QuotaLimitBytes))
 		}
 		fmt.Fprintln(w)
 	}
+	printMoves(w, rep.Moves)
 	printContainers(w, rep)
 	printRebalance(w, rep.Rebalance)
 	for _, err := range rep.Errors {

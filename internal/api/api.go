@@ -111,6 +111,12 @@ type Subsystem struct {
 	// Movable: its vcore file says movable = true (it may be restarted on
 	// another node by a rebalancing move).
 	Movable bool `json:"movable"`
+	// MovedTo: the subsystem was moved away to this node (`vcored move`);
+	// its home vcore no longer runs it. MovedFrom: this vcore runs it for
+	// the vcore of that node, whose file declares it.
+	MovedTo   *int   `json:"moved_to,omitempty"`
+	MovedFrom *int   `json:"moved_from,omitempty"`
+	MoveMode  string `json:"move_mode,omitempty"`
 }
 
 // DataspaceStats are a pager's counters for one dataspace.

@@ -148,6 +148,22 @@ type ClaimOK struct {
 	Pager       PagerMode       `json:"pager"`
 	FaultAround int             `json:"fault_around"` // pages per fault, >= 1
 	Dataspaces  []DataspaceInfo `json:"dataspaces,omitempty"`
+	// MovedOut names the subsystems of the vcore's file that core moved
+	// to another node: the vcore does not start them. MovedIn are the
+	// subsystems it runs for other vcores (core's ledger of moves).
+	MovedOut []string         `json:"moved_out,omitempty"`
+	MovedIn  []MovedSubsystem `json:"moved_in,omitempty"`
+}
+
+// MovedSubsystem is a subsystem a vcore runs for another vcore: its
+// configuration as its home vcore gave it (JSON of config.Subsystem) and
+// the image directories of its persistent dataspaces.
+type MovedSubsystem struct {
+	Name     string            `json:"name"`
+	FromNode int               `json:"from_node"`
+	Mode     string            `json:"mode"`
+	Spec     json.RawMessage   `json:"spec"`
+	Images   map[string]string `json:"images,omitempty"`
 }
 
 // Release gives the partition back (vcore -> core); core answers Ack.
