@@ -94,7 +94,14 @@ func (c *Core) serveWire(ctx context.Context, conn *wire.Conn) {
 	}
 	defer c.endSession(s)
 	s.log.Info("vcore session up", "cpus", s.lease.CPUs.String(), "memory", s.lease.Memory.String(), "cgroup", s.lease.Cgroup)
+	var (
+		poll      time.Duration // the adaptive poll window after a Forward
+		servedFwd time.Time     // when the last frame, a Forward, was served; zero otherwise
+	)
 	for {
+		if !servedFwd.IsZero() && poll > 0 {
+			conn.Poll(poll)
+		}
 		f, err := conn.Recv()
 		if err != nil {
 			if ctx.Err() == nil {
@@ -102,13 +109,53 @@ func (c *Core) serveWire(ctx context.Context, conn *wire.Conn) {
 			}
 			return
 		}
+		if !servedFwd.IsZero() {
+			poll = nextPoll(poll, time.Since(servedFwd))
+		}
+		fwd := f.Type == wire.TypeForward
 		if done := c.handle(s, f); done {
 			return
+		}
+		servedFwd = time.Time{}
+		if fwd {
+			servedFwd = time.Now()
 		}
 	}
 }
 
 var osPid = os.Getpid()
+
+// Polling for the next Forward. Waking core's reader costs a sleeping CPU
+// a wake-up, which on a VM whose idle vCPUs halt (haltpoll with
+// guest_halt_poll_ns=0) takes tens of µs — several times the work of
+// serving the fault. While a vcore streams forwarded faults (a worker
+// scanning a core-owned dataspace), the next Forward arrives within
+// microseconds of the answer to the previous one, so after serving a Forward
+// the reader polls its connection for a short window instead of sleeping
+// (yielding the CPU to any other thread between polls). The window adapts
+// as the kernel's halt polling does: it grows while the next message comes
+// just after the window would have ended, and shrinks to nothing when
+// messages are farther apart, so isolated forwards cost no polling.
+const (
+	pollMax   = 200 * time.Microsecond // the longest poll after a Forward
+	pollStart = 25 * time.Microsecond  // the first window once streaming is seen
+)
+
+// nextPoll adapts the poll window after a Forward: gap is how long the next
+// message took to arrive after the Forward was served.
+func nextPoll(cur, gap time.Duration) time.Duration {
+	switch {
+	case gap <= cur:
+		return cur // the poll caught it
+	case gap <= pollMax:
+		return min(max(2*cur, pollStart), pollMax) // a longer poll would have
+	default:
+		if cur /= 2; cur < pollStart {
+			return 0
+		}
+		return cur
+	}
+}
 
 // decode unmarshals a frame of the expected message type, or answers with
 // an Error and reports false.

@@ -258,6 +258,7 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 		Threads:     threads,
 		FaultAround: v.faultAround(),
 		Forward:     v.forward,
+		TryForward:  v.tryForward,
 		// An UNMAP the pager read changes core's view too.
 		RegionsChanged: func(id uint64) { go v.regionsChanged(id) },
 		Log:            v.log.With("part", "pager"),

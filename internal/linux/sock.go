@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -183,3 +184,44 @@ func RecvPeek(c *net.UnixConn, b []byte) (int, error) {
 // ErrPeerClosed is returned by RecvPeek when the peer closed the connection
 // before sending enough bytes.
 var ErrPeerClosed = errors.New("linux: peer closed the connection")
+
+// SendNow writes p to a connected unix socket (rc: its SyscallConn) with one sendmsg(2) that does
+// not wait: where the socket cannot take the data at once it returns
+// EAGAIN having written nothing. It may write part of p (n < len(p)); the
+// caller writes the rest. No descriptors are attached.
+func SendNow(rc syscall.RawConn, p []byte) (n int, err error) {
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		for {
+			n, serr = unix.SendmsgN(int(fd), p, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+			if serr != unix.EINTR {
+				return true // written or not: never wait here
+			}
+		}
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sendmsg: %w", err)
+	}
+	if serr != nil {
+		return 0, sysErr("sendmsg", serr)
+	}
+	return n, nil
+}
+
+// Readable reports, without waiting, whether the socket rc (a SyscallConn)
+// has data, an end of stream or an error to read: one recv(2) with
+// MSG_PEEK|MSG_DONTWAIT. A closed socket is not readable.
+func Readable(rc syscall.RawConn) bool {
+	var b [1]byte
+	ready := false
+	_ = rc.Read(func(fd uintptr) bool {
+		_, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		ready = rerr != unix.EAGAIN
+		return true
+	})
+	return ready
+}
+
+// Yield gives the calling thread's CPU to another runnable thread, if any
+// (sched_yield(2)).
+func Yield() { _, _, _ = unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
