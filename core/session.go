@@ -127,15 +127,17 @@ var osPid = os.Getpid()
 
 // Polling for the next Forward. Waking core's reader costs a sleeping CPU
 // a wake-up, which on a VM whose idle vCPUs halt (haltpoll with
-// guest_halt_poll_ns=0) takes tens of µs — several times the work of
-// serving the fault. While a vcore streams forwarded faults (a worker
-// scanning a core-owned dataspace), the next Forward arrives within
-// microseconds of the answer to the previous one, so after serving a Forward
-// the reader polls its connection for a short window instead of sleeping
-// (yielding the CPU to any other thread between polls). The window adapts
-// as the kernel's halt polling does: it grows while the next message comes
-// just after the window would have ended, and shrinks to nothing when
-// messages are farther apart, so isolated forwards cost no polling.
+// guest_halt_poll_ns=0, this project's development VMs) takes tens of µs:
+// several times the work of serving the fault, and half of a forwarded
+// fault's time. While a vcore streams forwarded faults (a worker scanning a
+// core-owned dataspace) the next Forward follows the answer to the previous
+// one within tens of µs, so after serving a Forward the reader polls its
+// connection for a short window (wire.Conn.Poll) instead of sleeping. The
+// window adapts as the kernel's halt polling does: it grows while the next
+// message comes just after the window would have ended, and shrinks to
+// nothing when messages are farther apart than the longest window, so
+// isolated forwards cost no polling. The CPU polled is core's own
+// (reserved_cpus), busy at most pollMax per Forward served.
 const (
 	pollMax   = 200 * time.Microsecond // the longest poll after a Forward
 	pollStart = 25 * time.Microsecond  // the first window once streaming is seen

@@ -221,7 +221,3 @@ func Readable(rc syscall.RawConn) bool {
 	})
 	return ready
 }
-
-// Yield gives the calling thread's CPU to another runnable thread, if any
-// (sched_yield(2)).
-func Yield() { _, _, _ = unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }

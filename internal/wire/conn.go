@@ -308,11 +308,14 @@ func (c *Conn) Recv() (Frame, error) {
 }
 
 // Poll waits up to d for the next frame to start arriving by polling the
-// socket, without sleeping: the calling thread keeps its CPU awake (giving
-// it to any other runnable thread between polls). It reports whether data
-// (or the end of the stream) is there; Recv then reads it without waiting
-// for a wake-up. For a reader that expects its peer to answer within
-// microseconds, when waking a sleeping CPU costs more than that.
+// socket, without sleeping: the calling thread keeps its CPU awake (other
+// goroutines run between polls; other threads preempt it as the kernel's
+// scheduler decides — it does not sched_yield, which on a busy CPU would
+// hand the CPU away for a whole time slice and defeat the poll). It reports
+// whether data (or the end of the stream) is there; Recv then reads it
+// without waiting for a wake-up. For a reader that expects its peer to
+// answer within microseconds, when waking a sleeping CPU costs more than
+// that. Keep d short: the CPU is busy for all of it.
 func (c *Conn) Poll(d time.Duration) bool {
 	if c.closed.Load() || c.rerr != nil {
 		return false
@@ -325,8 +328,7 @@ func (c *Conn) Poll(d time.Duration) bool {
 		if !time.Now().Before(end) {
 			return false
 		}
-		runtime.Gosched() // other goroutines first,
-		linux.Yield()     // then other threads on this CPU
+		runtime.Gosched()
 	}
 }
 
