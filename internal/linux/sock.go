@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -208,16 +209,35 @@ func SendNow(rc syscall.RawConn, p []byte) (n int, err error) {
 	return n, nil
 }
 
-// Readable reports, without waiting, whether the socket rc (a SyscallConn)
-// has data, an end of stream or an error to read: one recv(2) with
-// MSG_PEEK|MSG_DONTWAIT. A closed socket is not readable.
-func Readable(rc syscall.RawConn) bool {
-	var b [1]byte
-	ready := false
-	_ = rc.Read(func(fd uintptr) bool {
-		_, _, rerr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		ready = rerr != unix.EAGAIN
+// Readiness tells, without waiting, whether a socket has data, an end of
+// stream or an error to read: one recv(2) with MSG_PEEK|MSG_DONTWAIT per
+// Ready. It does not allocate (a poll loop calls it back to back). Not safe
+// for concurrent use.
+type Readiness struct {
+	rc    syscall.RawConn
+	b     [1]byte
+	ready bool
+	check func(fd uintptr) bool
+}
+
+// NewReadiness returns a Readiness for the socket rc (a SyscallConn).
+func NewReadiness(rc syscall.RawConn) *Readiness {
+	r := &Readiness{rc: rc}
+	r.check = func(fd uintptr) bool {
+		// recvfrom(2) directly: unix.Recvfrom allocates a sockaddr per call.
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&r.b[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		r.ready = errno != unix.EAGAIN && errno != unix.EINTR
 		return true
-	})
-	return ready
+	}
+	return r
+}
+
+// Ready reports whether the socket is readable now; a closed socket is not.
+func (r *Readiness) Ready() bool {
+	r.ready = false
+	if err := r.rc.Read(r.check); err != nil {
+		return false
+	}
+	return r.ready
 }

@@ -19,7 +19,8 @@ import (
 // at once (frames never interleave); only one may Recv at a time.
 type Conn struct {
 	uc   *net.UnixConn
-	raw  syscall.RawConn // uc's, for TrySendMsg and Poll
+	raw  syscall.RawConn // uc's, for TrySendMsg
+	rdy  *linux.Readiness // for Poll (reader-owned)
 	peer linux.Ucred
 
 	wmu  sync.Mutex // serialises senders; guards wbuf
@@ -54,7 +55,7 @@ func NewConn(uc *net.UnixConn) (*Conn, error) {
 
 func newConn(uc *net.UnixConn, cred linux.Ucred) *Conn {
 	raw, _ := uc.SyscallConn() // fails only for a nil conn
-	return &Conn{uc: uc, raw: raw, peer: cred, roob: make([]byte, linux.RightsSpace(MaxFDs)), wtimeout: DefaultWriteTimeout}
+	return &Conn{uc: uc, raw: raw, rdy: linux.NewReadiness(raw), peer: cred, roob: make([]byte, linux.RightsSpace(MaxFDs)), wtimeout: DefaultWriteTimeout}
 }
 
 // DefaultWriteTimeout bounds every frame a Conn writes: a peer that does not
@@ -322,7 +323,7 @@ func (c *Conn) Poll(d time.Duration) bool {
 	}
 	end := time.Now().Add(d)
 	for {
-		if linux.Readable(c.raw) {
+		if c.rdy.Ready() {
 			return true
 		}
 		if !time.Now().Before(end) {

@@ -116,3 +116,12 @@ func TestConnPoll(t *testing.T) {
 		t.Fatal("Poll on a closed connection reported data")
 	}
 }
+
+// TestConnPollDoesNotAllocate: Poll spins back to back; it must not make
+// garbage per poll.
+func TestConnPollDoesNotAllocate(t *testing.T) {
+	_, b := connPair(t)
+	if n := testing.AllocsPerRun(20, func() { b.Poll(100 * time.Microsecond) }); n > 0 {
+		t.Fatalf("Poll allocates %v times per call", n)
+	}
+}
