@@ -19,7 +19,7 @@ import (
 // at once (frames never interleave); only one may Recv at a time.
 type Conn struct {
 	uc   *net.UnixConn
-	raw  syscall.RawConn // uc's, for TrySendMsg
+	raw  syscall.RawConn  // uc's, for TrySendMsg
 	rdy  *linux.Readiness // for Poll (reader-owned)
 	peer linux.Ucred
 
