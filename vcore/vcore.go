@@ -141,7 +141,8 @@ type VCore struct {
 	declared  declaredSet   // local dataspaces declared to core on conn
 
 	// out queues the messages to core; sendLoop writes them, holding no
-	// lock across the I/O.
+	// lock across the I/O (a Forward on an idle connection is written by
+	// the pager thread itself: tryForward).
 	out outbox
 
 	// fwdMu guards the forwarded faults in flight and their latencies.
