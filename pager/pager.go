@@ -124,6 +124,11 @@ type Options struct {
 	// for long: while it runs, further forwarded faults queue (up to 4096,
 	// then they are woken to be raised again later).
 	Forward func(Fault)
+	// TryForward, if set, is offered each fault of a Forward region first,
+	// on the pager thread that read it: true means it took the fault
+	// (Forward is not called for it), false queues it for Forward. It must
+	// not block: the thread holds the uffd's locks.
+	TryForward func(Fault) bool
 	// Replica, if set, is asked on the pager thread, before a fault of a
 	// Forward region is forwarded, for the page at offset of dataspace:
 	// if it fills dst (one page) and returns true, the pager maps dst
@@ -1128,6 +1133,9 @@ func (p *Pager) pidExited(seq uint64) {
 // so that it is raised again later.
 func (p *Pager) forward(e *uffdEntry, r *region, addr uintptr, tid uint32, start time.Time) bool {
 	f := Fault{Uffd: e.id, Addr: addr, Dataspace: r.Dataspace, Offset: r.Offset + uint64(addr-r.Start), TID: tid, Start: start}
+	if p.opts.TryForward != nil && p.opts.TryForward(f) {
+		return true
+	}
 	select {
 	case p.fwd <- fwdItem{f: f, e: e}:
 		return true

@@ -17,9 +17,15 @@ import (
 // Attach or a status request. A write that times out closes the connection;
 // the core loop redials, and the resync replays the uffds and pending
 // forwards, so nothing queued for a dead connection is needed afterwards.
+//
+// A forwarded fault skips the queue when it is empty and nobody writes
+// (tryForward, writeNow): the pager thread writes the Forward itself if the
+// connection takes it at once, saving two goroutine hand-offs (the pager's
+// forwarder, sendLoop) on the fault's path.
 type outbox struct {
 	mu   sync.Mutex
 	q    []outItem
+	busy bool          // a writer (sendLoop or writeNow) holds the right to write
 	wake chan struct{} // cap 1: something was queued
 }
 
@@ -49,6 +55,55 @@ func (o *outbox) take() []outItem {
 	q := o.q
 	o.q = nil
 	return q
+}
+
+// claim takes the right to write for the queued messages: nil when there
+// are none or another writer has it. release gives it back.
+func (o *outbox) claim() []outItem {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.busy || len(o.q) == 0 {
+		return nil
+	}
+	o.busy = true
+	q := o.q
+	o.q = nil
+	return q
+}
+
+// claimIdle takes the right to write if nothing is queued and nobody
+// writes: what was queued before is then on the wire, so a message written
+// now keeps the queue's order.
+func (o *outbox) claimIdle() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.busy || len(o.q) > 0 {
+		return false
+	}
+	o.busy = true
+	return true
+}
+
+// release gives back the right to write, first queueing front (a message
+// its holder could not write at once) ahead of what was queued meanwhile,
+// and wakes sendLoop if anything waits.
+func (o *outbox) release(front *outItem) {
+	o.mu.Lock()
+	o.busy = false
+	if front != nil {
+		o.q = append([]outItem{*front}, o.q...)
+	}
+	pending := len(o.q) > 0
+	if pending && o.wake == nil {
+		o.wake = make(chan struct{}, 1)
+	}
+	o.mu.Unlock()
+	if pending {
+		select {
+		case o.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (o *outbox) signal() chan struct{} {
@@ -89,10 +144,31 @@ func (v *VCore) sendLoop(ctx context.Context) {
 			return
 		case <-wake:
 		}
-		for _, it := range v.out.take() {
-			v.write(it)
+		for q := v.out.claim(); q != nil; q = v.out.claim() {
+			for _, it := range q {
+				v.write(it)
+			}
+			v.out.release(nil)
 		}
 	}
+}
+
+// writeNow writes m on conn from the calling goroutine, which claimed the
+// right to write (claimIdle): nothing queued before m is left unwritten.
+// If the connection does not take the frame at once m is queued, ahead of
+// what was queued meanwhile, for sendLoop. It never waits: the caller may
+// be a pager thread.
+func (v *VCore) writeNow(conn *wire.Conn, m wire.Message) {
+	sent, err := conn.TrySendMsg(m)
+	if err != nil && !errors.Is(err, wire.ErrClosed) {
+		v.log.Warn("send to core failed; dropping the connection (it is redialed and the state replayed)", "type", m.Type(), "err", err)
+		conn.Close()
+	}
+	if sent || err != nil {
+		v.out.release(nil)
+		return
+	}
+	v.out.release(&outItem{conn: conn, msg: m})
 }
 
 // write sends one queued message. A failure other than a closed connection

@@ -421,13 +421,52 @@ func (v *VCore) sendLocked(m wire.Message) {
 // goes to core. It only records the fault and queues the Forward behind the
 // registrations made before it: it never waits for core.
 func (v *VCore) forward(f pager.Fault) {
+	msg := v.recordForward(f)
+	if msg == nil {
+		return
+	}
+	v.mu.Lock()
+	v.queueLocked(msg, nil)
+	v.mu.Unlock()
+}
+
+// tryForward is the pager's TryForward callback, run on the pager thread
+// that read the fault: the fast path of forward. When the connection is
+// idle (nothing queued, nobody writing) the thread writes the Forward
+// itself, without waiting, instead of handing it to the forwarder and the
+// outbox goroutines. It must not block (the thread holds the uffd's
+// locks, which a registration holding v.mu may wait for), so it only
+// tries v.mu: false when it is busy — a registration may be under way,
+// whose messages must reach core first — and the pager queues the fault
+// for forward.
+func (v *VCore) tryForward(f pager.Fault) bool {
+	if !v.mu.TryLock() {
+		return false
+	}
+	msg := v.recordForward(f)
+	conn := v.conn
+	direct := msg != nil && conn != nil && v.out.claimIdle()
+	if msg != nil && !direct {
+		v.queueLocked(msg, nil)
+	}
+	v.mu.Unlock()
+	if direct {
+		v.writeNow(conn, msg)
+	}
+	return true
+}
+
+// recordForward records f as pending (a resync replays it until core
+// answers) and returns its Forward; nil when the same page is already on
+// its way to core.
+func (v *VCore) recordForward(f pager.Fault) *wire.Forward {
 	v.fwdMu.Lock()
+	defer v.fwdMu.Unlock()
 	key := fwdKey{uffd: f.Uffd, addr: uint64(f.Addr)}
 	if _, dup := v.fwdInflight[key]; dup {
 		// The same page is already on its way to core (a thread woken by
 		// a signal faults again): core's answer wakes every waiter.
-		v.fwdMu.Unlock()
-		return
+		return nil
 	}
 	if v.fwdInflight == nil {
 		v.fwdInflight = map[fwdKey]uint64{}
@@ -440,10 +479,7 @@ func (v *VCore) forward(f pager.Fault) {
 		start = time.Now()
 	}
 	v.pending[msg.SeqNo] = pendingForward{msg: *msg, sent: start}
-	v.fwdMu.Unlock()
-	v.mu.Lock()
-	v.queueLocked(msg, nil)
-	v.mu.Unlock()
+	return msg
 }
 
 // forwardDone records the round trip of an answered forward and, once core
@@ -467,13 +503,30 @@ func (v *VCore) forwardDone(d wire.ForwardDone) {
 }
 
 // forwardAnswered is forwardDone's bookkeeping; it returns the forward
-// answered (ok false: none pending, e.g. answered twice).
+// answered (ok false: none pending, e.g. answered twice). A refused forward
+// fails the faulting thread (SIGBUS), outside fwdMu: a pager thread takes
+// fwdMu holding the uffd's lock, which Fail takes too.
 func (v *VCore) forwardAnswered(d wire.ForwardDone) (wire.Forward, bool) {
+	p, ok := v.answered(d)
+	if ok && d.Errno != 0 {
+		// Core cannot back the page: the faulting thread gets SIGBUS
+		// rather than waiting forever.
+		v.log.Warn("core could not resolve a forwarded fault", "uffd", p.msg.UffdID, "dataspace", p.msg.Dataspace,
+			"addr", fmt.Sprintf("%#x", p.msg.Addr), "offset", p.msg.Offset, "errno", d.Errno)
+		if err := v.pgr.Fail(p.msg.UffdID, uintptr(p.msg.Addr), p.msg.TID, "core could not resolve a forwarded fault"); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
+			v.log.Warn("fail a forwarded fault", "uffd", p.msg.UffdID, "err", err)
+		}
+	}
+	return p.msg, ok
+}
+
+// answered removes the pending forward d answers and records its round trip.
+func (v *VCore) answered(d wire.ForwardDone) (pendingForward, bool) {
 	v.fwdMu.Lock()
 	defer v.fwdMu.Unlock()
 	p, ok := v.pending[d.SeqNo]
 	if !ok {
-		return wire.Forward{}, false // answered twice (replayed after a reconnect)
+		return pendingForward{}, false // answered twice (replayed after a reconnect)
 	}
 	delete(v.pending, d.SeqNo)
 	if key := (fwdKey{uffd: p.msg.UffdID, addr: p.msg.Addr}); v.fwdInflight[key] == d.SeqNo {
@@ -485,16 +538,7 @@ func (v *VCore) forwardAnswered(d wire.ForwardDone) (wire.Forward, bool) {
 		v.fwdLat[p.msg.Dataspace] = h
 	}
 	h.Record(int64(time.Since(p.sent)))
-	if d.Errno != 0 {
-		// Core cannot back the page: the faulting thread gets SIGBUS
-		// rather than waiting forever.
-		v.log.Warn("core could not resolve a forwarded fault", "uffd", p.msg.UffdID, "dataspace", p.msg.Dataspace,
-			"addr", fmt.Sprintf("%#x", p.msg.Addr), "offset", p.msg.Offset, "errno", d.Errno)
-		if err := v.pgr.Fail(p.msg.UffdID, uintptr(p.msg.Addr), p.msg.TID, "core could not resolve a forwarded fault"); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
-			v.log.Warn("fail a forwarded fault", "uffd", p.msg.UffdID, "err", err)
-		}
-	}
-	return p.msg, true
+	return p, true
 }
 
 // forwardLatency returns a copy of the forwarded-fault round trips of ds.

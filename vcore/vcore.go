@@ -141,7 +141,8 @@ type VCore struct {
 	declared  declaredSet   // local dataspaces declared to core on conn
 
 	// out queues the messages to core; sendLoop writes them, holding no
-	// lock across the I/O.
+	// lock across the I/O (a Forward on an idle connection is written by
+	// the pager thread itself: tryForward).
 	out outbox
 
 	// fwdMu guards the forwarded faults in flight and their latencies.
@@ -259,6 +260,7 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 		Threads:     threads,
 		FaultAround: v.faultAround(),
 		Forward:     v.forward,
+		TryForward:  v.tryForward,
 		// An UNMAP the pager read changes core's view too.
 		RegionsChanged: func(id uint64) { go v.regionsChanged(id) },
 		Log:            v.log.With("part", "pager"),

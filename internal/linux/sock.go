@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -183,3 +185,59 @@ func RecvPeek(c *net.UnixConn, b []byte) (int, error) {
 // ErrPeerClosed is returned by RecvPeek when the peer closed the connection
 // before sending enough bytes.
 var ErrPeerClosed = errors.New("linux: peer closed the connection")
+
+// SendNow writes p to a connected unix socket (rc: its SyscallConn) with one sendmsg(2) that does
+// not wait: where the socket cannot take the data at once it returns
+// EAGAIN having written nothing. It may write part of p (n < len(p)); the
+// caller writes the rest. No descriptors are attached.
+func SendNow(rc syscall.RawConn, p []byte) (n int, err error) {
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		for {
+			n, serr = unix.SendmsgN(int(fd), p, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+			if serr != unix.EINTR {
+				return true // written or not: never wait here
+			}
+		}
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sendmsg: %w", err)
+	}
+	if serr != nil {
+		return 0, sysErr("sendmsg", serr)
+	}
+	return n, nil
+}
+
+// Readiness tells, without waiting, whether a socket has data, an end of
+// stream or an error to read: one recv(2) with MSG_PEEK|MSG_DONTWAIT per
+// Ready. It does not allocate (a poll loop calls it back to back). Not safe
+// for concurrent use.
+type Readiness struct {
+	rc    syscall.RawConn
+	b     [1]byte
+	ready bool
+	check func(fd uintptr) bool
+}
+
+// NewReadiness returns a Readiness for the socket rc (a SyscallConn).
+func NewReadiness(rc syscall.RawConn) *Readiness {
+	r := &Readiness{rc: rc}
+	r.check = func(fd uintptr) bool {
+		// recvfrom(2) directly: unix.Recvfrom allocates a sockaddr per call.
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&r.b[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		r.ready = errno != unix.EAGAIN && errno != unix.EINTR
+		return true
+	}
+	return r
+}
+
+// Ready reports whether the socket is readable now; a closed socket is not.
+func (r *Readiness) Ready() bool {
+	r.ready = false
+	if err := r.rc.Read(r.check); err != nil {
+		return false
+	}
+	return r.ready
+}

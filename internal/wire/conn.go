@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/vcored/vcored/internal/linux"
@@ -17,6 +19,8 @@ import (
 // at once (frames never interleave); only one may Recv at a time.
 type Conn struct {
 	uc   *net.UnixConn
+	raw  syscall.RawConn  // uc's, for TrySendMsg
+	rdy  *linux.Readiness // for Poll (reader-owned)
 	peer linux.Ucred
 
 	wmu  sync.Mutex // serialises senders; guards wbuf
@@ -50,7 +54,8 @@ func NewConn(uc *net.UnixConn) (*Conn, error) {
 }
 
 func newConn(uc *net.UnixConn, cred linux.Ucred) *Conn {
-	return &Conn{uc: uc, peer: cred, roob: make([]byte, linux.RightsSpace(MaxFDs)), wtimeout: DefaultWriteTimeout}
+	raw, _ := uc.SyscallConn() // fails only for a nil conn
+	return &Conn{uc: uc, raw: raw, rdy: linux.NewReadiness(raw), peer: cred, roob: make([]byte, linux.RightsSpace(MaxFDs)), wtimeout: DefaultWriteTimeout}
 }
 
 // DefaultWriteTimeout bounds every frame a Conn writes: a peer that does not
@@ -160,6 +165,52 @@ func (c *Conn) SendMsg(m Message, fds ...int) error {
 	return c.write(t, buf, fds)
 }
 
+// TrySendMsg sends m (no descriptors) only if that needs no waiting:
+// another sender is not writing and the socket takes the frame at once.
+// Otherwise it returns false having written nothing, and the caller sends
+// it later (SendMsg). It lets a thread that must never block (a pager
+// thread) write a frame itself on an idle connection. In the unlikely case
+// that the socket takes only part of the frame, the rest is written as by
+// SendMsg (the write timeout applies); a unix stream socket takes a small
+// frame whole or not at all, so a caller that must not block does not.
+func (c *Conn) TrySendMsg(m Message) (bool, error) {
+	t := m.Type()
+	if err := checkSend(t, 0, 0); err != nil {
+		return false, err
+	}
+	if !c.wmu.TryLock() {
+		return false, nil
+	}
+	defer c.wmu.Unlock()
+	if c.closed.Load() {
+		return false, ErrClosed
+	}
+	var h [HeaderSize]byte
+	buf, err := m.AppendMarshal(append(c.wbuf[:0], h[:]...))
+	if err != nil {
+		return false, err
+	}
+	c.wbuf = buf[:0]
+	n := len(buf) - HeaderSize
+	if n > MaxPayload {
+		return false, fmt.Errorf("%w: %s payload of %d bytes (max %d)", ErrTooLarge, t, n, MaxPayload)
+	}
+	PutHeader(buf, Header{Length: uint32(n), Type: t})
+	w, err := linux.SendNow(c.raw, buf)
+	switch {
+	case errors.Is(err, linux.EAGAIN):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("wire: send %s: %w", t, err)
+	case w < len(buf):
+		if err := c.write(t, buf[w:], nil); err != nil {
+			c.Close() // part of the frame is on the wire
+			return true, err
+		}
+	}
+	return true, nil
+}
+
 func checkSend(t Type, n, nfds int) error {
 	if !t.Known() {
 		return fmt.Errorf("wire: send: %w %d", ErrUnknownType, uint16(t))
@@ -255,6 +306,31 @@ func (c *Conn) Recv() (Frame, error) {
 		return broken(fmt.Errorf("wire: recv %s: %w: %d descriptors arrived, header announced %d", h.Type, ErrProtocol, len(fds), h.NFDs))
 	}
 	return Frame{Type: h.Type, Payload: payload, FDs: fds}, nil
+}
+
+// Poll waits up to d for the next frame to start arriving by polling the
+// socket, without sleeping: the calling thread keeps its CPU awake (other
+// goroutines run between polls; other threads preempt it as the kernel's
+// scheduler decides — it does not sched_yield, which on a busy CPU would
+// hand the CPU away for a whole time slice and defeat the poll). It reports
+// whether data (or the end of the stream) is there; Recv then reads it
+// without waiting for a wake-up. For a reader that expects its peer to
+// answer within microseconds, when waking a sleeping CPU costs more than
+// that. Keep d short: the CPU is busy for all of it.
+func (c *Conn) Poll(d time.Duration) bool {
+	if c.closed.Load() || c.rerr != nil {
+		return false
+	}
+	end := time.Now().Add(d)
+	for {
+		if c.rdy.Ready() {
+			return true
+		}
+		if !time.Now().Before(end) {
+			return false
+		}
+		runtime.Gosched()
+	}
 }
 
 func (c *Conn) recvErr(err error) error {
