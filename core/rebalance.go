@@ -446,6 +446,16 @@ func (c *Core) rebalanceParts() []samplePartition {
 		if le.State != StateLive {
 			continue
 		}
+		var subs []sampleSubsystem
+		if CgroupUnder(c.cfg.CgroupParent, le.Cgroup) == nil && c.cg.Exists(le.Cgroup) {
+			subs = c.partitionSubsystems(le.Cgroup)
+		}
+		// A vcore that does not answer yet (starting, or stuck) is left
+		// out of the sample: its partition is no place to move to, and
+		// whether its subsystems may move is unknown.
+		if !c.askVCore(le.Socket, subs) {
+			continue
+		}
 		p := byNode[le.Node]
 		if p == nil {
 			p = &samplePartition{Node: le.Node}
@@ -453,31 +463,6 @@ func (c *Core) rebalanceParts() []samplePartition {
 			nodes = append(nodes, le.Node)
 		}
 		p.CPUs, p.Memory = p.CPUs.Union(le.CPUs), p.Memory+le.Memory
-		if CgroupUnder(c.cfg.CgroupParent, le.Cgroup) != nil || !c.cg.Exists(le.Cgroup) {
-			continue
-		}
-		g, err := c.cg.Load(le.Cgroup)
-		if err != nil {
-			continue
-		}
-		ents, _ := os.ReadDir(g.Dirs()[0])
-		var subs []sampleSubsystem
-		for _, e := range ents {
-			if !e.IsDir() {
-				continue
-			}
-			cg := le.Cgroup + "/" + e.Name()
-			sub, err := c.cg.Load(cg)
-			if err != nil {
-				continue
-			}
-			s := sampleSubsystem{Name: path.Base(le.Cgroup) + "/" + e.Name(), Cgroup: cg}
-			if st, err := sub.Stats(); err == nil {
-				s.CPUs, s.Memory = st.CPUs.Len(), st.MemoryLimit
-			}
-			subs = append(subs, s)
-		}
-		c.askVCore(le.Socket, subs)
 		p.Subsystems = append(p.Subsystems, subs...)
 	}
 	slices.Sort(nodes)
@@ -488,6 +473,32 @@ func (c *Core) rebalanceParts() []samplePartition {
 	return out
 }
 
+// partitionSubsystems lists the subsystem cgroups of a partition cgroup.
+func (c *Core) partitionSubsystems(cgroup string) []sampleSubsystem {
+	g, err := c.cg.Load(cgroup)
+	if err != nil {
+		return nil
+	}
+	ents, _ := os.ReadDir(g.Dirs()[0])
+	var subs []sampleSubsystem
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		cg := cgroup + "/" + e.Name()
+		sub, err := c.cg.Load(cg)
+		if err != nil {
+			continue
+		}
+		s := sampleSubsystem{Name: path.Base(cgroup) + "/" + e.Name(), Cgroup: cg}
+		if st, err := sub.Stats(); err == nil {
+			s.CPUs, s.Memory = st.CPUs.Len(), st.MemoryLimit
+		}
+		subs = append(subs, s)
+	}
+	return subs
+}
+
 // vcoreAskTimeout bounds the sampler's status requests to a vcore.
 const vcoreAskTimeout = time.Second
 
@@ -495,18 +506,19 @@ const vcoreAskTimeout = time.Second
 // movable key of its file, and its pager's fault counts, attributed to each
 // subsystem through the dataspaces it lists (a dataspace listed by several
 // subsystems is split evenly). A vcore that does not answer within
-// vcoreAskTimeout leaves them unknown (not movable, no fault rate).
-func (c *Core) askVCore(socket string, subs []sampleSubsystem) {
-	if socket == "" || len(subs) == 0 {
-		return
+// vcoreAskTimeout leaves them unknown (not movable, no fault rate), and
+// answered is false.
+func (c *Core) askVCore(socket string, subs []sampleSubsystem) (answered bool) {
+	if socket == "" {
+		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), vcoreAskTimeout)
 	defer cancel()
 	cl := api.NewClient(socket)
 	var status []api.Subsystem
 	if err := cl.Get(ctx, "/v1/subsystems", &status); err != nil {
-		c.log.Debug("rebalance: vcore did not say which subsystems are movable", "socket", socket, "err", err)
-		return
+		c.log.Debug("rebalance: vcore did not answer; its partition is left out of this sample", "socket", socket, "err", err)
+		return false
 	}
 	var pg api.Pager
 	pagerErr := cl.Get(ctx, "/v1/pager", &pg)
@@ -536,4 +548,5 @@ func (c *Core) askVCore(socket string, subs []sampleSubsystem) {
 			subs[i].Faults += float64(faults[d]) / float64(listed[d])
 		}
 	}
+	return true
 }

@@ -291,7 +291,9 @@ func TestAskVCore(t *testing.T) {
 
 	c := &Core{log: slog.New(slog.DiscardHandler)}
 	subs := []sampleSubsystem{{Name: "node0/a", Cgroup: "vcored/node0/a"}, {Name: "node0/b", Cgroup: "vcored/node0/b"}, {Name: "node0/gone", Cgroup: "vcored/node0/gone"}}
-	c.askVCore(sock, subs)
+	if !c.askVCore(sock, subs) {
+		t.Error("askVCore: an answering vcore reported as not answering")
+	}
 	want := []sampleSubsystem{
 		{Name: "node0/a", Cgroup: "vcored/node0/a", Movable: true, Faults: 125, HaveFaults: true},
 		{Name: "node0/b", Cgroup: "vcored/node0/b", Faults: 25, HaveFaults: true},
@@ -318,7 +320,9 @@ func TestAskVCore(t *testing.T) {
 	}()
 	subs = []sampleSubsystem{{Name: "node0/a", Cgroup: "vcored/node0/a"}}
 	start := time.Now()
-	c.askVCore(dir+"/mute.sock", subs)
+	if c.askVCore(dir+"/mute.sock", subs) {
+		t.Error("askVCore: a mute vcore reported as answering (its partition would be a move target)")
+	}
 	if took := time.Since(start); took > 10*vcoreAskTimeout || subs[0].Movable || subs[0].HaveFaults {
 		t.Errorf("mute vcore: took %v, subsystem %+v", took, subs[0])
 	}

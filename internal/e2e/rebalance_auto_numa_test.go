@@ -47,12 +47,15 @@ func TestNumaRebalanceAuto(t *testing.T) {
 	for i, n := range nodes[1:] {
 		c.startVCore(i+1, c.vcoreConfigFor(i+1, n, sleeper))
 	}
-	// The burners' pids, before anything moves (a live move keeps them).
+	// The burners' pids (a live move keeps them). Core may have moved one
+	// already (it samples every 200 ms): look on every vcore.
 	pids := map[string]int{}
 	eventually(t, 30*time.Second, "every burner running", func() (bool, string) {
-		for _, s := range get[[]api.Subsystem](t, c.vcoreSocket(0), "/v1/subsystems") {
-			if s.State == "running" && len(s.Pids) > 0 {
-				pids[s.Name] = s.Pids[0]
+		for i := range nodes {
+			for _, s := range get[[]api.Subsystem](t, c.vcoreSocket(i), "/v1/subsystems") {
+				if strings.HasPrefix(s.Name, "burner") && s.State == "running" && len(s.Pids) > 0 {
+					pids[s.Name] = s.Pids[0]
+				}
 			}
 		}
 		return len(pids) == c.partitionCPUs(hot).Len()+1, fmt.Sprintf("%v", pids)
