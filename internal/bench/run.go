@@ -60,7 +60,9 @@ const (
 	QuickPages   = 2048
 	DefaultPages = 16384
 	DefaultReps  = 3
-	QuickReps    = 3
+	// QuickReps: --quick runs 5 repetitions (each quick repetition takes
+	// ~2 s here): the ratios taken rep by rep need pairs more than pages.
+	QuickReps = 5
 )
 
 // run is one measured run in the plan.
@@ -85,6 +87,8 @@ type run struct {
 	ckpt         string
 	syncTracking bool
 	optIn        bool
+	// floorOf: see ModeSpec.FloorOf.
+	floorOf []string
 }
 
 // Plan returns the runs of one repetition, in order. The registered modes
@@ -93,21 +97,40 @@ type run struct {
 // sequential baselines too.
 func Plan(c Config) []run {
 	var all []run
+	nonSeq := c.Pattern != PatternSeq && c.Pattern != ""
 	for _, m := range Registry {
 		pattern := c.Pattern
 		if m.Pattern != "" {
 			pattern = m.Pattern
 		}
+		floorOf := m.FloorOf
+		if nonSeq {
+			// local_prefetch is compared with kernel_seq, not with the
+			// kernel's first touch in the main pattern; local_prefetch_<p>
+			// with local.
+			switch m.Name {
+			case ModeKernel:
+				floorOf = slices.DeleteFunc(slices.Clone(floorOf), func(s string) bool { return s == ModeLocalPrefetch })
+			case ModeLocal:
+				floorOf = append(slices.Clone(floorOf), ModeLocalPrefetch)
+			}
+		}
 		all = append(all, run{mode: m.Name, base: m.Family, daemon: m.Daemon, worker: m.Worker, pattern: pattern,
-			faultAround: 1, shared: m.Shared, crossCPU: m.CrossCPU, prefetch: m.Prefetch, zero: m.Zero,
-			coreOnly: m.CoreOnly, warm: m.Warm, ckpt: m.Ckpt, syncTracking: m.SyncTracking, optIn: m.OptIn})
+			faultAround: max(m.FaultAround, 1), shared: m.Shared, crossCPU: m.CrossCPU, prefetch: m.Prefetch, zero: m.Zero,
+			coreOnly: m.CoreOnly, warm: m.Warm, ckpt: m.Ckpt, syncTracking: m.SyncTracking, optIn: m.OptIn,
+			floorOf: floorOf})
+		if m.Name == ModeLocal && nonSeq {
+			// Prefetch on the main pattern, compared with local (prefetch
+			// off) rep by rep: right after it, so that the pair sees the
+			// same machine (Run reverses every other repetition, so the
+			// pair's order alternates).
+			all = append(all, run{mode: PrefetchPatternMode(c.Pattern), base: ModeLocalPrefetch, daemon: config.PagerLocal,
+				worker: WorkerUffd, pattern: c.Pattern, faultAround: 1, prefetch: true})
+		}
 	}
-	if c.Pattern != PatternSeq && c.Pattern != "" {
-		// Prefetch on the main pattern (compared with local, prefetch
-		// off) and the kernel's sequential first touch local_prefetch is
-		// compared with (unless the fault-around runs add it below).
-		all = append(all, run{mode: PrefetchPatternMode(c.Pattern), base: ModeLocalPrefetch, daemon: config.PagerLocal,
-			worker: WorkerUffd, pattern: c.Pattern, faultAround: 1, prefetch: true})
+	if nonSeq {
+		// The kernel's sequential first touch local_prefetch is compared
+		// with (unless the fault-around runs add it below).
 		if c.FaultAround <= 1 {
 			all = append(all, run{mode: SeqMode(ModeKernel), base: ModeLocalPrefetch, worker: WorkerKernel, pattern: PatternSeq, faultAround: 1})
 		}
@@ -130,7 +153,8 @@ func Plan(c Config) []run {
 	}
 	var out []run
 	for _, r := range all {
-		if slices.Contains(c.Modes, r.base) || slices.Contains(c.Modes, r.mode) {
+		floor := slices.ContainsFunc(r.floorOf, func(m string) bool { return slices.Contains(c.Modes, m) })
+		if floor || slices.Contains(c.Modes, r.base) || slices.Contains(c.Modes, r.mode) {
 			out = append(out, r)
 		}
 	}
@@ -149,6 +173,9 @@ func (c *Config) defaults() error {
 	}
 	if c.Reps < 1 {
 		c.Reps = DefaultReps
+		if c.Quick {
+			c.Reps = QuickReps
+		}
 	}
 	if c.Pattern == "" {
 		c.Pattern = PatternSeq
@@ -242,7 +269,7 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 	var failed []string
 loop:
 	for rep := 1; rep <= c.Reps; rep++ {
-		for _, r := range plan {
+		for _, r := range repOrder(plan, rep) {
 			if ctx.Err() != nil {
 				break loop
 			}
@@ -290,6 +317,20 @@ loop:
 		return rep, fmt.Errorf("bench: %d of %d runs failed: %s", len(failed), len(samples), strings.Join(failed, "; "))
 	}
 	return rep, nil
+}
+
+// repOrder is the order of repetition rep's runs: the plan, reversed in
+// every second repetition (A B C, C B A, A B C, …), so that neighbours
+// in the plan — a mode and its floor, prefetch on and off — run next to
+// each other and each goes first as often as the other; a drift of the
+// machine during a repetition then favours neither.
+func repOrder(plan []run, rep int) []run {
+	if rep%2 == 1 {
+		return plan
+	}
+	r := slices.Clone(plan)
+	slices.Reverse(r)
+	return r
 }
 
 func progressWriter(w io.Writer) io.Writer {
