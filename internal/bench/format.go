@@ -168,8 +168,8 @@ func (r *Report) writeFaults(w io.Writer) error {
 	rt := r.Ratios
 	fmt.Fprintf(w, "\nratios: central÷local median %s, p99 %s; local÷raw floor median %s; raw floor÷kernel median %s\n",
 		ratioText(rt.CentralOverLocalMedian), ratioText(rt.CentralOverLocalP99), ratioText(rt.LocalOverRawMedian), ratioText(rt.RawOverKernelMedian))
-	fmt.Fprintf(w, "        framework over its floor (local ÷ raw_xproc): median %s, p99 %s\n",
-		ratioText(rt.LocalOverRawXprocMedian), ratioText(rt.LocalOverRawXprocP99))
+	fmt.Fprintf(w, "        framework over its floor (local ÷ raw_xproc): median %s, p99 %s (rep by rep %s)\n",
+		ratioText(rt.LocalOverRawXprocMedian), ratioText(rt.LocalOverRawXprocP99), ratioText(rt.LocalOverRawXprocP99PerRep))
 	if r.FaultAround != nil {
 		fmt.Fprintf(w, "        fault-around %d per page ÷ kernel first touch: local %s, raw floor %s\n",
 			r.FaultAround.Pages, ratioText(rt.FaultAroundPerPageOverKernel), ratioText(rt.RawFaultAroundOverKernel))
@@ -220,7 +220,7 @@ func (t Target) Text() string {
 		return fmt.Sprintf("%-12s  %s = %.3g (goal %s): not attainable on this machine (its floor, %s, is %.3g); judged instead: %s",
 			"UNATTAINABLE", t.Name, t.Value, t.Goal, t.FloorKey, t.Floor, t.Instead)
 	case StatusInfo:
-		return fmt.Sprintf("%-12s  %s = %.3g (goal %s; not judged: %s is attainable here and judged as written)",
+		return fmt.Sprintf("%-12s  %s = %.3g (goal %s; not judged: %s is judged as written, its floor meets it or was not measured)",
 			"info", t.Name, t.Value, t.Goal, t.For)
 	}
 	line := fmt.Sprintf("%-12s  %s = %.3g (goal %s)", t.Status, t.Name, t.Value, t.Goal)

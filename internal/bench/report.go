@@ -271,6 +271,11 @@ type Ratios struct {
 	// on the faulting CPU, the floor of any pager outside the worker.
 	LocalOverRawXprocMedian float64 `json:"local_over_raw_xproc_median"`
 	LocalOverRawXprocP99    float64 `json:"local_over_raw_xproc_p99"`
+	// LocalOverRawXprocP99PerRep is the same p99 ratio taken rep by rep
+	// (median of the reps' ratios; reported, the target is the pooled
+	// one above): when it and the pooled one disagree, one repetition
+	// was disturbed.
+	LocalOverRawXprocP99PerRep float64 `json:"local_over_raw_xproc_p99_per_rep,omitempty"`
 	// RawXprocOverRawMedian is the machine's own cross-address-space
 	// penalty: the minimal handler in another process ÷ in the worker's,
 	// both on the faulting CPU.
@@ -662,6 +667,7 @@ func Build(machine Machine, params Params, samples []RunSample) *Report {
 		if okL {
 			r.Ratios.LocalOverRawXprocMedian = ratio(float64(local.MedianNS), float64(xproc.MedianNS))
 			r.Ratios.LocalOverRawXprocP99 = ratio(float64(local.P99NS), float64(xproc.P99NS))
+			r.Ratios.LocalOverRawXprocP99PerRep = pairedRatio(local, xproc, func(f repFigures) float64 { return float64(f.p99NS) })
 		}
 		if okR {
 			r.Ratios.RawXprocOverRawMedian = ratio(float64(xproc.MedianNS), float64(raw.MedianNS))

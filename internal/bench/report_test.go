@@ -345,18 +345,18 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		return out
 	}
 	got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 16}))
-	want := []string{"local", "central", "raw_floor", "raw_xproc", "raw_cross", "kernel", "local_prefetch", "prefetch_floor", "forwarded", "replicated", "local_fa16", "raw_floor_fa16"}
+	want := []string{"raw_xproc", "local", "central", "raw_floor", "raw_cross", "kernel", "local_prefetch", "prefetch_floor", "forwarded", "replicated", "local_fa16", "raw_floor_fa16"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
 	got = names(Plan(Config{Pattern: PatternRandom, FaultAround: 16, Modes: []string{ModeRaw, ModeKernel}}))
-	want = []string{"raw_floor", "raw_xproc", "raw_cross", "kernel", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"}
+	want = []string{"raw_xproc", "raw_floor", "raw_cross", "kernel", "raw_floor_fa16", "raw_floor_seq", "kernel_seq"}
 	if !slices.Equal(got, want) {
 		t.Errorf("filtered plan %v, want %v", got, want)
 	}
 	// A mode may be named on its own, not only by its family.
 	got = names(Plan(Config{Pattern: PatternSeq, FaultAround: 16, Modes: []string{ModeLocal, ModeRawXproc}}))
-	want = []string{"local", "raw_xproc", "local_fa16"}
+	want = []string{"raw_xproc", "local", "local_fa16"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan of local,raw_xproc %v, want %v", got, want)
 	}
@@ -364,7 +364,7 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 	// needs local, raw_xproc and raw_cross; local_prefetch the kernel
 	// and prefetch_floor (its family).
 	got = names(Plan(Config{Pattern: PatternSeq, FaultAround: 1, Modes: []string{ModeForwarded}}))
-	want = []string{"local", "raw_xproc", "raw_cross", "forwarded", "replicated"}
+	want = []string{"raw_xproc", "local", "raw_cross", "forwarded", "replicated"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan of forwarded %v, want %v", got, want)
 	}
@@ -410,6 +410,15 @@ func TestMedianOf(t *testing.T) {
 // prefetch-on run of that pattern (and the kernel's sequential first touch
 // local_prefetch is compared with); the on ÷ off ratio is per page.
 func TestPrefetchRandomPlanAndRatio(t *testing.T) {
+	// With fault-around (the default) kernel_seq comes from the
+	// fault-around block, and is still run for local_prefetch.
+	var fa []string
+	for _, r := range Plan(Config{Pattern: PatternRandom, FaultAround: 16, Modes: []string{ModeLocalPrefetch}}) {
+		fa = append(fa, r.mode)
+	}
+	if want := []string{ModeLocal, "local_prefetch_random", ModeLocalPrefetch, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(fa, want) {
+		t.Errorf("plan with fault-around %v, want %v", fa, want)
+	}
 	var got []string
 	for _, r := range Plan(Config{Pattern: PatternRandom, FaultAround: 1, Modes: []string{ModeLocalPrefetch}}) {
 		got = append(got, r.mode)
