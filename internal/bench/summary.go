@@ -120,7 +120,10 @@ func ckptSummary(c *CheckpointReport) string {
 		parts = append(parts, fmt.Sprintf("a restored page's first touch costs %.2f× a local fault", c.RestoreFirstTouchOverLocal))
 	}
 	if c.RestoreThroughputOverRead > 0 {
-		parts = append(parts, fmt.Sprintf("a sequential restore runs at %.2f× a read of the image", c.RestoreThroughputOverRead))
+		parts = append(parts, fmt.Sprintf("a full restore (restore_prefetch) runs at %.2f× a read of the image", c.RestoreThroughputOverRead))
+	}
+	if c.RestoreLazyThroughputOverRead > 0 {
+		parts = append(parts, fmt.Sprintf("a lazy one, touched sequentially, at %.2f×", c.RestoreLazyThroughputOverRead))
 	}
 	if c.RestartStartBigOverSmall > 0 {
 		parts = append(parts, fmt.Sprintf("a restart reaches the worker's first instruction in %.2f× the time with %d× the pages",
