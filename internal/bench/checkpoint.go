@@ -462,7 +462,12 @@ func (c *ckptSession) checkpoint(ctx context.Context, sub ckptSub, cs *CkptSampl
 		}
 		cs.Track = append(cs.Track, CkptEpoch{Pages: st.Pages, Passes: st.Passes, UntrackedNS: st.UntrackedNS, TrackedNS: st.TrackedNS,
 			UntrackedWallNS: st.UntrackedWallNS, TrackedWallNS: st.TrackedWallNS})
-		if _, err := c.ckpt(ctx, sub, sub.trackPages); err != nil {
+		// The epoch wrote the hot set: a checkpoint stores exactly it.
+		hot := min(c.r.Sizes.HotPages, sub.trackPages)
+		if st.Pages != hot {
+			return fmt.Errorf("worker %s wrote a hot set of %d pages, want %d", sub.name, st.Pages, hot)
+		}
+		if _, err := c.ckpt(ctx, sub, hot); err != nil {
 			return err
 		}
 		if err := c.next(sub, k); err != nil {

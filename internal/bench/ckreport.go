@@ -37,7 +37,7 @@ type CheckpointReport struct {
 	RestoreFirstTouchOverLocal float64 `json:"restore_first_touch_over_local"`
 	// RestoreThroughputOverRead is the full restore's throughput with
 	// restore_prefetch = true — the persistent dataspace's bytes ÷ the
-	// time from the restarted worker's attach until every page is present
+	// time from the restarted worker's attach call until every page is present
 	// — ÷ a sequential read of the image's layer files in 1 MiB reads (the
 	// page cache as the restore found it). The lazy restore's is
 	// RestoreLazyThroughputOverRead.
@@ -81,7 +81,7 @@ type CheckpointReport struct {
 	RestoreLazyThroughputOverRead float64 `json:"restore_lazy_throughput_over_read,omitempty"`
 	// The full restore with restore_prefetch = true: every page of the
 	// persistent dataspace present RestorePrefetchMS after the restarted
-	// worker's attach returned (it touches nothing meanwhile), at
+	// worker began its attach (it touches nothing meanwhile), at
 	// RestorePrefetchMBps; the image read next to it.
 	RestorePrefetchMS            float64 `json:"restore_prefetch_ms,omitempty"`
 	RestorePrefetchMBps          float64 `json:"restore_prefetch_mb_per_s,omitempty"`
@@ -346,7 +346,7 @@ func (c *CheckpointReport) writeText(w io.Writer, p Params) {
 			ratioText(c.RestoreFirstTouchOverLocal), c.RestoreMBps, c.ImageReadMBps, ratioText(c.RestoreLazyThroughputOverRead))
 	}
 	if c.RestorePrefetchMS > 0 {
-		fmt.Fprintf(w, "  restore (restore_prefetch = true): every page present %.1f ms after the attach, %.0f MB/s vs image read %.0f MB/s: %s\n",
+		fmt.Fprintf(w, "  restore (restore_prefetch = true): every page present %.1f ms after the attach began, %.0f MB/s vs image read %.0f MB/s: %s\n",
 			c.RestorePrefetchMS, c.RestorePrefetchMBps, c.RestorePrefetchImageReadMBps, ratioText(c.RestoreThroughputOverRead))
 	}
 	if len(c.RestartStartMS) > 0 {

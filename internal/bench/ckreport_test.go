@@ -271,7 +271,7 @@ func TestBuildCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := out.String()
-	for _, want := range []string{"dirty tracking: write loop tracked ÷ untracked: async 1.20×", "sync 12.00×", "every page present 3.2 ms after the attach, 2048 MB/s vs image read 4096 MB/s: 0.50×",
+	for _, want := range []string{"dirty tracking: write loop tracked ÷ untracked: async 1.20×", "sync 12.00×", "every page present 3.2 ms after the attach began, 2048 MB/s vs image read 4096 MB/s: 0.50×",
 		"full checkpoint: 200.0 ms frozen", "throughput ratio 0.80×", "incremental checkpoint (10 pages): 6.00 ms frozen, 0.03×",
 		"image read 4096 MB/s: 0.25×", "100 pages 50.0 ms", "1600 pages 40.0 ms", "big ÷ small 0.80×",
 		"move live: downtime 1.5 ms, total 900.0 ms, 1024.0 MiB", "MISS          write loop with async dirty tracking"} {

@@ -74,7 +74,7 @@ type CkptStep struct {
 	// Restored with restore_prefetch (--ckpt-prefetch): the restarted
 	// life touched nothing until PresentPages (every page of the
 	// persistent dataspace) were present, PresentNS after its attach
-	// returned (pagemap, polled every millisecond).
+	// began (pagemap, polled every millisecond).
 	PresentPages int      `json:"present_pages,omitempty"`
 	PresentNS    int64    `json:"present_ns,omitempty"`
 	Errors       []string `json:"errors,omitempty"`

@@ -278,6 +278,7 @@ func (w *ckptWorker) verifyAll() (int, error) {
 // every page (reads), verify what the first life wrote.
 func (w *ckptWorker) restored(ctx context.Context) (err error) {
 	s := &bench.CkptStep{Kind: bench.StepRestored, Pid: os.Getpid(), StartUnixNS: processStart.UnixNano()}
+	attachStart := time.Now()
 	detachP, detachU, err := w.attach(ctx)
 	if err != nil {
 		return err
@@ -297,7 +298,7 @@ func (w *ckptWorker) restored(ctx context.Context) (err error) {
 	// The plain dataspace is not persistent: zero again.
 	w.ugen, w.uhot = 0, 0
 	if w.c.Prefetch {
-		n, ns, err := w.waitPresent(ctx)
+		n, ns, err := w.waitPresent(ctx, attachStart)
 		s.PresentPages, s.PresentNS = n, ns
 		if err != nil {
 			s.Errors = append(s.Errors, err.Error())
@@ -336,10 +337,10 @@ func (w *ckptWorker) restored(ctx context.Context) (err error) {
 // persistent dataspace is present (the vcore's restore prefetch mapped
 // it), polling its pagemap every millisecond (sleeping in between: the
 // prefetch runs at idle priority on this CPU). It returns the pages
-// present and the time since the attach returned; an error when the
-// prefetch makes no progress for 10 s.
-func (w *ckptWorker) waitPresent(ctx context.Context) (int, int64, error) {
-	t0 := time.Now()
+// present and the time since t0 (the attach's start: the attach maps and
+// registers the region, and the prefetch may start before it returns);
+// an error when the prefetch makes no progress for 10 s.
+func (w *ckptWorker) waitPresent(ctx context.Context, t0 time.Time) (int, int64, error) {
 	pm, err := linux.OpenPagemap(os.Getpid())
 	if err != nil {
 		return 0, 0, err
