@@ -45,6 +45,12 @@ func TestBenchCheckExitCodes(t *testing.T) {
 	miss := fakeReport(map[string]int64{bench.ModeLocal: 20, bench.ModeCentral: 200, bench.ModeRawXproc: 9})
 	// Only the floors: no target measured.
 	none := fakeReport(map[string]int64{bench.ModeRaw: 5, bench.ModeRawXproc: 9})
+	// forwarded 44 µs ÷ local 10 µs = 4.4 misses ≤ 3, but so does its floor
+	// raw_cross ÷ raw_xproc = 55 ÷ 9: the goal is not attainable here and
+	// forwarded ÷ raw_cross = 0.8 ≤ 1.2 is judged instead (passes); at
+	// 80 µs (1.45) it misses.
+	floorPass := fakeReport(map[string]int64{bench.ModeLocal: 10, bench.ModeCentral: 100, bench.ModeRawXproc: 9, bench.ModeRawCross: 55, bench.ModeForwarded: 44})
+	floorMiss := fakeReport(map[string]int64{bench.ModeLocal: 10, bench.ModeCentral: 100, bench.ModeRawXproc: 9, bench.ModeRawCross: 55, bench.ModeForwarded: 80})
 	runFailed := errors.New("bench: 1 of 18 runs failed")
 	for _, tc := range []struct {
 		name   string
@@ -58,6 +64,9 @@ func TestBenchCheckExitCodes(t *testing.T) {
 		{"check, all measured pass", pass, true, nil, exitOK, nil},
 		{"check, nothing measured", none, true, nil, exitOK, nil},
 		{"check, missed", miss, true, nil, exitFailure, []string{"targets missed (--check)", "local_over_raw_xproc_median = 2.2", "local_over_raw_xproc_p99"}},
+		{"check, goal beyond the machine's floor, floor-relative target met", floorPass, true, nil, exitOK, nil},
+		{"check, goal beyond the machine's floor, floor-relative target missed", floorMiss, true, nil, exitFailure,
+			[]string{"forwarded_over_raw_cross_median = 1.4", "(goal ≤ 1.2)"}},
 		{"plain run failed", pass, false, runFailed, exitFailure, []string{"runs failed"}},
 		{"check, run failed", miss, true, runFailed, exitFailure, []string{"runs failed"}},
 	} {
@@ -74,6 +83,16 @@ func TestBenchCheckExitCodes(t *testing.T) {
 				}
 			}
 		})
+	}
+	for _, rep := range []*bench.Report{floorPass, floorMiss} {
+		for _, tg := range rep.Targets {
+			if tg.Key == "forwarded_over_local_median" && tg.Status != bench.StatusUnattainable {
+				t.Errorf("forwarded ÷ local with its floor at 6.1: %s", tg.Status)
+			}
+			if err := benchOutcome(rep, true, nil); tg.Key == "forwarded_over_local_median" && err != nil && strings.Contains(err.Error(), tg.Key+" =") {
+				t.Errorf("--check names the unattainable goal: %v", err)
+			}
+		}
 	}
 	// The passing report really is measured (not a vacuous pass).
 	var measured int
