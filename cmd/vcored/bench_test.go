@@ -180,7 +180,8 @@ func TestBenchCheckpointForReal(t *testing.T) {
 	if err := json.Unmarshal(data, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"checkpoint", "checkpoint_sync", "restore", "checkpoint", "checkpoint_sync", "restore"}; !slices.Equal(rep.Order, want) {
+	// Every second repetition in reverse order.
+	if want := []string{"checkpoint", "checkpoint_sync", "restore", "restore", "checkpoint_sync", "checkpoint"}; !slices.Equal(rep.Order, want) {
 		t.Errorf("order %v, want %v", rep.Order, want)
 	}
 	c, s := rep.Checkpoint, rep.Params.Checkpoint
@@ -194,9 +195,9 @@ func TestBenchCheckpointForReal(t *testing.T) {
 	// the sync one too (its persistent dataspace is as large as its write
 	// loop); each restore worker verifies them before and after its
 	// restart (the small one's plain dataspace is at most as large as its
-	// persistent one).
+	// persistent one; the restore_prefetch one is the big one's size).
 	smallTrack := min(s.TrackPages, s.SmallPages)
-	perRep := (pages + s.TrackPages) + 2*s.TrackPages + 2*(pages+s.TrackPages) + 2*(s.SmallPages+smallTrack)
+	perRep := (pages + s.TrackPages) + 2*s.TrackPages + 2*2*(pages+s.TrackPages) + 2*(s.SmallPages+smallTrack)
 	if c.VerifiedPages != int64(2*perRep) || c.Runs != 6 {
 		t.Errorf("verified %d pages in %d runs, want %d in 6", c.VerifiedPages, c.Runs, 2*perRep)
 	}
@@ -205,6 +206,7 @@ func TestBenchCheckpointForReal(t *testing.T) {
 		"incremental_frozen_ms": c.IncrementalFrozenMS, "incremental_over_full": c.IncrementalOverFull,
 		"full_write_over_dd": c.FullWriteOverDD, "restore_first_touch_over_local": c.RestoreFirstTouchOverLocal,
 		"restore_throughput_over_read": c.RestoreThroughputOverRead, "restart_start_big_over_small": c.RestartStartBigOverSmall,
+		"restore_lazy_throughput_over_read": c.RestoreLazyThroughputOverRead, "restore_prefetch_ms": c.RestorePrefetchMS,
 	} {
 		if v <= 0 {
 			t.Errorf("%s not measured: %v", name, v)
@@ -218,7 +220,7 @@ func TestBenchCheckpointForReal(t *testing.T) {
 		t.Errorf("restart sizes %d, %d; move %+v", c.RestartBigPages, c.RestartSmallPages, c.Move)
 	}
 	for _, want := range []string{"dirty tracking: write loop tracked ÷ untracked: async", "full checkpoint:", "incremental checkpoint",
-		"restore: first touch median", "restart to the worker's first instruction", "write loop with async dirty tracking ÷ without",
+		"restore (lazy): first touch median", "restore (restore_prefetch = true): every page present", "restart to the worker's first instruction", "write loop with async dirty tracking ÷ without",
 		"summary: async dirty tracking costs"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("text lacks %q:\n%s", want, out)
