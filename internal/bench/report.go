@@ -64,8 +64,10 @@ func SeqMode(mode string) string { return mode + "_seq" }
 // RunSample is what one measured run produced: the result of each of its
 // workers and what the bench read from the daemons (local/central runs).
 type RunSample struct {
-	Mode    string
-	Rep     int
+	Mode string
+	Rep  int
+	// Slot tells apart two runs of the mode in one repetition (0, 1).
+	Slot    int
 	Results []*WorkerResult
 	// PagerFaults is how many faults the serving pagers counted for the
 	// workers' own dataspaces (0: unknown).
@@ -174,10 +176,13 @@ type ModeReport struct {
 	Errors          []string   `json:"errors,omitempty"`
 
 	hist *hist.Histogram
-	// byRep holds each repetition's figures (keyed by Rep) for the
-	// ratios taken rep by rep.
+	// byRep holds each run's figures (keyed by repKey: repetition and
+	// slot) for the ratios taken rep by rep.
 	byRep map[int]repFigures
 }
+
+// repKey keys a run's figures by repetition and slot.
+func repKey(rep, slot int) int { return rep*16 + slot }
 
 // repFigures are one repetition's figures of a mode.
 type repFigures struct {
@@ -428,7 +433,7 @@ func buildMode(samples []RunSample) *ModeReport {
 			if m.byRep == nil {
 				m.byRep = map[int]repFigures{}
 			}
-			m.byRep[s.Rep] = repFigures{perPageNS: float64(repTouch) / float64(repPages),
+			m.byRep[repKey(s.Rep, s.Slot)] = repFigures{perPageNS: float64(repTouch) / float64(repPages),
 				medianNS: rep.Quantile(0.5), p99NS: rep.Quantile(0.99)}
 		}
 		m.hist.Merge(rep)

@@ -416,7 +416,7 @@ func TestPrefetchRandomPlanAndRatio(t *testing.T) {
 	for _, r := range Plan(Config{Pattern: PatternRandom, FaultAround: 16, Modes: []string{ModeLocalPrefetch}}) {
 		fa = append(fa, r.mode)
 	}
-	if want := []string{ModeLocal, "local_prefetch_random", ModeLocalPrefetch, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(fa, want) {
+	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(fa, want) {
 		t.Errorf("plan with fault-around %v, want %v", fa, want)
 	}
 	var got []string
@@ -429,22 +429,39 @@ func TestPrefetchRandomPlanAndRatio(t *testing.T) {
 			t.Errorf("local_prefetch_random run %+v", r)
 		}
 	}
-	// local_prefetch_random right after local (its off run), kernel_seq
-	// (not the random kernel) as local_prefetch's reference.
-	if want := []string{ModeLocal, "local_prefetch_random", ModeLocalPrefetch, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(got, want) {
+	// local_prefetch_random right after local (its off run), then a
+	// second pair in the other order (slot 1), kernel_seq (not the random
+	// kernel) as local_prefetch's reference.
+	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
+	}
+	var slots []int
+	for _, r := range Plan(Config{Pattern: PatternRandom, FaultAround: 1, Modes: []string{ModeLocalPrefetch}}) {
+		slots = append(slots, r.slot)
+	}
+	if !slices.Equal(slots, []int{0, 0, 1, 1, 0, 0, 0}) {
+		t.Errorf("slots %v", slots)
 	}
 	var s []RunSample
 	for rep := 1; rep <= 3; rep++ {
+		// Pair by pair: slot 0 at 1.03, slot 1 at 1.01 except one
+		// disturbed on run (2×) — which a pooled per-page mean would
+		// carry, the median of the six pairs' ratios not.
+		on1 := int64(10100)
+		if rep == 2 {
+			on1 = 20000
+		}
 		s = append(s,
 			RunSample{Mode: ModeLocal, Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 10000, 0, nil, 0, 0)}},
 			RunSample{Mode: "local_prefetch_random", Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 10300, 0, nil, 0, 0)}},
+			RunSample{Mode: "local_prefetch_random", Rep: rep, Slot: 1, Results: []*WorkerResult{result(LocalDataspace, 1000, on1, 0, nil, 0, 0)}},
+			RunSample{Mode: ModeLocal, Rep: rep, Slot: 1, Results: []*WorkerResult{result(LocalDataspace, 1000, 10000, 0, nil, 0, 0)}},
 			RunSample{Mode: ModeLocalPrefetch, Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, 1500, 0, nil, 0, 0)}},
 			RunSample{Mode: "kernel_seq", Rep: rep, Results: []*WorkerResult{result("anon", 1000, 2000, 0, nil, 0, 0)}},
 		)
 	}
 	r := Build(Machine{}, Params{Pages: 1000, Pattern: "random", FaultAround: 1, Reps: 3}, s)
-	if !approx(r.Ratios.PrefetchOnOverOff, 1.03) || !approx(r.Ratios.PrefetchPerPageOverKernel, 0.75) {
+	if !approx(r.Ratios.PrefetchOnOverOff, 1.03) || !approx(r.Ratios.PrefetchPerPageOverKernel, 0.75) { // median of 1.01, 1.01, 1.03, 1.03, 1.03, 2
 		t.Errorf("prefetch on/off %v, prefetch/kernel %v", r.Ratios.PrefetchOnOverOff, r.Ratios.PrefetchPerPageOverKernel)
 	}
 	status := map[string]string{}

@@ -89,6 +89,9 @@ type run struct {
 	optIn        bool
 	// floorOf: see ModeSpec.FloorOf.
 	floorOf []string
+	// slot tells apart two runs of a mode in one repetition (the ratios
+	// taken pair by pair match runs of the same repetition and slot).
+	slot int
 }
 
 // Plan returns the runs of one repetition, in order. The registered modes
@@ -124,8 +127,15 @@ func Plan(c Config) []run {
 			// off) rep by rep: right after it, so that the pair sees the
 			// same machine (Run reverses every other repetition, so the
 			// pair's order alternates).
-			all = append(all, run{mode: PrefetchPatternMode(c.Pattern), base: ModeLocalPrefetch, daemon: config.PagerLocal,
-				worker: WorkerUffd, pattern: c.Pattern, faultAround: 1, prefetch: true})
+			on := run{mode: PrefetchPatternMode(c.Pattern), base: ModeLocalPrefetch, daemon: config.PagerLocal,
+				worker: WorkerUffd, pattern: c.Pattern, faultAround: 1, prefetch: true}
+			// A second pair in the opposite order (off on on off): two
+			// pairs per repetition, each taken as a ratio of its own.
+			off2 := all[len(all)-1]
+			off2.slot = 1
+			on2 := on
+			on2.slot = 1
+			all = append(all, on, on2, off2)
 		}
 	}
 	// raw_xproc runs right before local: local's framework targets
@@ -311,7 +321,7 @@ loop:
 			default:
 				s = runDirect(ctx, c, layout, r, dir)
 			}
-			s.Mode, s.Rep = r.mode, rep
+			s.Mode, s.Rep, s.Slot = r.mode, rep, r.slot
 			if s.Err != nil {
 				failed = append(failed, fmt.Sprintf("%s rep %d: %v", r.mode, rep, s.Err))
 				c.Log.Warn("run failed", "mode", r.mode, "rep", rep, "err", s.Err)
