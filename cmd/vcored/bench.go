@@ -132,9 +132,13 @@ func writeBenchHelp(w io.Writer) {
 	fmt.Fprintf(w, "  with --fault-around N > 1 also local_faN and raw_floor_faN (sequential, N pages per fault), and with a\n"+
 		"  non-sequential --pattern the sequential baselines local_seq, raw_floor_seq and kernel_seq.\n")
 	fmt.Fprintf(w, "\ntargets (ratios measured within the run; --check exits 1 when a measured one is missed,\n"+
-		"one whose modes did not run is \"not measured\" and not checked):\n")
+		"one whose modes did not run is \"not measured\" and not checked; a goal whose floor, measured in the\n"+
+		"same run, misses it is UNATTAINABLE on this machine and its floor-relative target is judged instead):\n")
 	for _, t := range bench.TargetList() {
 		fmt.Fprintf(w, "  %-34s %s %s\n", t.Key, t.Name, t.Goal)
+		if t.FloorKey != "" {
+			fmt.Fprintf(w, "  %-34s   floor: %s; judged instead when the floor misses the goal: %s\n", "", t.FloorKey, t.Instead)
+		}
 	}
 }
 

@@ -84,13 +84,13 @@ var Registry = []ModeSpec{
 	{Name: ModeReplicated, Family: ModeForwarded, Daemon: config.PagerLocal, Worker: WorkerUffd, CoreOnly: true, Warm: true,
 		Doc: "the same, by a second worker on the node after a first one touched every page: served from the vcore's replica"},
 	{Name: ModeCheckpoint, Family: ModeCheckpoint, Daemon: config.PagerLocal, Ckpt: CkptRoleCheckpoint, OptIn: true,
-		Doc: "a persistent dataspace: a write loop with async dirty tracking vs a plain dataspace, a full checkpoint vs dd," +
+		Doc: "a persistent dataspace: a write-heavy loop (a hot set rewritten many times per epoch) with async dirty tracking vs a plain dataspace, a full checkpoint vs dd," +
 			" incremental checkpoints of 1 % of the pages (only with --modes)"},
 	{Name: ModeCheckpointSync, Family: ModeCheckpoint, Daemon: config.PagerLocal, Ckpt: CkptRoleCheckpoint, SyncTracking: true, OptIn: true,
 		Doc: "the same with sync write tracking (the pager takes a fault per first write, as kernels before 6.7 need)"},
 	{Name: ModeRestore, Family: ModeRestore, Daemon: config.PagerLocal, Ckpt: CkptRoleRestore, OptIn: true,
 		Doc: "restart of a worker with a checkpointed persistent dataspace, at two sizes: time to its first instruction," +
-			" lazy first touches vs local faults, a sequential restore vs reading the image (only with --modes)"},
+			" lazy first touches vs local faults, a full restore with restore_prefetch vs reading the image (only with --modes)"},
 }
 
 // ValidModes are the names --modes accepts: every registered mode.
