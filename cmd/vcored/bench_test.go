@@ -45,6 +45,12 @@ func TestBenchCheckExitCodes(t *testing.T) {
 	miss := fakeReport(map[string]int64{bench.ModeLocal: 20, bench.ModeCentral: 200, bench.ModeRawXproc: 9})
 	// Only the floors: no target measured.
 	none := fakeReport(map[string]int64{bench.ModeRaw: 5, bench.ModeRawXproc: 9})
+	// forwarded 44 µs ÷ local 10 µs = 4.4 misses ≤ 3, but so does its floor
+	// raw_cross ÷ raw_xproc = 55 ÷ 9: the goal is not attainable here and
+	// forwarded ÷ raw_cross = 0.8 ≤ 1.2 is judged instead (passes); at
+	// 80 µs (1.45) it misses.
+	floorPass := fakeReport(map[string]int64{bench.ModeLocal: 10, bench.ModeCentral: 100, bench.ModeRawXproc: 9, bench.ModeRawCross: 55, bench.ModeForwarded: 44})
+	floorMiss := fakeReport(map[string]int64{bench.ModeLocal: 10, bench.ModeCentral: 100, bench.ModeRawXproc: 9, bench.ModeRawCross: 55, bench.ModeForwarded: 80})
 	runFailed := errors.New("bench: 1 of 18 runs failed")
 	for _, tc := range []struct {
 		name   string
@@ -58,6 +64,9 @@ func TestBenchCheckExitCodes(t *testing.T) {
 		{"check, all measured pass", pass, true, nil, exitOK, nil},
 		{"check, nothing measured", none, true, nil, exitOK, nil},
 		{"check, missed", miss, true, nil, exitFailure, []string{"targets missed (--check)", "local_over_raw_xproc_median = 2.2", "local_over_raw_xproc_p99"}},
+		{"check, goal beyond the machine's floor, floor-relative target met", floorPass, true, nil, exitOK, nil},
+		{"check, goal beyond the machine's floor, floor-relative target missed", floorMiss, true, nil, exitFailure,
+			[]string{"forwarded_over_raw_cross_median = 1.4", "(goal ≤ 1.2)"}},
 		{"plain run failed", pass, false, runFailed, exitFailure, []string{"runs failed"}},
 		{"check, run failed", miss, true, runFailed, exitFailure, []string{"runs failed"}},
 	} {
@@ -74,6 +83,16 @@ func TestBenchCheckExitCodes(t *testing.T) {
 				}
 			}
 		})
+	}
+	for _, rep := range []*bench.Report{floorPass, floorMiss} {
+		for _, tg := range rep.Targets {
+			if tg.Key == "forwarded_over_local_median" && tg.Status != bench.StatusUnattainable {
+				t.Errorf("forwarded ÷ local with its floor at 6.1: %s", tg.Status)
+			}
+			if err := benchOutcome(rep, true, nil); tg.Key == "forwarded_over_local_median" && err != nil && strings.Contains(err.Error(), tg.Key+" =") {
+				t.Errorf("--check names the unattainable goal: %v", err)
+			}
+		}
 	}
 	// The passing report really is measured (not a vacuous pass).
 	var measured int
@@ -161,7 +180,8 @@ func TestBenchCheckpointForReal(t *testing.T) {
 	if err := json.Unmarshal(data, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"checkpoint", "checkpoint_sync", "restore", "checkpoint", "checkpoint_sync", "restore"}; !slices.Equal(rep.Order, want) {
+	// Every second repetition in reverse order.
+	if want := []string{"checkpoint", "checkpoint_sync", "restore", "restore", "checkpoint_sync", "checkpoint"}; !slices.Equal(rep.Order, want) {
 		t.Errorf("order %v, want %v", rep.Order, want)
 	}
 	c, s := rep.Checkpoint, rep.Params.Checkpoint
@@ -175,9 +195,9 @@ func TestBenchCheckpointForReal(t *testing.T) {
 	// the sync one too (its persistent dataspace is as large as its write
 	// loop); each restore worker verifies them before and after its
 	// restart (the small one's plain dataspace is at most as large as its
-	// persistent one).
+	// persistent one; the restore_prefetch one is the big one's size).
 	smallTrack := min(s.TrackPages, s.SmallPages)
-	perRep := (pages + s.TrackPages) + 2*s.TrackPages + 2*(pages+s.TrackPages) + 2*(s.SmallPages+smallTrack)
+	perRep := (pages + s.TrackPages) + 2*s.TrackPages + 2*2*(pages+s.TrackPages) + 2*(s.SmallPages+smallTrack)
 	if c.VerifiedPages != int64(2*perRep) || c.Runs != 6 {
 		t.Errorf("verified %d pages in %d runs, want %d in 6", c.VerifiedPages, c.Runs, 2*perRep)
 	}
@@ -186,6 +206,7 @@ func TestBenchCheckpointForReal(t *testing.T) {
 		"incremental_frozen_ms": c.IncrementalFrozenMS, "incremental_over_full": c.IncrementalOverFull,
 		"full_write_over_dd": c.FullWriteOverDD, "restore_first_touch_over_local": c.RestoreFirstTouchOverLocal,
 		"restore_throughput_over_read": c.RestoreThroughputOverRead, "restart_start_big_over_small": c.RestartStartBigOverSmall,
+		"restore_lazy_throughput_over_read": c.RestoreLazyThroughputOverRead, "restore_prefetch_ms": c.RestorePrefetchMS,
 	} {
 		if v <= 0 {
 			t.Errorf("%s not measured: %v", name, v)
@@ -199,7 +220,7 @@ func TestBenchCheckpointForReal(t *testing.T) {
 		t.Errorf("restart sizes %d, %d; move %+v", c.RestartBigPages, c.RestartSmallPages, c.Move)
 	}
 	for _, want := range []string{"dirty tracking: write loop tracked ÷ untracked: async", "full checkpoint:", "incremental checkpoint",
-		"restore: first touch median", "restart to the worker's first instruction", "write loop with async dirty tracking ÷ without",
+		"restore (lazy): first touch median", "restore (restore_prefetch = true): every page present", "restart to the worker's first instruction", "write loop with async dirty tracking ÷ without",
 		"summary: async dirty tracking costs"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("text lacks %q:\n%s", want, out)

@@ -23,14 +23,20 @@ import (
 // dataspace; the write loop and the plain dataspace 64 MiB; the restore's
 // second size 64 MiB. Quick: 64 MiB, 16 MiB, 4 MiB.
 const (
-	CkptPages            = 262144
-	CkptTrackPages       = 16384
-	CkptSmallPages       = 16384
-	QuickCkptPages       = 16384
-	QuickCkptTrackPages  = 4096
-	QuickCkptSmallPages  = 1024
-	CkptEpochs           = 5
-	CkptPasses           = 16
+	CkptPages           = 262144
+	CkptTrackPages      = 16384
+	CkptSmallPages      = 16384
+	QuickCkptPages      = 16384
+	QuickCkptTrackPages = 4096
+	QuickCkptSmallPages = 1024
+	CkptEpochs          = 5
+	// The write loop (tracking_overhead): a hot working set of
+	// CkptHotPages pages (4 MiB) rewritten CkptPasses times per epoch —
+	// a write-heavy loop writes the same pages many times between two
+	// checkpoints; tracking costs one write-protect fault per page per
+	// epoch (tracking_ns_per_page), whatever the number of rewrites.
+	CkptHotPages         = 1024
+	CkptPasses           = 256
 	CkptIncrementals     = 3
 	ckptPersistentDS     = "ckpt"
 	ckptStepPollInterval = 5 * time.Millisecond
@@ -39,7 +45,8 @@ const (
 // CkptSizes are the page counts of one checkpoint-scenario run.
 type CkptSizes struct {
 	Pages      int `json:"pages"`       // the persistent dataspace
-	TrackPages int `json:"track_pages"` // the write loop, the plain dataspace, the interleaved restore touches
+	TrackPages int `json:"track_pages"` // the plain dataspace, the interleaved restore touches
+	HotPages   int `json:"hot_pages"`   // the write loop's hot working set (the first pages of both dataspaces)
 	SmallPages int `json:"small_pages"` // the restore's second, smaller persistent dataspace
 	Epochs     int `json:"epochs"`
 	Passes     int `json:"passes"`
@@ -49,7 +56,7 @@ type CkptSizes struct {
 // ckptSizes returns the sizes of c (pages > 0 overrides the persistent
 // dataspace's, the others scale down with it).
 func ckptSizes(quick bool, pages int) CkptSizes {
-	s := CkptSizes{Pages: CkptPages, TrackPages: CkptTrackPages, SmallPages: CkptSmallPages,
+	s := CkptSizes{Pages: CkptPages, TrackPages: CkptTrackPages, SmallPages: CkptSmallPages, HotPages: CkptHotPages,
 		Epochs: CkptEpochs, Passes: CkptPasses, Incrs: CkptIncrementals}
 	if quick {
 		s.Pages, s.TrackPages, s.SmallPages = QuickCkptPages, QuickCkptTrackPages, QuickCkptSmallPages
@@ -59,6 +66,7 @@ func ckptSizes(quick bool, pages int) CkptSizes {
 		s.TrackPages = min(s.TrackPages, max(pages/4, 1))
 		s.SmallPages = min(s.SmallPages, max(pages/16, 1))
 	}
+	s.HotPages = min(s.HotPages, s.TrackPages)
 	return s
 }
 
@@ -80,17 +88,22 @@ type CkptRun struct {
 type ckptSub struct {
 	name              string
 	pages, trackPages int
+	// prefetch: restore_prefetch = true on its persistent dataspace; its
+	// restarted life waits until every page is present (the full
+	// restore's throughput) instead of touching pages.
+	prefetch bool
 }
 
 func (r *CkptRun) subs() []ckptSub {
 	node := r.Layout.Partitions[0].Node
 	if r.Role == CkptRoleRestore {
 		return []ckptSub{
-			{fmt.Sprintf("restore-n%d", node), r.Sizes.Pages, r.Sizes.TrackPages},
-			{fmt.Sprintf("restore-small-n%d", node), r.Sizes.SmallPages, min(r.Sizes.TrackPages, r.Sizes.SmallPages)},
+			{fmt.Sprintf("restore-n%d", node), r.Sizes.Pages, r.Sizes.TrackPages, false},
+			{fmt.Sprintf("restore-small-n%d", node), r.Sizes.SmallPages, min(r.Sizes.TrackPages, r.Sizes.SmallPages), false},
+			{fmt.Sprintf("restore-prefetch-n%d", node), r.Sizes.Pages, r.Sizes.TrackPages, true},
 		}
 	}
-	return []ckptSub{{fmt.Sprintf("ckpt-n%d", node), r.Sizes.Pages, r.Sizes.TrackPages}}
+	return []ckptSub{{fmt.Sprintf("ckpt-n%d", node), r.Sizes.Pages, r.Sizes.TrackPages, false}}
 }
 
 // Control is the control directory of scenario subsystem name.
@@ -111,8 +124,10 @@ func (r *CkptRun) command(s ckptSub) []string {
 		"--dataspace", ckptPersistentDS + "," + LocalDataspace,
 		"--pages", strconv.Itoa(s.pages), "--ckpt-track-pages", strconv.Itoa(s.trackPages),
 		"--ckpt-epochs", strconv.Itoa(r.Sizes.Epochs), "--ckpt-passes", strconv.Itoa(r.Sizes.Passes),
+		"--ckpt-hot-pages", strconv.Itoa(min(r.Sizes.HotPages, s.trackPages)),
 		"--ckpt-incrementals", strconv.Itoa(r.Sizes.Incrs),
-		"--seed", strconv.FormatUint(r.Seed, 10), "--cpu", strconv.Itoa(int(r.WorkerCPU(0, 0)))}
+		"--seed", strconv.FormatUint(r.Seed, 10), "--cpu", strconv.Itoa(int(r.WorkerCPU(0, 0))),
+		"--ckpt-prefetch=" + strconv.FormatBool(s.prefetch)}
 }
 
 // VCoreTOML is the config of the run's vcore.
@@ -152,6 +167,9 @@ func (r *CkptRun) VCoreTOML() string {
 		}
 		fmt.Fprintf(&b, "\n[[subsystem.dataspace]]\nname = %s\nsize = %s\ncontent = \"zero\"\npersistent = true\n",
 			tomlString(ckptPersistentDS), tomlString((hw.Bytes(s.pages) * ps).String()))
+		if s.prefetch {
+			fmt.Fprintf(&b, "restore_prefetch = true\n")
+		}
 		fmt.Fprintf(&b, "\n[[subsystem.dataspace]]\nname = %s\nsize = %s\ncontent = \"zero\"\n",
 			tomlString(LocalDataspace), tomlString((hw.Bytes(s.trackPages) * ps).String()))
 	}
@@ -199,10 +217,13 @@ type CkptSample struct {
 
 // CkptEpoch is one epoch of the write loop.
 type CkptEpoch struct {
-	Pages       int   `json:"pages"`
-	Passes      int   `json:"passes"`
-	UntrackedNS int64 `json:"untracked_ns"`
-	TrackedNS   int64 `json:"tracked_ns"`
+	Pages  int `json:"pages"`
+	Passes int `json:"passes"`
+	// Thread CPU time, and wall time (CkptStep).
+	UntrackedNS     int64 `json:"untracked_ns"`
+	TrackedNS       int64 `json:"tracked_ns"`
+	UntrackedWallNS int64 `json:"untracked_wall_ns,omitempty"`
+	TrackedWallNS   int64 `json:"tracked_wall_ns,omitempty"`
 }
 
 // CkptCheckpoint is one checkpoint as the vcore answered it.
@@ -216,6 +237,11 @@ type CkptCheckpoint struct {
 // CkptRestore is one restart of a restore worker.
 type CkptRestore struct {
 	Pages int `json:"pages"`
+	// Prefetch: restored with restore_prefetch = true; PresentNS from
+	// the attach until all PresentPages were present.
+	Prefetch     bool  `json:"prefetch,omitempty"`
+	PresentPages int   `json:"present_pages,omitempty"`
+	PresentNS    int64 `json:"present_ns,omitempty"`
 	// StartNS is from the first life's last statement (after detaching
 	// its persistent dataspace) to the restarted life's first Go
 	// statement; AttachNS from there until its attach returned.
@@ -434,8 +460,14 @@ func (c *ckptSession) checkpoint(ctx context.Context, sub ckptSub, cs *CkptSampl
 		if err != nil {
 			return err
 		}
-		cs.Track = append(cs.Track, CkptEpoch{Pages: st.Pages, Passes: st.Passes, UntrackedNS: st.UntrackedNS, TrackedNS: st.TrackedNS})
-		if _, err := c.ckpt(ctx, sub, sub.trackPages); err != nil {
+		cs.Track = append(cs.Track, CkptEpoch{Pages: st.Pages, Passes: st.Passes, UntrackedNS: st.UntrackedNS, TrackedNS: st.TrackedNS,
+			UntrackedWallNS: st.UntrackedWallNS, TrackedWallNS: st.TrackedWallNS})
+		// The epoch wrote the hot set: a checkpoint stores exactly it.
+		hot := min(c.r.Sizes.HotPages, sub.trackPages)
+		if st.Pages != hot {
+			return fmt.Errorf("worker %s wrote a hot set of %d pages, want %d", sub.name, st.Pages, hot)
+		}
+		if _, err := c.ckpt(ctx, sub, hot); err != nil {
 			return err
 		}
 		if err := c.next(sub, k); err != nil {
@@ -477,7 +509,7 @@ func (c *ckptSession) checkpoint(ctx context.Context, sub ckptSub, cs *CkptSampl
 // restore drives a restore worker: populate, full checkpoint, one
 // incremental, the image read floor, the restart, the restore.
 func (c *ckptSession) restore(ctx context.Context, sub ckptSub, cs *CkptSample) (CkptRestore, error) {
-	rs := CkptRestore{Pages: sub.pages}
+	rs := CkptRestore{Pages: sub.pages, Prefetch: sub.prefetch}
 	ctl := c.r.Control(sub.name)
 	if err := os.WriteFile(CkptStartPath(ctl), nil, 0o644); err != nil {
 		return rs, err
@@ -531,6 +563,7 @@ func (c *ckptSession) restore(ctx context.Context, sub ckptSub, cs *CkptSample) 
 	rs.AttachNS = got.AttachedUnixNS - got.StartUnixNS
 	rs.Restore, rs.Local = got.RestoreLatency, got.LocalLatency
 	rs.SeqPages, rs.SeqWallNS = got.SeqPages, got.SeqWallNS
+	rs.PresentPages, rs.PresentNS = got.PresentPages, got.PresentNS
 	rs.ImageBytes, rs.ImageReadNS = b1, (ns1+ns2)/2
 	return rs, c.waitExit(ctx, sub)
 }

@@ -36,13 +36,20 @@ type CkptStep struct {
 	Step int    `json:"step"`
 	Kind string `json:"kind"`
 	Pid  int    `json:"pid"`
-	// Track: the write loop over the first Pages pages, Passes passes of
-	// a full-page write each, on the plain (untracked) and on the
-	// persistent (tracked) dataspace, in alternating order per epoch.
-	Passes      int   `json:"passes,omitempty"`
-	Pages       int   `json:"pages,omitempty"`
-	UntrackedNS int64 `json:"untracked_ns,omitempty"`
-	TrackedNS   int64 `json:"tracked_ns,omitempty"`
+	// Track: the write loop over a hot working set, the first Pages
+	// pages, Passes passes of a full-page write each per epoch, on the
+	// plain (untracked) and on the persistent (tracked) dataspace, pass by
+	// pass in alternating order. UntrackedNS and TrackedNS are the
+	// writing thread's CPU time (CLOCK_THREAD_CPUTIME_ID: async tracking's
+	// write-protect faults are handled in it, and time the thread spends
+	// preempted by the rest of the machine does not count), the …WallNS
+	// the wall clock (sync tracking waits for the pager, off the CPU).
+	Passes          int   `json:"passes,omitempty"`
+	Pages           int   `json:"pages,omitempty"`
+	UntrackedNS     int64 `json:"untracked_ns,omitempty"`
+	TrackedNS       int64 `json:"tracked_ns,omitempty"`
+	UntrackedWallNS int64 `json:"untracked_wall_ns,omitempty"`
+	TrackedWallNS   int64 `json:"tracked_wall_ns,omitempty"`
 	// Incremental: the pages written (each one once, a full-page write).
 	WrittenPages int `json:"written_pages,omitempty"`
 	// Done and Restored: pages whose every word held what was last written.
@@ -62,9 +69,15 @@ type CkptStep struct {
 	LocalLatency   hist.Snapshot `json:"local_latency"`
 	// Restored: the remaining persistent pages first-touched in one
 	// sequential pass: how many, and the pass's wall time.
-	SeqPages  int      `json:"seq_pages,omitempty"`
-	SeqWallNS int64    `json:"seq_wall_ns,omitempty"`
-	Errors    []string `json:"errors,omitempty"`
+	SeqPages  int   `json:"seq_pages,omitempty"`
+	SeqWallNS int64 `json:"seq_wall_ns,omitempty"`
+	// Restored with restore_prefetch (--ckpt-prefetch): the restarted
+	// life touched nothing until PresentPages (every page of the
+	// persistent dataspace) were present, PresentNS after its attach
+	// began (pagemap, polled every millisecond).
+	PresentPages int      `json:"present_pages,omitempty"`
+	PresentNS    int64    `json:"present_ns,omitempty"`
+	Errors       []string `json:"errors,omitempty"`
 }
 
 // CkptStepPath is where a worker with control directory dir writes step k.

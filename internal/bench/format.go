@@ -66,11 +66,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintln(w, "\ntargets (ratios within this run; --check exits 1 if a measured one is missed):")
 	for _, t := range r.Targets {
-		if t.Status == StatusNotMeasured {
-			fmt.Fprintf(w, "  %-12s  %s (goal %s)\n", "not measured", t.Name, t.Goal)
-			continue
-		}
-		fmt.Fprintf(w, "  %-12s  %s = %.3g (goal %s)\n", t.Status, t.Name, t.Value, t.Goal)
+		fmt.Fprintf(w, "  %s\n", t.Text())
 	}
 	if len(r.Errors) > 0 {
 		fmt.Fprintln(w, "\nerrors:")
@@ -172,8 +168,8 @@ func (r *Report) writeFaults(w io.Writer) error {
 	rt := r.Ratios
 	fmt.Fprintf(w, "\nratios: central÷local median %s, p99 %s; local÷raw floor median %s; raw floor÷kernel median %s\n",
 		ratioText(rt.CentralOverLocalMedian), ratioText(rt.CentralOverLocalP99), ratioText(rt.LocalOverRawMedian), ratioText(rt.RawOverKernelMedian))
-	fmt.Fprintf(w, "        framework over its floor (local ÷ raw_xproc): median %s, p99 %s\n",
-		ratioText(rt.LocalOverRawXprocMedian), ratioText(rt.LocalOverRawXprocP99))
+	fmt.Fprintf(w, "        framework over its floor (local ÷ raw_xproc): median %s, p99 %s (rep by rep %s)\n",
+		ratioText(rt.LocalOverRawXprocMedian), ratioText(rt.LocalOverRawXprocP99), ratioText(rt.LocalOverRawXprocP99PerRep))
 	if r.FaultAround != nil {
 		fmt.Fprintf(w, "        fault-around %d per page ÷ kernel first touch: local %s, raw floor %s\n",
 			r.FaultAround.Pages, ratioText(rt.FaultAroundPerPageOverKernel), ratioText(rt.RawFaultAroundOverKernel))
@@ -182,9 +178,18 @@ func (r *Report) writeFaults(w io.Writer) error {
 		fmt.Fprintf(w, "        prefetch: local_prefetch per page ÷ kernel first touch (seq) %s; prefetch on ÷ off per page (--pattern %s) %s\n",
 			ratioText(rt.PrefetchPerPageOverKernel), r.Params.Pattern, ratioText(rt.PrefetchOnOverOff))
 	}
+	if rt.PrefetchFloorPerPageOverKernel > 0 || rt.PrefetchPerPageOverFloor > 0 {
+		fmt.Fprintf(w, "        prefetch floor (%s: %d pages per copy, in-process) per page ÷ kernel %s; local_prefetch ÷ that floor %s, ÷ kernel %s (rep by rep)\n",
+			ModePrefetchFloor, PrefetchFloorPages, ratioText(rt.PrefetchFloorPerPageOverKernel), ratioText(rt.PrefetchPerPageOverFloor),
+			ratioText(rt.PrefetchPerPageOverKernelPerRep))
+	}
 	if rt.ReplicatedOverLocalMedian > 0 || rt.ForwardedOverLocalMedian > 0 {
 		fmt.Fprintf(w, "        core-owned read-only dataspace ÷ local, medians: replicated %s, forwarded (first fault) %s\n",
 			ratioText(rt.ReplicatedOverLocalMedian), ratioText(rt.ForwardedOverLocalMedian))
+	}
+	if rt.RawCrossOverRawXprocMedian > 0 || rt.ForwardedOverRawCrossMedian > 0 {
+		fmt.Fprintf(w, "        forwarded floor (raw_cross ÷ raw_xproc, medians) %s; forwarded ÷ raw_cross %s\n",
+			ratioText(rt.RawCrossOverRawXprocMedian), ratioText(rt.ForwardedOverRawCrossMedian))
 	}
 	if rt.CentralOverLocalVsFloors > 0 {
 		fmt.Fprintf(w, "        central ÷ local against what the floors allow, (central ÷ local) ÷ (raw_cross ÷ raw_xproc): %s\n",
@@ -204,6 +209,30 @@ func (r *Report) writeFaults(w io.Writer) error {
 		ratioText(rt.RawCrossOverRawMedian), ratioText(rt.RawXprocOverRawMedian), ratioText(rt.CentralOverRawCrossMedian))
 
 	return nil
+}
+
+// Text is the target's line in the text report.
+func (t Target) Text() string {
+	switch t.Status {
+	case StatusNotMeasured:
+		return fmt.Sprintf("%-12s  %s (goal %s)", "not measured", t.Name, t.Goal)
+	case StatusUnattainable:
+		return fmt.Sprintf("%-12s  %s = %.3g (goal %s): not attainable on this machine (its floor, %s, is %.3g); judged instead: %s",
+			"UNATTAINABLE", t.Name, t.Value, t.Goal, t.FloorKey, t.Floor, t.Instead)
+	case StatusInfo:
+		return fmt.Sprintf("%-12s  %s = %.3g (goal %s; not judged: %s is judged as written, its floor meets it or was not measured)",
+			"info", t.Name, t.Value, t.Goal, t.For)
+	}
+	line := fmt.Sprintf("%-12s  %s = %.3g (goal %s)", t.Status, t.Name, t.Value, t.Goal)
+	switch {
+	case t.For != "":
+		line += fmt.Sprintf(" — judged in place of %s, which this machine's floor cannot meet", t.For)
+	case t.FloorKey != "" && t.Floor > 0:
+		line += fmt.Sprintf(" (attainable: its floor, %s, is %.3g)", t.FloorKey, t.Floor)
+	case t.FloorKey != "":
+		line += fmt.Sprintf(" (its floor, %s, not measured: judged as written)", t.FloorKey)
+	}
+	return line
 }
 
 // WriteJSON writes the report as indented JSON to path.

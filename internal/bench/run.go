@@ -60,7 +60,9 @@ const (
 	QuickPages   = 2048
 	DefaultPages = 16384
 	DefaultReps  = 3
-	QuickReps    = 3
+	// QuickReps: --quick runs 5 repetitions (each quick repetition takes
+	// ~2 s here): the ratios taken rep by rep need pairs more than pages.
+	QuickReps = 5
 )
 
 // run is one measured run in the plan.
@@ -85,6 +87,11 @@ type run struct {
 	ckpt         string
 	syncTracking bool
 	optIn        bool
+	// floorOf: see ModeSpec.FloorOf.
+	floorOf []string
+	// slot tells apart two runs of a mode in one repetition (the ratios
+	// taken pair by pair match runs of the same repetition and slot).
+	slot int
 }
 
 // Plan returns the runs of one repetition, in order. The registered modes
@@ -93,21 +100,59 @@ type run struct {
 // sequential baselines too.
 func Plan(c Config) []run {
 	var all []run
+	nonSeq := c.Pattern != PatternSeq && c.Pattern != ""
 	for _, m := range Registry {
 		pattern := c.Pattern
 		if m.Pattern != "" {
 			pattern = m.Pattern
 		}
+		floorOf := m.FloorOf
+		if nonSeq {
+			// local_prefetch is compared with kernel_seq, not with the
+			// kernel's first touch in the main pattern; local_prefetch_<p>
+			// with local.
+			switch m.Name {
+			case ModeKernel:
+				floorOf = slices.DeleteFunc(slices.Clone(floorOf), func(s string) bool { return s == ModeLocalPrefetch })
+			case ModeLocal:
+				floorOf = append(slices.Clone(floorOf), ModeLocalPrefetch)
+			}
+		}
 		all = append(all, run{mode: m.Name, base: m.Family, daemon: m.Daemon, worker: m.Worker, pattern: pattern,
-			faultAround: 1, shared: m.Shared, crossCPU: m.CrossCPU, prefetch: m.Prefetch, zero: m.Zero,
-			coreOnly: m.CoreOnly, warm: m.Warm, ckpt: m.Ckpt, syncTracking: m.SyncTracking, optIn: m.OptIn})
+			faultAround: max(m.FaultAround, 1), shared: m.Shared, crossCPU: m.CrossCPU, prefetch: m.Prefetch, zero: m.Zero,
+			coreOnly: m.CoreOnly, warm: m.Warm, ckpt: m.Ckpt, syncTracking: m.SyncTracking, optIn: m.OptIn,
+			floorOf: floorOf})
+		if m.Name == ModeLocal && nonSeq {
+			// Prefetch on the main pattern, compared with local (prefetch
+			// off) rep by rep: right after it, so that the pair sees the
+			// same machine (Run reverses every other repetition, so the
+			// pair's order alternates).
+			on := run{mode: PrefetchPatternMode(c.Pattern), base: ModeLocalPrefetch, daemon: config.PagerLocal,
+				worker: WorkerUffd, pattern: c.Pattern, faultAround: 1, prefetch: true}
+			// A second pair in the opposite order (off on on off): two
+			// pairs per repetition, each taken as a ratio of its own.
+			off2 := all[len(all)-1]
+			off2.slot = 1
+			on2 := on
+			on2.slot = 1
+			all = append(all, on, on2, off2)
+		}
 	}
-	if c.Pattern != PatternSeq && c.Pattern != "" {
-		// Prefetch on the main pattern (compared with local, prefetch
-		// off) and the kernel's sequential first touch local_prefetch is
-		// compared with (unless the fault-around runs add it below).
-		all = append(all, run{mode: PrefetchPatternMode(c.Pattern), base: ModeLocalPrefetch, daemon: config.PagerLocal,
-			worker: WorkerUffd, pattern: c.Pattern, faultAround: 1, prefetch: true})
+	// raw_xproc runs right before local: local's framework targets
+	// (median and p99) compare the two, so they should see the same
+	// machine (repOrder then alternates which goes first).
+	if i := slices.IndexFunc(all, func(r run) bool { return r.mode == ModeRawXproc }); i >= 0 {
+		x := all[i]
+		all = slices.Delete(all, i, i+1)
+		if j := slices.IndexFunc(all, func(r run) bool { return r.mode == ModeLocal }); j >= 0 {
+			all = slices.Insert(all, j, x)
+		} else {
+			all = slices.Insert(all, i, x)
+		}
+	}
+	if nonSeq {
+		// The kernel's sequential first touch local_prefetch is compared
+		// with (unless the fault-around runs add it below).
 		if c.FaultAround <= 1 {
 			all = append(all, run{mode: SeqMode(ModeKernel), base: ModeLocalPrefetch, worker: WorkerKernel, pattern: PatternSeq, faultAround: 1})
 		}
@@ -121,7 +166,8 @@ func Plan(c Config) []run {
 			all = append(all,
 				run{mode: SeqMode(ModeLocal), base: ModeLocal, daemon: config.PagerLocal, worker: WorkerUffd, pattern: PatternSeq, faultAround: 1},
 				run{mode: SeqMode(ModeRaw), base: ModeRaw, worker: WorkerRaw, pattern: PatternSeq, faultAround: 1},
-				run{mode: SeqMode(ModeKernel), base: ModeKernel, worker: WorkerKernel, pattern: PatternSeq, faultAround: 1},
+				run{mode: SeqMode(ModeKernel), base: ModeKernel, worker: WorkerKernel, pattern: PatternSeq, faultAround: 1,
+					floorOf: []string{ModeLocalPrefetch}},
 			)
 		}
 	}
@@ -130,7 +176,8 @@ func Plan(c Config) []run {
 	}
 	var out []run
 	for _, r := range all {
-		if slices.Contains(c.Modes, r.base) || slices.Contains(c.Modes, r.mode) {
+		floor := slices.ContainsFunc(r.floorOf, func(m string) bool { return slices.Contains(c.Modes, m) })
+		if floor || slices.Contains(c.Modes, r.base) || slices.Contains(c.Modes, r.mode) {
 			out = append(out, r)
 		}
 	}
@@ -149,6 +196,9 @@ func (c *Config) defaults() error {
 	}
 	if c.Reps < 1 {
 		c.Reps = DefaultReps
+		if c.Quick {
+			c.Reps = QuickReps
+		}
 	}
 	if c.Pattern == "" {
 		c.Pattern = PatternSeq
@@ -242,7 +292,7 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 	var failed []string
 loop:
 	for rep := 1; rep <= c.Reps; rep++ {
-		for _, r := range plan {
+		for _, r := range repOrder(plan, rep) {
 			if ctx.Err() != nil {
 				break loop
 			}
@@ -271,7 +321,7 @@ loop:
 			default:
 				s = runDirect(ctx, c, layout, r, dir)
 			}
-			s.Mode, s.Rep = r.mode, rep
+			s.Mode, s.Rep, s.Slot = r.mode, rep, r.slot
 			if s.Err != nil {
 				failed = append(failed, fmt.Sprintf("%s rep %d: %v", r.mode, rep, s.Err))
 				c.Log.Warn("run failed", "mode", r.mode, "rep", rep, "err", s.Err)
@@ -290,6 +340,20 @@ loop:
 		return rep, fmt.Errorf("bench: %d of %d runs failed: %s", len(failed), len(samples), strings.Join(failed, "; "))
 	}
 	return rep, nil
+}
+
+// repOrder is the order of repetition rep's runs: the plan, reversed in
+// every second repetition (A B C, C B A, A B C, …), so that neighbours
+// in the plan — a mode and its floor, prefetch on and off — run next to
+// each other and each goes first as often as the other; a drift of the
+// machine during a repetition then favours neither.
+func repOrder(plan []run, rep int) []run {
+	if rep%2 == 1 {
+		return plan
+	}
+	r := slices.Clone(plan)
+	slices.Reverse(r)
+	return r
 }
 
 func progressWriter(w io.Writer) io.Writer {

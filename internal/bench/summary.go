@@ -22,6 +22,35 @@ const TieBand = 0.10
 // and back; the single pager takes every fault on another CPU. Which
 // factor is larger on this machine says why the winner won.
 func summary(r *Report) string {
+	return mainSummary(r) + floorSummary(r.Targets)
+}
+
+// floorSummary is the summary's clause on the goals this machine's own
+// floors cannot meet: each with its floor and the floor-relative target
+// judged instead ("" when there is none).
+func floorSummary(ts []Target) string {
+	byKey := map[string]Target{}
+	for _, t := range ts {
+		byKey[t.Key] = t
+	}
+	var parts []string
+	for _, t := range ts {
+		if t.Status != StatusUnattainable {
+			continue
+		}
+		p := fmt.Sprintf("%s %s is beyond this machine (measured %.2f, its floor %s %.2f)", t.Key, t.Goal, t.Value, t.FloorKey, t.Floor)
+		if in, ok := byKey[t.Instead]; ok && in.Status != StatusNotMeasured {
+			p += fmt.Sprintf(", judged instead %s %.2f %s: %s", in.Key, in.Value, in.Goal, in.Status)
+		}
+		parts = append(parts, p)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "; " + strings.Join(parts, "; ")
+}
+
+func mainSummary(r *Report) string {
 	rt := r.Ratios
 	c, c99 := rt.CentralOverLocalMedian, rt.CentralOverLocalP99
 	xas, fwL := rt.RawXprocOverRawMedian, rt.LocalOverRawXprocMedian
@@ -91,7 +120,10 @@ func ckptSummary(c *CheckpointReport) string {
 		parts = append(parts, fmt.Sprintf("a restored page's first touch costs %.2f× a local fault", c.RestoreFirstTouchOverLocal))
 	}
 	if c.RestoreThroughputOverRead > 0 {
-		parts = append(parts, fmt.Sprintf("a sequential restore runs at %.2f× a read of the image", c.RestoreThroughputOverRead))
+		parts = append(parts, fmt.Sprintf("a full restore (restore_prefetch) runs at %.2f× a read of the image", c.RestoreThroughputOverRead))
+	}
+	if c.RestoreLazyThroughputOverRead > 0 {
+		parts = append(parts, fmt.Sprintf("a lazy one, touched sequentially, at %.2f×", c.RestoreLazyThroughputOverRead))
 	}
 	if c.RestartStartBigOverSmall > 0 {
 		parts = append(parts, fmt.Sprintf("a restart reaches the worker's first instruction in %.2f× the time with %d× the pages",

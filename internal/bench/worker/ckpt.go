@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -29,6 +30,11 @@ type CkptConfig struct {
 	Plain      string
 	Pages      int
 	TrackPages int
+	// HotPages is the write loop's hot working set (≤ TrackPages).
+	HotPages int
+	// Prefetch: the persistent dataspace restores with restore_prefetch;
+	// the restarted life measures how long until every page is present.
+	Prefetch bool
 	// Epochs of the write loop, Passes per epoch, Incrementals (1 %
 	// writes, each followed by a checkpoint): role checkpoint.
 	Epochs, Passes, Incrementals int
@@ -58,6 +64,9 @@ func (c *CkptConfig) check() error {
 		return fmt.Errorf("%w: no attach function", bench.ErrUsage)
 	}
 	c.Epochs, c.Passes, c.Incrementals = max(c.Epochs, 1), max(c.Passes, 1), max(c.Incrementals, 1)
+	if c.HotPages < 1 || c.HotPages > c.TrackPages {
+		c.HotPages = c.TrackPages
+	}
 	return nil
 }
 
@@ -68,6 +77,7 @@ type ckptWorker struct {
 	p, u []byte   // the persistent and the plain dataspace
 	gen  []uint16 // per persistent page: the generation last written
 	ugen uint16   // the plain dataspace's pages' generation
+	uhot uint16   // that of its first HotPages pages after the write loop (0: ugen)
 	step int
 }
 
@@ -154,33 +164,41 @@ func (w *ckptWorker) firstLife(ctx context.Context) (err error) {
 	}
 	gen := uint16(1)
 	if w.c.Role == bench.CkptRoleCheckpoint {
-		// The write loop: Passes full-page writes of the first TrackPages
-		// pages of each dataspace; the bench checkpoints after each epoch,
-		// which write-protects the persistent pages again.
+		// The write loop: a hot working set (the first HotPages pages of
+		// each dataspace) rewritten Passes times per epoch, full-page
+		// writes; the bench checkpoints after each epoch, which
+		// write-protects the persistent pages again, so tracking costs one
+		// write-protect fault per hot page per epoch.
+		hot := w.c.HotPages
 		for e := range w.c.Epochs {
 			gen++
-			s := &bench.CkptStep{Kind: bench.StepTrack, Passes: w.c.Passes, Pages: w.c.TrackPages}
-			pass := func(mem []byte) int64 {
-				t0 := time.Now()
-				for i := range w.c.TrackPages {
+			s := &bench.CkptStep{Kind: bench.StepTrack, Passes: w.c.Passes, Pages: hot}
+			pass := func(mem []byte) (cpu, wall int64) {
+				c0, t0 := threadCPUNS(), time.Now()
+				for i := range hot {
 					writePage(mem, i, w.ps, seed, gen)
 				}
-				return int64(time.Since(t0))
+				return threadCPUNS() - c0, int64(time.Since(t0))
 			}
 			// Pass by pass, alternating which dataspace goes first, so that
 			// both see the same machine (the first tracked pass takes the
 			// write-protect faults).
 			for k := range w.c.Passes {
+				var uc, uw, tc, tw int64
 				if (e+k)%2 == 0 {
-					s.UntrackedNS += pass(w.u)
-					s.TrackedNS += pass(w.p)
+					uc, uw = pass(w.u)
+					tc, tw = pass(w.p)
 				} else {
-					s.TrackedNS += pass(w.p)
-					s.UntrackedNS += pass(w.u)
+					tc, tw = pass(w.p)
+					uc, uw = pass(w.u)
 				}
+				s.UntrackedNS, s.UntrackedWallNS = s.UntrackedNS+uc, s.UntrackedWallNS+uw
+				s.TrackedNS, s.TrackedWallNS = s.TrackedNS+tc, s.TrackedWallNS+tw
 			}
-			w.ugen = gen
-			for i := range w.c.TrackPages {
+			// Pages beyond the hot set keep their generation; the plain
+			// dataspace is checked page by page too.
+			w.uhot = gen
+			for i := range hot {
 				w.gen[i] = gen
 			}
 			if err := w.report(ctx, s); err != nil {
@@ -244,7 +262,11 @@ func (w *ckptWorker) verifyAll() (int, error) {
 		n++
 	}
 	for i := range w.c.TrackPages {
-		if err := checkPage(w.u, i, w.ps, w.c.Seed, w.ugen); err != nil {
+		g := w.ugen
+		if w.uhot != 0 && i < w.c.HotPages {
+			g = w.uhot
+		}
+		if err := checkPage(w.u, i, w.ps, w.c.Seed, g); err != nil {
 			return n, fmt.Errorf("dataspace %q: %w", w.c.Plain, err)
 		}
 		n++
@@ -256,6 +278,7 @@ func (w *ckptWorker) verifyAll() (int, error) {
 // every page (reads), verify what the first life wrote.
 func (w *ckptWorker) restored(ctx context.Context) (err error) {
 	s := &bench.CkptStep{Kind: bench.StepRestored, Pid: os.Getpid(), StartUnixNS: processStart.UnixNano()}
+	attachStart := time.Now()
 	detachP, detachU, err := w.attach(ctx)
 	if err != nil {
 		return err
@@ -273,7 +296,21 @@ func (w *ckptWorker) restored(ctx context.Context) (err error) {
 		}
 	}
 	// The plain dataspace is not persistent: zero again.
-	w.ugen = 0
+	w.ugen, w.uhot = 0, 0
+	if w.c.Prefetch {
+		n, ns, err := w.waitPresent(ctx, attachStart)
+		s.PresentPages, s.PresentNS = n, ns
+		if err != nil {
+			s.Errors = append(s.Errors, err.Error())
+			return errors.Join(err, bench.WriteCkptStep(bench.CkptRestoredPath(w.c.Control), s))
+		}
+		nv, verr := w.verifyAll()
+		s.VerifiedPages = nv
+		if verr != nil {
+			s.Errors = append(s.Errors, verr.Error())
+		}
+		return errors.Join(verr, bench.WriteCkptStep(bench.CkptRestoredPath(w.c.Control), s))
+	}
 	hp, hu := hist.New(), hist.New()
 	var acc uint64
 	for i := range w.c.TrackPages {
@@ -294,6 +331,54 @@ func (w *ckptWorker) restored(ctx context.Context) (err error) {
 		s.Errors = append(s.Errors, verr.Error())
 	}
 	return errors.Join(verr, bench.WriteCkptStep(bench.CkptRestoredPath(w.c.Control), s))
+}
+
+// waitPresent waits, touching nothing, until every page of the
+// persistent dataspace is present (the vcore's restore prefetch mapped
+// it), polling its pagemap every millisecond (sleeping in between: the
+// prefetch runs at idle priority on this CPU). It returns the pages
+// present and the time since t0 (the attach's start: the attach maps and
+// registers the region, and the prefetch may start before it returns);
+// an error when the prefetch makes no progress for 10 s.
+func (w *ckptWorker) waitPresent(ctx context.Context, t0 time.Time) (int, int64, error) {
+	pm, err := linux.OpenPagemap(os.Getpid())
+	if err != nil {
+		return 0, 0, err
+	}
+	defer pm.Close()
+	start := uintptr(unsafe.Pointer(unsafe.SliceData(w.p)))
+	end := start + uintptr(len(w.p))
+	last, lastT := -1, t0
+	for {
+		pres, err := pm.PresentPages(start, end)
+		if err != nil {
+			return len(pres), int64(time.Since(t0)), err
+		}
+		if len(pres) >= w.c.Pages {
+			return len(pres), int64(time.Since(t0)), nil
+		}
+		if len(pres) != last {
+			last, lastT = len(pres), time.Now()
+		} else if time.Since(lastT) > 10*time.Second {
+			return last, int64(time.Since(t0)), fmt.Errorf("worker: restore prefetch stalled at %d of %d pages present", last, w.c.Pages)
+		}
+		select {
+		case <-ctx.Done():
+			return last, int64(time.Since(t0)), ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// threadCPUNS is the calling thread's CPU time (CLOCK_THREAD_CPUTIME_ID;
+// the ckpt worker runs locked to its OS thread).
+func threadCPUNS() int64 {
+	var ts syscall.Timespec
+	const clockThreadCPUTimeID = 3
+	if _, _, e := syscall.Syscall(syscall.SYS_CLOCK_GETTIME, clockThreadCPUTimeID, uintptr(unsafe.Pointer(&ts)), 0); e != 0 {
+		return 0
+	}
+	return ts.Nano()
 }
 
 func timedRead(mem []byte, off int, h *hist.Histogram) uint64 {

@@ -42,6 +42,8 @@ type Flags struct {
 	// The checkpoint scenario (bench modes checkpoint and restore).
 	ckptRole, ckptControl                             *string
 	ckptTrackPages, ckptEpochs, ckptPasses, ckptIncrs *int
+	ckptHotPages                                      *int
+	ckptPrefetch                                      *bool
 }
 
 // BindFlags defines the worker's flags on fs.
@@ -68,7 +70,9 @@ func BindFlags(fs *flag.FlagSet) *Flags {
 	f.ckptControl = fs.String("ckpt-control", "", "checkpoint scenario: the control `DIR` shared with the bench (step files)")
 	f.ckptTrackPages = fs.Int("ckpt-track-pages", 0, "checkpoint scenario: pages of the write loop and of the plain dataspace (default: --pages)")
 	f.ckptEpochs = fs.Int("ckpt-epochs", 5, "checkpoint scenario: epochs of the write loop (a checkpoint after each)")
-	f.ckptPasses = fs.Int("ckpt-passes", 16, "checkpoint scenario: full-page write passes per epoch")
+	f.ckptPasses = fs.Int("ckpt-passes", 16, "checkpoint scenario: full-page write passes per epoch over the hot working set")
+	f.ckptPrefetch = fs.Bool("ckpt-prefetch", false, "checkpoint scenario, restore role: the persistent dataspace has restore_prefetch = true; the restarted life waits until every page is present instead of touching")
+	f.ckptHotPages = fs.Int("ckpt-hot-pages", 0, "checkpoint scenario: the write loop's hot working set, the first N pages (default: --ckpt-track-pages)")
 	f.ckptIncrs = fs.Int("ckpt-incrementals", 3, "checkpoint scenario: incremental checkpoints of 1 % of the pages")
 	return f
 }
@@ -147,7 +151,7 @@ func (f *Flags) ckptConfig(attach AttachFunc) (Config, error) {
 		track = n
 	}
 	c := &CkptConfig{Role: *f.ckptRole, Control: *f.ckptControl, Persistent: f.names[0], Plain: f.names[1],
-		Pages: n, TrackPages: track, Epochs: *f.ckptEpochs, Passes: *f.ckptPasses, Incrementals: *f.ckptIncrs,
+		Pages: n, TrackPages: track, HotPages: *f.ckptHotPages, Prefetch: *f.ckptPrefetch, Epochs: *f.ckptEpochs, Passes: *f.ckptPasses, Incrementals: *f.ckptIncrs,
 		Seed: *f.seed, CPU: *f.cpu, Attach: attach}
 	if err := c.check(); err != nil {
 		return Config{}, err
