@@ -5,13 +5,17 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vcored/vcored/internal/api"
 	"github.com/vcored/vcored/internal/ckpt"
+	"github.com/vcored/vcored/internal/config"
 	"github.com/vcored/vcored/internal/content"
 	"github.com/vcored/vcored/internal/linux"
 	"github.com/vcored/vcored/vcore/client"
@@ -263,5 +267,162 @@ persistent = true
 			res, err = r.v.Checkpoint(ctx, "ck")
 			check(res, err, 0, 0, false, "checkpoint 4")
 		})
+	}
+}
+
+// TestHelperCkptVCore runs a vcore in a re-exec'd test binary (as
+// TestHelperVCore), so that a test can kill -9 it in the middle of a
+// checkpoint: when $VCORED_TEST_CKPT_HOOK/arm exists, a checkpoint writes
+// $VCORED_TEST_CKPT_HOOK/thawed after its thaw and then waits forever,
+// before writing its layers.
+func TestHelperCkptVCore(t *testing.T) {
+	if os.Getenv(helperEnv) != "ckptvcore" {
+		t.Skip("helper process")
+	}
+	cfg, err := config.LoadVCore(os.Getenv("VCORED_TEST_CONFIG"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := os.Getenv("VCORED_TEST_CKPT_HOOK")
+	checkpointThawedHook = func() {
+		if _, err := os.Stat(filepath.Join(dir, "arm")); err != nil {
+			return
+		}
+		os.WriteFile(filepath.Join(dir, "thawed"), nil, 0o644)
+		select {} // until killed
+	}
+	v, err := New(Options{Config: cfg, Shim: os.Args[0], Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := v.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCheckpointVCoreKilledBeforeCommit: the vcore is killed (kill -9)
+// after a checkpoint thawed the worker and before it wrote and committed
+// the layer. The image holds the previous checkpoint, whole, and the
+// worker runs on (it is not left frozen). Async tracking: with the vcore
+// gone nobody serves a sync write-protect fault here (core would, after a
+// failover).
+func TestCheckpointVCoreKilledBeforeCommit(t *testing.T) {
+	if !linux.HaveWPAsync() {
+		t.Skip("kernel lacks async write protection (Linux 6.7)")
+	}
+	e := newTestEnv(t)
+	w := &ckptWorker{dir: filepath.Join(e.dir, "worker")}
+	hook := filepath.Join(e.dir, "hook")
+	for _, d := range []string{w.dir, hook} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := e.config(t, fmt.Sprintf(`
+[[subsystem]]
+name = "ck"
+command = [%q, "-test.run=^TestHelperCkptWorker$", "-test.count=1"]
+memory = "128MiB"
+restart = "never"
+env = { %s = "ckptworker", VCORED_TEST_CKPT_DIR = %q }
+
+[[subsystem.dataspace]]
+name = "mem"
+size = "%dKiB"
+persistent = true
+`, os.Args[0], helperEnv, w.dir, ckptThawPages*os.Getpagesize()/1024))
+	logf, err := os.Create(filepath.Join(e.dir, "vcore.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	vc := exec.Command(os.Args[0], "-test.run=^TestHelperCkptVCore$", "-test.count=1", "-test.v")
+	vc.Env = append(os.Environ(), helperEnv+"=ckptvcore", "VCORED_TEST_CONFIG="+filepath.Join(e.dir, "node0.toml"),
+		"VCORED_TEST_CKPT_HOOK="+hook)
+	vc.Stdout, vc.Stderr = logf, logf
+	if err := vc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if vc.ProcessState == nil {
+			vc.Process.Kill()
+			vc.Wait()
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("vcore log:\n%s", b)
+		}
+	})
+	waitFor(t, "the vcore socket", func() bool { _, err := os.Stat(cfg.Socket); return err == nil })
+	all := map[int]uint64{}
+	for p := range ckptThawPages {
+		all[p] = 1
+	}
+	if !w.write(t, all) {
+		t.FailNow()
+	}
+	var s api.Subsystem
+	waitFor(t, "ck running", func() bool {
+		s = subsystemStatus(t, cfg.Socket, "ck")
+		return s.State == "running" && len(s.Pids) == 1
+	})
+	pid := s.Pids[0]
+	t.Cleanup(func() {
+		// A worker left frozen could not die: thaw it first.
+		if g, err := e.cg.Load(e.partition + "/ck"); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := g.Thaw(ctx); err != nil {
+				t.Error(err)
+			}
+		}
+		syscall.Kill(pid, syscall.SIGKILL)
+		waitFor(t, "the worker to die", func() bool { return !alive(pid) })
+	})
+	ckpt1 := func() (api.CheckpointResult, error) {
+		var res api.CheckpointResult
+		err := api.NewClient(cfg.Socket).Post(context.Background(), "/v1/subsystems/ck/checkpoint", &res)
+		return res, err
+	}
+	res, err := ckpt1()
+	if err != nil || len(res.Dataspaces) != 1 || res.Dataspaces[0].Pages != ckptThawPages {
+		t.Fatalf("first checkpoint: %+v, %v", res, err)
+	}
+	img := res.Dataspaces[0].Image
+
+	if !w.write(t, map[int]uint64{3: 2, 10: 2}) {
+		t.FailNow()
+	}
+	if err := os.WriteFile(filepath.Join(hook, "arm"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	answered := make(chan error, 1)
+	go func() {
+		_, err := ckpt1()
+		answered <- err
+	}()
+	waitFor(t, "the second checkpoint's thaw", func() bool {
+		_, err := os.Stat(filepath.Join(hook, "thawed"))
+		return err == nil
+	})
+	vc.Process.Kill()
+	vc.Wait()
+	if err := <-answered; err == nil {
+		t.Fatal("the interrupted checkpoint reported success")
+	}
+	// The previous checkpoint, whole.
+	im, err := ckpt.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := im.Layers(); n != 1 {
+		t.Errorf("%d layers after the interrupted checkpoint, want the first one alone", n)
+	}
+	checkImage(t, img, nil, "after the kill")
+	// The worker was thawed before the kill: it carries out a command.
+	if !w.write(t, map[int]uint64{5: 3}) {
+		t.Fatal("the worker does not run after its vcore was killed in a checkpoint")
 	}
 }
