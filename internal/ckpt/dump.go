@@ -25,9 +25,12 @@ type Tracker interface {
 	// Dirty returns the pages (indexes from the region's start,
 	// ascending, each once however often it was written) written since
 	// the previous call or since the tracker began, and begins a new
-	// epoch. The region's process must be stopped (its cgroup frozen)
-	// from this call until the pages have been read, or a write made
-	// meanwhile may be missed by both epochs.
+	// epoch: a write after it (to any page) is in the next call's pages.
+	// A page read after Dirty returns holds every write made before it.
+	// So pages read while the process is stopped, from Dirty until the
+	// read, are the region at one instant; pages read while it runs are
+	// not, until the pages of a further Dirty, called and read while it
+	// is stopped, are read over them (a checkpoint's pre-copy).
 	Dirty() ([]uint64, error)
 	// Close stops tracking (the write protection stays until the range
 	// is unregistered).
