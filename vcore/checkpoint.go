@@ -29,8 +29,9 @@ import (
 // registered for async write tracking (pager.Region.Track), and
 // `vcored checkpoint` (POST /v1/subsystems/NAME/checkpoint) freezes the
 // subsystem's cgroup, collects the pages written since the last checkpoint
-// (PAGEMAP_SCAN), reads them out of the worker (process_vm_readv), commits
-// them as a new layer, and thaws.
+// (PAGEMAP_SCAN, re-protecting them), copies them out of the worker
+// (process_vm_readv), thaws, and then writes and commits them as a new
+// layer.
 
 const (
 	// maxLayers: past this many layers a checkpoint compacts the image
@@ -318,7 +319,15 @@ func (v *VCore) untrackLocked(st *uffdState, addr uintptr) {
 }
 
 // Checkpoint writes a layer to the image of every attached persistent
-// dataspace of subsystem name, with the subsystem frozen meanwhile.
+// dataspace of subsystem name, the dataspace as it was at one instant
+// (docs/CHECKPOINT.md, "In the vcore"): the pages written since the last
+// checkpoint are collected (write-protected again) and copied while the
+// worker runs (pre-copy); the subsystem is frozen while the pages written
+// since are collected and copied (their copies replace the pre-copies);
+// thawed; then the layers are written, fsynced and committed. It returns
+// once every new layer is durable (its manifest renamed, the directory
+// fsynced). A write the worker makes after the thaw belongs to the next
+// checkpoint: its page was write-protected again before the thaw.
 func (v *VCore) Checkpoint(ctx context.Context, name string) (api.CheckpointResult, error) {
 	res := api.CheckpointResult{Subsystem: name, Dataspaces: []api.CheckpointDataspace{}}
 	s := v.subByName(name)
@@ -359,37 +368,86 @@ func (v *VCore) Checkpoint(ctx context.Context, name string) (api.CheckpointResu
 		}
 	}
 
+	start := time.Now()
+	// Pre-copy, while the worker runs: collect the pages written so far
+	// (which write-protects them again) and copy them. A page written
+	// after that is collected again while frozen and copied again: the
+	// frozen copy wins. So the freeze copies only what is written during
+	// the checkpoint.
+	var errs []error
+	pend := make([]*pendingLayer, len(pds))
+	budget := checkpointBuffer
+	for i, p := range pds {
+		if a := atts[i]; a != nil {
+			pend[i] = preCopy(p, a, &budget)
+		}
+	}
+	if h := checkpointPreCopiedHook; h != nil {
+		h()
+	}
 	fctx, cancel := context.WithTimeout(ctx, freezeTimeout)
 	defer cancel()
-	start := time.Now()
-	if err := s.group.Freeze(fctx); err != nil {
+	freezing := time.Now()
+	began, err := s.group.FreezeStart(fctx)
+	if err != nil {
+		// The pre-copied pages were handed out by their trackers: the
+		// next checkpoint stores every present page.
+		for i, pl := range pend {
+			if pl != nil {
+				pl.drop(atts[i])
+			}
+		}
 		return res, fmt.Errorf("freeze subsystem %s: %w", name, err)
 	}
-	var errs []error
+	frozen := time.Now()
+	// Frozen: collect the pages written since the pre-copy and copy them
+	// out. Up to checkpointBuffer bytes of pages in all are copied into
+	// memory; a dataspace whose pages do not fit is written to its layer
+	// file now instead (fsync and commit after the thaw either way).
 	for i, p := range pds {
 		d := api.CheckpointDataspace{Name: p.name, Image: p.dir, Layers: p.im.Layers()}
 		if a := atts[i]; a != nil {
 			d.Attached = true
-			info, rescan, err := writeAttachment(p, a)
-			d.Rescan = rescan
+			pl := pend[i]
+			err := pl.take(p, a, &budget)
+			d.Rescan, d.WrittenFrozen, d.CopiedFrozen = pl.rescan, pl.staged != nil, pl.copiedFrozen
 			if err != nil {
 				errs = append(errs, fmt.Errorf("dataspace %s: %w", p.name, err))
-			} else {
-				d.Pages, d.DataPages, d.Bytes, d.Layers = info.Pages, info.DataPages, info.Bytes, info.Layers
-				res.Pages += info.Pages
-				res.Bytes += info.Bytes
 			}
 		}
 		res.Dataspaces = append(res.Dataspaces, d)
 	}
+	copied := time.Now()
 	tctx, tcancel := context.WithTimeout(context.Background(), freezeTimeout)
 	defer tcancel()
 	if err := s.group.Thaw(tctx); err != nil {
 		errs = append(errs, fmt.Errorf("thaw subsystem %s: %w", name, err))
 	}
-	res.FrozenNS = time.Since(start).Nanoseconds()
-	// Unfrozen again: compact long chains, serve new attaches from the new
-	// chain.
+	thawed := time.Now()
+	res.FrozenNS = thawed.Sub(began).Nanoseconds()
+	if h := checkpointThawedHook; h != nil {
+		h()
+	}
+	// Running again: write what was copied, commit every layer.
+	for i, p := range pds {
+		pl := pend[i]
+		if pl == nil {
+			continue
+		}
+		info, err := pl.commit(p, atts[i])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("dataspace %s: %w", p.name, err))
+			continue
+		}
+		if pl.committed {
+			d := &res.Dataspaces[i]
+			d.Pages, d.DataPages, d.Bytes, d.Layers = info.Pages, info.DataPages, info.Bytes, info.Layers
+			res.Pages += info.Pages
+			res.Bytes += info.Bytes
+		}
+	}
+	committed := time.Now()
+	// Compact long chains, serve new attaches from the new chain.
 	for i, p := range pds {
 		if !res.Dataspaces[i].Attached {
 			continue
@@ -424,24 +482,190 @@ func (v *VCore) Checkpoint(ctx context.Context, name string) (api.CheckpointResu
 			errs = append(errs, fmt.Errorf("dataspace %s: reopen image: %w", p.name, err))
 		}
 	}
-	v.log.Info("checkpoint", "subsystem", name, "frozen", time.Duration(res.FrozenNS), "pages", res.Pages, "bytes", res.Bytes, "err", errors.Join(errs...))
+	res.TotalNS = time.Since(start).Nanoseconds()
+	v.log.Info("checkpoint", "subsystem", name, "frozen", time.Duration(res.FrozenNS), "total", time.Duration(res.TotalNS),
+		"precopy", freezing.Sub(start), "freeze", frozen.Sub(freezing), "freezer_move", began.Sub(freezing), "copy", copied.Sub(frozen),
+		"thaw", thawed.Sub(copied), "commit", committed.Sub(thawed),
+		"pages", res.Pages, "bytes", res.Bytes, "err", errors.Join(errs...))
 	return res, errors.Join(errs...)
 }
 
-// writeAttachment writes the pages of a written since the last checkpoint
-// as a new layer. The subsystem is frozen. If writing fails after the
-// tracker handed out (and re-protected) the dirty pages, the next
-// checkpoint stores every present page instead (rescan).
-func writeAttachment(p *persistentDS, a *attachment) (ckpt.LayerInfo, bool, error) {
+// checkpointBuffer bounds the memory a checkpoint copies pages into while
+// the subsystem is frozen, for all its dataspaces together: 32 MiB, the
+// pages of a 1 % write to a 3 GiB dataspace. A dataspace whose written
+// pages do not fit (a first checkpoint, a large write) has them written to
+// its layer file while frozen, through a bounded buffer of 1 MiB (only the
+// fsync and the manifest's rename wait for the thaw): its frozen time then
+// follows its pages, as the write to the page cache does. A variable for
+// tests.
+var checkpointBuffer int64 = 32 << 20
+
+// checkpointPreCopiedHook and checkpointThawedHook, when set (tests),
+// run after the pre-copy (before the freeze) and after the thaw (before
+// the layers are written and committed).
+var checkpointPreCopiedHook, checkpointThawedHook func()
+
+// pendingLayer is the layer of one dataspace during a checkpoint: the
+// pages collected before the freeze and their copies (pre), then the
+// pages copied while frozen (snap), or, when they did not fit in the
+// buffer, all of them in the layer file already (staged); nothing after
+// an error.
+type pendingLayer struct {
+	prePages []uint64       // collected before the freeze (handed out by the tracker)
+	pre      *ckpt.Snapshot // their copies, if they fit in the buffer
+
+	rescan       bool // every present page (the dirty set had been lost)
+	snap         *ckpt.Snapshot
+	staged       *ckpt.LayerWriter
+	copiedFrozen int // pages read out of the worker while frozen
+	committed    bool
+}
+
+// preCopy collects the pages of a written since the last checkpoint,
+// starting the next epoch, and copies them if they fit in *budget (which
+// they then use up) — while the worker runs. Nothing is collected when
+// the dirty set was lost (rescan: the frozen part stores every present
+// page). A failure makes the frozen part rescan.
+func preCopy(p *persistentDS, a *attachment, budget *int64) *pendingLayer {
+	pl := &pendingLayer{}
+	if a.rescan {
+		return pl
+	}
+	pages, err := a.tr.Dirty()
+	if err != nil {
+		a.rescan = true
+		return pl
+	}
+	pl.prePages = pages
+	if size := int64(len(pages)) * int64(p.im.PageSize()); size <= *budget {
+		if pl.pre, err = ckpt.Snap(a.region, pages); err != nil {
+			a.rescan = true
+			return pl
+		}
+		*budget -= size
+	}
+	return pl
+}
+
+// drop gives up the pre-copy: its pages are lost to the tracker, so the
+// next checkpoint stores every present page.
+func (pl *pendingLayer) drop(a *attachment) {
+	if pl.pre != nil {
+		pl.pre.Release()
+		pl.pre = nil
+	}
+	if pl.prePages != nil {
+		a.rescan = true
+	}
+}
+
+// take collects the pages of a written since the pre-copy (and starts the
+// next epoch) and copies them out of the frozen worker: into memory if the
+// pre-copy fit and they fit in *budget, else all the layer's pages (those
+// of the pre-copy too) into a new layer file of p, uncommitted. If the
+// dirty set is lost on the way, the next checkpoint stores every present
+// page instead (rescan).
+func (pl *pendingLayer) take(p *persistentDS, a *attachment, budget *int64) error {
+	pages, rescan, err := dirtyPages(a)
+	pl.rescan = rescan
+	if err != nil {
+		pl.drop(a)
+		return err
+	}
+	if rescan {
+		// Every present page, read now: the pre-copy (if any) is moot.
+		if pl.pre != nil {
+			pl.pre.Release()
+			pl.pre = nil
+		}
+		pl.prePages = nil
+	}
+	size := int64(len(pages)) * int64(p.im.PageSize())
+	if (pl.pre != nil || pl.prePages == nil) && size <= *budget {
+		if pl.snap, err = ckpt.Snap(a.region, pages); err != nil {
+			pl.drop(a)
+			a.rescan = true
+			return err
+		}
+		*budget -= size
+		pl.copiedFrozen = len(pages)
+		return nil
+	}
+	// Too many for the buffer: the pre-collected pages and the new ones
+	// go to the layer file, read now.
+	all := ckpt.Union(pl.prePages, pages)
+	if pl.pre != nil {
+		pl.pre.Release()
+		pl.pre = nil
+	}
+	if pl.staged, err = ckpt.StageLayer(p.im, a.region, all, false); err != nil {
+		a.rescan = true
+		return err
+	}
+	pl.copiedFrozen = len(all)
+	return nil
+}
+
+// commit writes and commits the layer of p taken from a: durable when it
+// returns. A failure makes the next checkpoint store every present page.
+func (pl *pendingLayer) commit(p *persistentDS, a *attachment) (ckpt.LayerInfo, error) {
+	var info ckpt.LayerInfo
+	var err error
+	switch {
+	case pl.snap != nil:
+		// The frozen copies over the pre-copies: the region at the freeze.
+		if pl.pre != nil {
+			info, err = ckpt.WriteSnapshots(p.im, false, pl.pre, pl.snap)
+			pl.pre.Release()
+			pl.pre = nil
+		} else {
+			info, err = ckpt.WriteSnapshot(p.im, pl.snap, false)
+		}
+		pl.snap.Release()
+		pl.snap = nil
+	case pl.staged != nil:
+		info, err = pl.staged.Commit()
+		pl.staged = nil
+	default:
+		return info, nil // nothing taken (an error reported already)
+	}
+	if err != nil {
+		a.rescan = true
+		return info, err
+	}
+	a.rescan = false
+	pl.committed = true
+	return info, nil
+}
+
+// dirtyPages collects the pages of a written since the last checkpoint
+// and starts the next epoch (the tracker write-protects them again): all
+// present pages when an earlier checkpoint lost its dirty set (rescan, as
+// does a failure here).
+func dirtyPages(a *attachment) ([]uint64, bool, error) {
 	rescan := a.rescan
 	pages, err := a.tr.Dirty()
 	if err != nil {
-		return ckpt.LayerInfo{}, rescan, err
+		a.rescan = true
+		return nil, rescan, err
 	}
 	if rescan {
 		if pages, err = ckpt.PresentPages(a.region); err != nil {
-			return ckpt.LayerInfo{}, rescan, err
+			return nil, rescan, err
 		}
+	}
+	return pages, rescan, nil
+}
+
+// writeAttachment writes the pages of a written since the last checkpoint
+// as a new layer, committed before it returns. The subsystem is frozen
+// throughout (a move's final checkpoint: the worker is killed frozen). If
+// writing fails after the tracker handed out (and re-protected) the dirty
+// pages, the next checkpoint stores every present page instead (rescan).
+func writeAttachment(p *persistentDS, a *attachment) (ckpt.LayerInfo, bool, error) {
+	pages, rescan, err := dirtyPages(a)
+	if err != nil {
+		return ckpt.LayerInfo{}, rescan, err
 	}
 	// Incremental either way: pages never touched since the attach are
 	// still served from the older layers.

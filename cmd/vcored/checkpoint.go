@@ -38,8 +38,8 @@ func runCheckpoint(ctx context.Context, e *env, args []string) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(res)
 	}
-	fmt.Fprintf(e.stdout, "subsystem %s: frozen %s, %d pages, %d bytes written\n",
-		res.Subsystem, time.Duration(res.FrozenNS).Round(time.Microsecond), res.Pages, res.Bytes)
+	fmt.Fprintf(e.stdout, "subsystem %s: frozen %s, total %s, %d pages, %d bytes written\n",
+		res.Subsystem, time.Duration(res.FrozenNS).Round(time.Microsecond), time.Duration(res.TotalNS).Round(time.Microsecond), res.Pages, res.Bytes)
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DATASPACE\tATTACHED\tPAGES\tBYTES\tLAYERS\tIMAGE")
 	for _, d := range res.Dataspaces {
@@ -49,6 +49,9 @@ func runCheckpoint(ctx context.Context, e *env, args []string) error {
 		}
 		if d.Compacted {
 			note += " (compacted)"
+		}
+		if d.WrittenFrozen {
+			note += " (written frozen)"
 		}
 		fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%d%s\t%s\n", d.Name, d.Attached, d.Pages, d.Bytes, d.Layers, note, d.Image)
 	}

@@ -9,8 +9,13 @@ import (
 // what the checkpoint of a subsystem's persistent dataspaces wrote.
 type CheckpointResult struct {
 	Subsystem string `json:"subsystem"`
-	// FrozenNS is how long the subsystem's cgroup was frozen.
+	// FrozenNS is how long the subsystem's cgroup was frozen (from the
+	// start of the freeze to the end of the thaw).
 	FrozenNS int64 `json:"frozen_ns"`
+	// TotalNS is the whole checkpoint, from the start of the freeze to
+	// the answer: the layers written and fsynced and the manifests
+	// renamed (durable) after the thaw, the touch orders, compaction.
+	TotalNS int64 `json:"total_ns"`
 	// Pages and Bytes sum the dataspaces' new layers.
 	Pages      int                   `json:"pages"`
 	Bytes      int64                 `json:"bytes"`
@@ -32,6 +37,17 @@ type CheckpointDataspace struct {
 	// collecting it), so every present page was stored.
 	Rescan    bool `json:"rescan,omitempty"`
 	Compacted bool `json:"compacted,omitempty"` // old layers were merged afterwards
+	// WrittenFrozen: the pages written since the last checkpoint were more
+	// than the checkpoint's copy buffer holds, so they went to the layer
+	// file while the subsystem was frozen (its fsync and the manifest's
+	// rename came after the thaw). Otherwise they were copied into
+	// memory while frozen and written after the thaw.
+	WrittenFrozen bool `json:"written_frozen,omitempty"`
+	// CopiedFrozen is how many of Pages were read out of the worker while
+	// it was frozen: those written after the pre-copy (which copies the
+	// written pages before the freeze), or all of them when
+	// WrittenFrozen or Rescan.
+	CopiedFrozen int `json:"copied_frozen"`
 	// TouchPages is the length of the first-touch order recorded with
 	// the image (TOUCH-ORDER), for a restore's prefetch.
 	TouchPages int `json:"touch_pages"`

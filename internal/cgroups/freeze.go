@@ -44,14 +44,26 @@ func (g *Group) freezerDir() string { return filepath.Join(g.m.root, "freezer", 
 // error) the group is thawed again and the error says so. Freezing a
 // frozen group is not an error. Always pair a successful Freeze with Thaw.
 func (g *Group) Freeze(ctx context.Context) error {
+	_, err := g.FreezeStart(ctx)
+	return err
+}
+
+// FreezeStart is Freeze, and also returns when the freeze began: just
+// before the first write of the freezer state (v2 cgroup.freeze 1, v1
+// freezer.state FROZEN). The processes stop from then on; before it they
+// still ran (v1: while they were moved into the freezer cgroup, which
+// takes a grace period of the kernel's, ~10 ms on a loaded VM). The time
+// is zero if Freeze failed before it.
+func (g *Group) FreezeStart(ctx context.Context) (time.Time, error) {
+	var began time.Time
 	var err error
 	if g.m.unified() {
-		err = g.freezeV2(ctx)
+		err = g.freezeV2(ctx, &began)
 	} else {
-		err = g.freezeV1(ctx)
+		err = g.freezeV1(ctx, &began)
 	}
 	if err == nil {
-		return nil
+		return began, nil
 	}
 	// Leave the group running, as it was.
 	tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -59,7 +71,7 @@ func (g *Group) Freeze(ctx context.Context) error {
 	if terr := g.Thaw(tctx); terr != nil {
 		err = errors.Join(err, terr)
 	}
-	return fmt.Errorf("cgroups: freeze %s: %w", g.path, err)
+	return began, fmt.Errorf("cgroups: freeze %s: %w", g.path, err)
 }
 
 // Thaw lets the group's processes run again and waits until the kernel says
@@ -115,8 +127,9 @@ func waitFor(ctx context.Context, what string, cond func() (bool, error)) error 
 	}
 }
 
-func (g *Group) freezeV2(ctx context.Context) error {
+func (g *Group) freezeV2(ctx context.Context, began *time.Time) error {
 	dir := g.m.dirs(g.path)[0]
+	*began = time.Now()
 	if err := writeFile(filepath.Join(dir, "cgroup.freeze"), "1"); err != nil {
 		return err
 	}
@@ -185,7 +198,7 @@ func moveProcs(dir string, pids []int) error {
 	return nil
 }
 
-func (g *Group) freezeV1(ctx context.Context) error {
+func (g *Group) freezeV1(ctx context.Context, began *time.Time) error {
 	root := filepath.Join(g.m.root, "freezer")
 	if _, err := os.Stat(filepath.Join(root, "freezer.state")); err == nil {
 		// The root freezer cgroup has no state file; a mount that has one
@@ -226,6 +239,9 @@ func (g *Group) freezeV1(ctx context.Context) error {
 		}
 		if err := moveProcs(dir, missing); err != nil {
 			return err
+		}
+		if began.IsZero() {
+			*began = time.Now()
 		}
 		if err := writeFile(state, "FROZEN"); err != nil {
 			return err

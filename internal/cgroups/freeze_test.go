@@ -97,8 +97,13 @@ func freezeRoundTrip(t *testing.T, m *Manager, path string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := g.Freeze(ctx); err != nil {
+	t0 := time.Now()
+	began, err := g.FreezeStart(ctx)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if t1 := time.Now(); began.Before(t0) || began.After(t1) {
+		t.Errorf("FreezeStart: the freeze began at %v, outside the call [%v, %v]", began, t0, t1)
 	}
 	if f, err := g.Frozen(); err != nil || !f {
 		t.Fatalf("Frozen = %v, %v after Freeze", f, err)

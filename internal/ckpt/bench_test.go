@@ -153,16 +153,41 @@ func ddWrite(b *testing.B, dir string, mem []byte) {
 // fsynced, committed), an incremental one of 1% random pages on top, and
 // a dd-like sequential write of the same bytes to the same directory.
 // Reports each time and the ratios full/dd and incremental/full.
+//
+// The incremental checkpoint is taken both ways, alternating which goes
+// first: written while the process would be frozen (WriteLayer: read,
+// checksum, write, fsync, commit) and copied while frozen then written
+// (Snap, then WriteSnapshot after the thaw). The dirty pages are found
+// by an async tracker's PAGEMAP_SCAN over the whole region (ms-scan), as
+// in the vcore. ms-incr1% is WriteLayer; ms-incr1%-frozen scan + Snap,
+// what the process waits for now; ms-incr1%-total scan + Snap +
+// WriteSnapshot.
 func BenchmarkCheckpointWrite(b *testing.B) {
 	for _, size := range benchSizes() {
 		b.Run(sizeName(size), func(b *testing.B) {
 			r, mem := benchRegion(b, size)
+			tr := benchTracker(b, r)
 			ps := linux.PageSize()
 			npages := size / ps
 			all := allPages(npages)
 			rng := rand.New(rand.NewPCG(1, 2))
 			dir := b.TempDir()
-			var fullT, incrT, ddT time.Duration
+			var fullT, incrT, scanT, snapT, snapWriteT, ddT time.Duration
+			// dirty writes 1% random pages and collects them.
+			dirty := func() ([]uint64, time.Duration) {
+				set := map[uint64]bool{}
+				for len(set) < max(1, npages/100) {
+					p := rng.Uint64N(uint64(npages))
+					set[p] = true
+					mem[int(p)*ps]++
+				}
+				t0 := time.Now()
+				d := tr.dirty(b)
+				if len(d) != len(set) {
+					b.Fatalf("tracker found %d dirty pages, %d written", len(d), len(set))
+				}
+				return d, time.Since(t0)
+			}
 			b.SetBytes(int64(size))
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -175,40 +200,93 @@ func BenchmarkCheckpointWrite(b *testing.B) {
 				if _, err := WriteLayer(im, r, all, true); err != nil {
 					b.Fatal(err)
 				}
-				t1 := time.Now()
-				set := map[uint64]bool{}
-				for len(set) < max(1, npages/100) {
-					p := rng.Uint64N(uint64(npages))
-					set[p] = true
-					mem[int(p)*ps]++
+				fullT += time.Since(t0)
+				tr.dirty(b) // the full checkpoint's epoch
+				for k := range 2 {
+					d, scan := dirty()
+					if (i+k)%2 == 0 {
+						t1 := time.Now()
+						if _, err := WriteLayer(im, r, d, false); err != nil {
+							b.Fatal(err)
+						}
+						incrT += time.Since(t1)
+						continue
+					}
+					scanT += scan
+					t1 := time.Now()
+					s, err := Snap(r, d)
+					if err != nil {
+						b.Fatal(err)
+					}
+					t2 := time.Now()
+					if _, err := WriteSnapshot(im, s, false); err != nil {
+						b.Fatal(err)
+					}
+					s.Release()
+					t3 := time.Now()
+					snapT += t2.Sub(t1)
+					snapWriteT += t3.Sub(t2)
 				}
-				dirty := make([]uint64, 0, len(set))
-				for p := range set {
-					dirty = append(dirty, p)
-				}
-				slices.Sort(dirty)
-				t2 := time.Now()
-				if _, err := WriteLayer(im, r, dirty, false); err != nil {
-					b.Fatal(err)
-				}
-				t3 := time.Now()
-				ddWrite(b, dir, mem)
 				t4 := time.Now()
-				fullT += t1.Sub(t0)
-				incrT += t3.Sub(t2)
-				ddT += t4.Sub(t3)
+				ddWrite(b, dir, mem)
+				ddT += time.Since(t4)
 				b.StopTimer()
 				os.RemoveAll(img)
 				b.StartTimer()
 			}
 			n := float64(b.N)
-			b.ReportMetric(float64(fullT.Milliseconds())/n, "ms-full")
-			b.ReportMetric(float64(incrT.Microseconds())/1000/n, "ms-incr1%")
-			b.ReportMetric(float64(ddT.Milliseconds())/n, "ms-dd")
+			ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / n }
+			b.ReportMetric(ms(fullT), "ms-full")
+			b.ReportMetric(ms(incrT), "ms-incr1%")
+			b.ReportMetric(ms(scanT), "ms-scan")
+			b.ReportMetric(ms(scanT+snapT), "ms-incr1%-frozen")
+			b.ReportMetric(ms(scanT+snapT+snapWriteT), "ms-incr1%-total")
+			b.ReportMetric(ms(ddT), "ms-dd")
 			b.ReportMetric(float64(fullT)/float64(ddT), "full/dd")
 			b.ReportMetric(float64(incrT)/float64(fullT), "incr/full")
 		})
 	}
+}
+
+// benchTrack tracks writes to r (memory of this process) with async write
+// protection on a userfaultfd of its own.
+type benchTrack struct {
+	tr *AsyncTracker
+	u  *linux.Uffd
+}
+
+func benchTracker(b *testing.B, r Region) *benchTrack {
+	if !linux.HaveWPAsync() {
+		b.Skip("kernel lacks async write protection")
+	}
+	u, err := linux.OpenUffd()
+	if err != nil {
+		b.Skip(err)
+	}
+	if _, err := u.API(linux.WPAsyncFeatures); err != nil {
+		u.Close()
+		b.Fatal(err)
+	}
+	if _, err := u.Register(r.Addr, uintptr(r.Size), linux.UFFDIO_REGISTER_MODE_WP); err != nil {
+		u.Close()
+		b.Fatal(err)
+	}
+	tr, err := NewAsyncTracker(r)
+	if err != nil {
+		u.Close()
+		b.Fatal(err)
+	}
+	t := &benchTrack{tr: tr, u: u}
+	b.Cleanup(func() { tr.Close(); u.Close() })
+	return t
+}
+
+func (t *benchTrack) dirty(b *testing.B) []uint64 {
+	d, err := t.tr.Dirty()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return d
 }
 
 // BenchmarkRestoreFill: reading a whole image back through the reader (the
@@ -239,5 +317,40 @@ func BenchmarkRestoreFill(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	}
+}
+
+// BenchmarkSnap: Snap of 1% random pages of a 1 GiB region (what a
+// checkpoint copies while the process is frozen), its buffer populated in
+// one go or faulted in page by page by process_vm_readv.
+func BenchmarkSnap(b *testing.B) {
+	const size = 1 << 30
+	r, _ := benchRegion(b, size)
+	ps := linux.PageSize()
+	npages := size / ps
+	rng := rand.New(rand.NewPCG(1, 2))
+	set := map[uint64]bool{}
+	for len(set) < npages/100 {
+		set[rng.Uint64N(uint64(npages))] = true
+	}
+	var pages []uint64
+	for p := range set {
+		pages = append(pages, p)
+	}
+	slices.Sort(pages)
+	for _, pop := range []bool{true, false} {
+		b.Run("populate="+strconv.FormatBool(pop), func(b *testing.B) {
+			old := snapPopulate
+			snapPopulate = pop
+			defer func() { snapPopulate = old }()
+			for i := 0; i < b.N; i++ {
+				s, err := Snap(r, pages)
+				if err != nil {
+					b.Fatal(err)
+				}
+				s.Release()
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(pages)), "ns/page")
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -391,5 +392,211 @@ func TestDumpSyncTracker(t *testing.T) {
 	}
 	if faults < 3 {
 		t.Errorf("%d WP faults, want at least 3 (first write per page per epoch)", faults)
+	}
+}
+
+// selfRegion maps pages pages in this process, each filled with
+// Pattern(1).
+func selfRegion(t *testing.T, pages int) (Region, []byte) {
+	t.Helper()
+	ps := linux.PageSize()
+	mem, err := linux.Mmap(pages*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { linux.Munmap(mem) })
+	content.Pattern(1).Fill(mem, 0)
+	return Region{Pid: os.Getpid(), Addr: uintptr(unsafe.Pointer(&mem[0])), Size: uint64(len(mem))}, mem
+}
+
+// TestSnapshotIsACopy: what Snap read is what the layer holds, whatever
+// the process writes after it (a checkpoint lets the worker run before
+// writing the layer); several snapshots of one region make one layer, each
+// page from the newest snapshot that has it.
+func TestSnapshotIsACopy(t *testing.T) {
+	const pages = 16
+	r, mem := selfRegion(t, pages)
+	ps := linux.PageSize()
+	fill := func(p int, seed uint64) { content.Pattern(seed).Fill(mem[p*ps:(p+1)*ps], uint64(p*ps)) }
+	dir := t.TempDir()
+	im, err := Create(dir, r.Size, ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WriteLayer(im, r, allPages(pages), true); err != nil {
+		t.Fatal(err)
+	}
+	want := slices.Clone(mem)
+
+	fill(1, 2)
+	fill(3, 2)
+	clear(mem[5*ps : 6*ps])
+	older, err := Snap(r, []uint64{1, 3, 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer older.Release()
+	copy(want[1*ps:], mem[1*ps:2*ps])
+	copy(want[5*ps:], mem[5*ps:6*ps])
+	fill(3, 3) // again: the newer snapshot has it
+	fill(7, 3)
+	newer, err := Snap(r, []uint64{3, 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer newer.Release()
+	copy(want[3*ps:], mem[3*ps:4*ps])
+	copy(want[7*ps:], mem[7*ps:8*ps])
+	// Written after the snapshots: in neither.
+	fill(1, 4)
+	fill(3, 4)
+	fill(9, 4)
+	info, err := WriteSnapshots(im, false, older, newer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Pages != 4 || info.DataPages != 3 || info.Layers != 2 {
+		t.Fatalf("layer %+v: want pages 1 3 5 7, 5 all zero, on top of the base", info)
+	}
+	if got := imageBytes(t, dir); !bytes.Equal(got, want) {
+		for p := range pages {
+			if !bytes.Equal(got[p*ps:(p+1)*ps], want[p*ps:(p+1)*ps]) {
+				t.Errorf("page %d of the image is not what the snapshots read", p)
+			}
+		}
+	}
+	// One snapshot, and an empty one.
+	s, err := Snap(r, []uint64{9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(want[9*ps:], mem[9*ps:10*ps])
+	fill(9, 5)
+	if _, err := WriteSnapshot(im, s, false); err != nil {
+		t.Fatal(err)
+	}
+	s.Release()
+	if s.Data != nil {
+		t.Error("Release left the data")
+	}
+	empty, err := Snap(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := WriteSnapshots(im, false, empty, empty); err != nil || info.Pages != 0 {
+		t.Fatalf("empty snapshots: %+v, %v", info, err)
+	}
+	if !bytes.Equal(imageBytes(t, dir), want) {
+		t.Fatal("image differs from the snapshots")
+	}
+}
+
+// TestSnapshotBadInput: bad page lists and a snapshot whose data does not
+// match its pages are refused, and the image stays as it was (and
+// writable).
+func TestSnapshotBadInput(t *testing.T) {
+	const pages = 8
+	r, mem := selfRegion(t, pages)
+	ps := linux.PageSize()
+	for _, bad := range [][]uint64{{2, 1}, {1, 1}, {pages}} {
+		if s, err := Snap(r, bad); err == nil {
+			s.Release()
+			t.Errorf("Snap(%v): no error", bad)
+		}
+	}
+	dir := t.TempDir()
+	im, err := Create(dir, r.Size, ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Snap(r, []uint64{0, 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Release()
+	short := &Snapshot{Pages: s.Pages, Data: s.Data[:ps]}
+	if _, err := WriteSnapshots(im, false, s, short); err == nil {
+		t.Fatal("a snapshot with too little data: no error")
+	}
+	if _, err := WriteSnapshot(im, &Snapshot{Pages: []uint64{1, 0}, Data: make([]byte, 2*ps)}, false); err == nil {
+		t.Fatal("a snapshot with descending pages: no error")
+	}
+	if im.Layers() != 0 {
+		t.Fatal("a refused snapshot added a layer")
+	}
+	if _, err := WriteSnapshot(im, s, false); err != nil {
+		t.Fatalf("after the refusals: %v", err)
+	}
+	want := make([]byte, len(mem))
+	copy(want, mem[:2*ps])
+	if !bytes.Equal(imageBytes(t, dir), want) {
+		t.Fatal("image differs")
+	}
+	// Unreadable memory: EFAULT, no snapshot. (Not unmapped memory: the
+	// snapshot's own buffer could be mapped at its address.)
+	none, err := linux.Mmap(ps, linux.PROT_NONE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(none)
+	nr := Region{Pid: os.Getpid(), Addr: uintptr(unsafe.Pointer(&none[0])), Size: uint64(ps)}
+	if s, err := Snap(nr, []uint64{0}); !errors.Is(err, linux.EFAULT) {
+		t.Fatalf("Snap of unreadable memory: %+v, %v, want EFAULT", s, err)
+	}
+}
+
+// TestStageLayer: a staged layer changes nothing until its Commit; an
+// Abort leaves the image as it was and no file behind; the pages are
+// those at the staging, whatever is written before the Commit.
+func TestStageLayer(t *testing.T) {
+	const pages = 8
+	r, mem := selfRegion(t, pages)
+	ps := linux.PageSize()
+	dir := t.TempDir()
+	im, err := Create(dir, r.Size, ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WriteLayer(im, r, allPages(pages), true); err != nil {
+		t.Fatal(err)
+	}
+	want := slices.Clone(mem)
+	content.Pattern(2).Fill(mem[2*ps:3*ps], uint64(2*ps))
+	w, err := StageLayer(im, r, []uint64{2}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(imageBytes(t, dir), want) || im.Layers() != 1 {
+		t.Fatal("a staged layer changed the image")
+	}
+	w.Abort()
+	if files, _ := filepath.Glob(filepath.Join(dir, "layer-*")); len(files) != 1 {
+		t.Fatalf("layer files after an abort: %v", files)
+	}
+	w, err = StageLayer(im, r, []uint64{2}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(want[2*ps:], mem[2*ps:3*ps])
+	content.Pattern(3).Fill(mem[2*ps:3*ps], uint64(2*ps)) // after the staging
+	if _, err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(imageBytes(t, dir), want) || im.Layers() != 2 {
+		t.Fatal("the committed layer is not the staged pages")
+	}
+}
+
+func TestUnion(t *testing.T) {
+	for _, c := range []struct{ a, b, want []uint64 }{
+		{nil, nil, []uint64{}},
+		{[]uint64{1, 3}, nil, []uint64{1, 3}},
+		{nil, []uint64{2}, []uint64{2}},
+		{[]uint64{1, 3, 5}, []uint64{2, 3, 6}, []uint64{1, 2, 3, 5, 6}},
+		{[]uint64{4}, []uint64{1, 2, 3}, []uint64{1, 2, 3, 4}},
+	} {
+		if got := Union(c.a, c.b); !slices.Equal(got, c.want) {
+			t.Errorf("Union(%v, %v) = %v, want %v", c.a, c.b, got, c.want)
+		}
 	}
 }

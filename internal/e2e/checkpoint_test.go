@@ -234,7 +234,9 @@ persistent = true
 	if want := filepath.Join(c.path("vcore0-state"), "images", "p", "mem"); d.Image != want {
 		t.Errorf("image at %s, want %s", d.Image, want)
 	}
-	t.Logf("checkpoint 1: frozen %s, %d pages, %d bytes", time.Duration(res.FrozenNS), res.Pages, res.Bytes)
+	checkTimes(t, res, "checkpoint 1")
+	t.Logf("checkpoint 1: frozen %s, total %s, %d pages (%d copied frozen), %d bytes",
+		time.Duration(res.FrozenNS), time.Duration(res.TotalNS), res.Pages, d.CopiedFrozen, res.Bytes)
 	// The worker touched its pages in order, one fault each.
 	order, err := ckpt.ReadTouchOrder(d.Image)
 	if err != nil || len(order) != ckptPages || d.TouchPages != ckptPages || !slices.IsSorted(order) {
@@ -252,12 +254,25 @@ persistent = true
 	if d.Pages != (ckptPages+9)/10 || d.Layers != 2 {
 		t.Fatalf("second checkpoint stored %+v, want only the %d rewritten pages in a second layer", d, (ckptPages+9)/10)
 	}
-	t.Logf("checkpoint 2: frozen %s, %d pages, %d bytes", time.Duration(res.FrozenNS), res.Pages, res.Bytes)
+	// The worker waits, writing nothing, while the checkpoint is taken:
+	// its pages were copied before the freeze (pre-copy), none while
+	// frozen.
+	if d.CopiedFrozen != 0 || d.WrittenFrozen {
+		t.Errorf("second checkpoint of an idle worker: %d pages copied while frozen (written frozen %v), want 0",
+			d.CopiedFrozen, d.WrittenFrozen)
+	}
+	checkTimes(t, res, "checkpoint 2")
+	t.Logf("checkpoint 2: frozen %s, total %s, %d pages, %d bytes", time.Duration(res.FrozenNS), time.Duration(res.TotalNS), res.Pages, res.Bytes)
+	// The CLI's table says both times.
+	out, err := exec.Command(vcoredBin, "checkpoint", "--vcore", sock, "p").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "subsystem p: frozen ") || !strings.Contains(string(out), ", total ") {
+		t.Fatalf("vcored checkpoint: %v: %s", err, out)
+	}
 
-	// Checkpoints with nothing written add empty layers; past 8 layers
-	// the image is compacted to 4.
+	// Checkpoints with nothing written add empty layers (the CLI's
+	// above was the third); past 8 layers the image is compacted to 4.
 	compacted := false
-	for i := 3; i <= 9; i++ {
+	for i := 4; i <= 9; i++ {
 		res, err := checkpointCLI(t, sock, "p")
 		if err != nil {
 			t.Fatal(err)
@@ -332,6 +347,15 @@ persistent = true
 	}
 	if prefetch && st.Faults != faultsBefore {
 		t.Errorf("the restored worker's reads of prefetched pages raised %d faults", st.Faults-faultsBefore)
+	}
+}
+
+// checkTimes checks that a checkpoint reports its frozen time and its
+// total time (the layer written and committed after the thaw), no less.
+func checkTimes(t *testing.T, res api.CheckpointResult, what string) {
+	t.Helper()
+	if res.FrozenNS <= 0 || res.TotalNS < res.FrozenNS {
+		t.Errorf("%s: frozen %d ns, total %d ns: want 0 < frozen <= total", what, res.FrozenNS, res.TotalNS)
 	}
 }
 
