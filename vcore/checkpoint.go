@@ -459,7 +459,13 @@ func (v *VCore) Checkpoint(ctx context.Context, name string) (api.CheckpointResu
 			if err == nil && a.order != nil {
 				order = ckpt.MergeTouchOrder(order, a.order)
 			}
-			if err == nil && len(order) > 0 {
+			p.mu.Lock()
+			same := slices.Equal(order, p.order)
+			p.mu.Unlock()
+			// Unchanged since the last checkpoint (no new first touch):
+			// not rewritten, so an incremental checkpoint's cost follows
+			// the pages written, not the dataspace's size.
+			if err == nil && len(order) > 0 && !same {
 				if err = p.im.WriteTouchOrder(order); err == nil {
 					p.mu.Lock()
 					p.order = order

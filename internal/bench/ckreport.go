@@ -188,7 +188,9 @@ func buildCheckpoint(samples []RunSample, pageSize int) *CheckpointReport {
 			}
 		}
 		if !cs.Sync && cs.Full != nil && cs.Full.FrozenNS > 0 {
-			full := float64(cs.Full.FrozenNS)
+			// A checkpoint's cost is its whole time (the layer is written
+			// after the thaw); its frozen time is reported on its own.
+			full := float64(ckptTime(*cs.Full))
 			fullMS, fullB = append(fullMS, ms(full)), append(fullB, float64(cs.Full.Bytes))
 			fullMBps = append(fullMBps, mbps(float64(cs.Full.Bytes), full))
 			if cs.DDNS > 0 {
@@ -197,7 +199,7 @@ func buildCheckpoint(samples []RunSample, pageSize int) *CheckpointReport {
 			}
 			var in []float64
 			for _, i := range cs.Incrementals {
-				in = append(in, float64(i.FrozenNS))
+				in = append(in, float64(ckptTime(i)))
 				incrMS = append(incrMS, ms(float64(i.FrozenNS)))
 				incrPages = append(incrPages, float64(i.Pages))
 			}
@@ -303,7 +305,7 @@ var ckptTargetSpecs = []targetSpec{
 	{key: "incremental_frozen_ms", name: "frozen time of an incremental checkpoint, 1 % of the pages written (ms)",
 		goal:  fmt.Sprintf("≤ %.0f", TargetIncrementalFrozenMS),
 		value: ckptValue(func(c *CheckpointReport) float64 { return c.IncrementalFrozenMS }), pass: atMost(TargetIncrementalFrozenMS)},
-	{key: "incremental_over_full", name: "incremental (1 %) ÷ full checkpoint, frozen time",
+	{key: "incremental_over_full", name: "incremental (1 %) ÷ full checkpoint, whole time (freeze to durable commit)",
 		goal:  fmt.Sprintf("≤ %.2f", TargetIncrementalOverFull),
 		value: ckptValue(func(c *CheckpointReport) float64 { return c.IncrementalOverFull }), pass: atMost(TargetIncrementalOverFull)},
 	{key: "full_write_over_dd", name: "full checkpoint throughput ÷ dd of the same bytes to the same disk",
@@ -371,4 +373,14 @@ func (c *CheckpointReport) writeText(w io.Writer, p Params) {
 			}
 		}
 	}
+}
+
+// ckptTime is a checkpoint's whole time, freeze to durable commit (the
+// vcore's total_ns; a vcore that does not report it: frozen time, which
+// then included the write).
+func ckptTime(c CkptCheckpoint) int64 {
+	if c.TotalNS > 0 {
+		return c.TotalNS
+	}
+	return c.FrozenNS
 }
