@@ -293,6 +293,7 @@ func (v *VCore) Run(ctx context.Context) (err error) {
 	wg.Go(func() { v.sendLoop(sctx) })
 	wg.Go(func() { v.coreLoop(sctx, conn) })
 	wg.Go(func() { v.reapLoop(sctx) })
+	v.checkpointLoops(ctx, &wg)
 	v.log.Info("vcore running", "socket", v.cfg.Socket, "subsystems", len(v.subs))
 
 	<-ctx.Done()

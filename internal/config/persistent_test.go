@@ -3,6 +3,7 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestPersistentDataspace(t *testing.T) {
@@ -65,5 +66,36 @@ func TestRestorePrefetchKey(t *testing.T) {
 	}
 	if _, _, err := parseCore("core.toml", []byte("[[dataspace]]\nname = \"d\"\nsize = \"4MiB\"\nrestore_prefetch = true\n")); err == nil || !strings.Contains(err.Error(), "restore_prefetch") {
 		t.Errorf("restore_prefetch in a core dataspace: %v", err)
+	}
+}
+
+func TestCheckpointInterval(t *testing.T) {
+	sub := func(interval string, persistent bool) []byte {
+		s := "node = 0\nmemory = \"1GiB\"\ncpus = \"1\"\n[[subsystem]]\nname = \"a\"\ncommand = [\"sleep\", \"1\"]\nmemory = \"64MiB\"\n" +
+			interval + "[[subsystem.dataspace]]\nname = \"p\"\nsize = \"4MiB\"\n"
+		if persistent {
+			s += "persistent = true\n"
+		}
+		return []byte(s)
+	}
+	v, _, err := parseVCore("node0.toml", sub("checkpoint_interval = \"30s\"\n", true))
+	if err != nil || v.Subsystems[0].CheckpointInterval != 30*time.Second {
+		t.Fatalf("30s: %v, %v", v.Subsystems[0].CheckpointInterval, err)
+	}
+	if v, _, err := parseVCore("node0.toml", sub("", true)); err != nil || v.Subsystems[0].CheckpointInterval != 0 {
+		t.Errorf("default: %v, %v; want 0 (only when asked)", v.Subsystems[0].CheckpointInterval, err)
+	}
+	for _, c := range []struct {
+		line       string
+		persistent bool
+		want       string
+	}{
+		{"checkpoint_interval = \"100ms\"\n", true, "node0.toml:8: subsystem[0].checkpoint_interval"},
+		{"checkpoint_interval = \"30s\"\n", false, "needs a dataspace with persistent = true"},
+		{"checkpoint_interval = 30\n", true, "checkpoint_interval"},
+	} {
+		if _, _, err := parseVCore("node0.toml", sub(c.line, c.persistent)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q (persistent %v): %v; want an error naming %q", c.line, c.persistent, err, c.want)
+		}
 	}
 }

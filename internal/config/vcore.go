@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -127,9 +128,12 @@ type Subsystem struct {
 	MaxRegions     int
 	PidsMax        int
 	// Movable: the subsystem may be moved to another node by stopping it
-	// and starting it there (a restart-mode move); without it only live
-	// moves. Recorded for the rebalancer; no move exists yet.
+	// and starting it there (a restart-mode move); without it a
+	// rebalancing move is live.
 	Movable bool
+	// CheckpointInterval: the vcore checkpoints the subsystem's persistent
+	// dataspaces this often (0: only when asked, `vcored checkpoint`).
+	CheckpointInterval time.Duration
 }
 
 // CPURequest is a subsystem's CPU demand: a Count picked from the partition
@@ -317,6 +321,10 @@ func decodeSubsystem(t *table) Subsystem {
 	t.setInt("max_regions", &s.MaxRegions, 1, MaxMaxRegions)
 	t.setInt("pids_max", &s.PidsMax, 0, MaxPidsMax)
 	t.setBool("movable", &s.Movable)
+	t.setDuration("checkpoint_interval", &s.CheckpointInterval)
+	if s.CheckpointInterval > 0 && s.CheckpointInterval < MinCheckpointInterval {
+		t.d.add(t.key("checkpoint_interval"), ErrValue, nil, "checkpoint_interval %v is below %v (or 0: only when asked)", s.CheckpointInterval, MinCheckpointInterval)
+	}
 	if et := t.sub("env"); et != nil {
 		s.Env = map[string]string{}
 		for k := range et.m {
@@ -368,9 +376,15 @@ func decodeSubsystem(t *table) Subsystem {
 	if s.Memory > 0 && local > s.Memory {
 		t.d.add(t.key("memory"), ErrConflict, nil, "the subsystem's dataspaces add up to %s, more than its memory %s", local, s.Memory)
 	}
+	if s.CheckpointInterval > 0 && !slices.ContainsFunc(s.Local, func(d Dataspace) bool { return d.Persistent }) {
+		t.d.add(t.key("checkpoint_interval"), ErrConflict, nil, "checkpoint_interval needs a dataspace with persistent = true: there is nothing to checkpoint")
+	}
 	t.done()
 	return s
 }
+
+// MinCheckpointInterval is the shortest checkpoint_interval.
+const MinCheckpointInterval = time.Second
 
 func checkEnvName(k string) string {
 	for _, r := range reservedEnv {
