@@ -291,6 +291,7 @@ type uffdEntry struct {
 	wpKnown bool        // this pager negotiated the uffd (else its WP mode is unknown)
 	written syncWritten // pages written in sync WP mode (track.go)
 	touch   touchOrder  // first touches of Track regions (touch.go)
+	hold    time.Time   // no SIGBUS for a fault outside every region before this (HoldUnknown); under Pager.unkMu
 }
 
 // region is a Region with its stats slot.
