@@ -756,6 +756,7 @@ func (p *Pager) serveLocked(e *uffdEntry, on bool) error {
 		if err := p.ep.Delete(e.u.FD()); err != nil {
 			return fmt.Errorf("pager: stop serving uffd %d: %w", e.id, err)
 		}
+		p.handOverUnknown(e)
 		return nil
 	}
 	if err := p.ep.Add(e.u.FD(), linux.EPOLLIN|linux.EPOLLET, uffdToken(e.seq)); err != nil {

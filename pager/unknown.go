@@ -90,6 +90,20 @@ func (p *Pager) parkUnknown(e *uffdEntry, addr uintptr, tid uint32) {
 		"addr", fmt.Sprintf("%#x", addr), "tid", tid, "wait", wait)
 }
 
+// handOverUnknown settles e's parked faults now: e is no longer served
+// here, so they are raised again (expireUnknown wakes them) for the holder
+// that serves it now, rather than after their grace or hold. Called with
+// p.mu held (expireUnknown runs later, on the timers).
+func (p *Pager) handOverUnknown(e *uffdEntry) {
+	p.unkMu.Lock()
+	defer p.unkMu.Unlock()
+	for _, u := range p.unknown {
+		if u.e == e {
+			u.timer.Reset(0)
+		}
+	}
+}
+
 // expireUnknown settles a parked fault whose deadline came: served if its
 // region arrived, re-raised if another holder serves the uffd now, else —
 // once the uffd's hold is over too (it may have been extended meanwhile) —
