@@ -111,6 +111,11 @@ func TestListenerConnCaps(t *testing.T) {
 	}
 }
 
+// latePause is how long the helper's late try waits between the magic and
+// Hello: much longer than the server takes to answer, shorter than
+// refusePeek.
+const latePause = refusePeek / 4
+
 // TestHelperHold is not a test: re-executed with helperEnv=hold, it holds
 // VCORED_WIRE_HOLD framed connections to VCORED_WIRE_SOCKET, tries one more
 // framed and one HTTP connection, prints what they got, prints "holding"
@@ -124,30 +129,29 @@ func TestHelperHold(t *testing.T) {
 	fmt.Sscan(os.Getenv("VCORED_WIRE_HOLD"), &n)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	// try dials and says Hello. late: not before the server's answer to
-	// the magic alone is readable (as when this client is descheduled
-	// between the two writes on a loaded machine); it also reports how
-	// long after the answer it got to send Hello. When Hello cannot be
-	// sent, try still reads what the server answered, if anything.
+	// try dials and says Hello. late: only after a pause between the
+	// magic and Hello (as when this client is descheduled between its two
+	// writes on a loaded machine), ended early if an answer arrives; it
+	// reports whether the answer came before Hello and how long after the
+	// pause Hello was sent. When Hello cannot be sent, try still reads what
+	// the server answered, if anything.
 	var lateStall time.Duration
+	var answeredEarly bool
 	try := func(late bool) (*Conn, string) {
 		c, err := Dial(ctx, path)
 		if err != nil {
 			return nil, "dial: " + err.Error()
 		}
-		var answered time.Time
+		var paused time.Time
 		if late {
-			for !c.Poll(10 * time.Millisecond) {
-				if ctx.Err() != nil {
-					c.Close()
-					return nil, "no answer before Hello"
-				}
+			for end := time.Now().Add(latePause); time.Now().Before(end) && !answeredEarly; {
+				answeredEarly = c.Poll(10 * time.Millisecond)
 				time.Sleep(10 * time.Millisecond)
 			}
-			answered = time.Now()
+			paused = time.Now()
 		}
 		if err := c.SendMsg(&Hello{Role: RoleWorker, Pid: os.Getpid(), Version: Version}); err != nil {
-			lateStall = time.Since(answered)
+			lateStall = time.Since(paused)
 			res := "send: " + err.Error()
 			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 			if f, rerr := c.RecvContext(rctx); rerr == nil {
@@ -184,6 +188,7 @@ func TestHelperHold(t *testing.T) {
 	}
 	fmt.Printf("over_wire_late=%s\n", res)
 	fmt.Printf("over_wire_late_stall=%s\n", lateStall)
+	fmt.Printf("over_wire_late_answered_early=%v\n", answeredEarly)
 	hc := unixHTTPClient(path)
 	if resp, err := hc.Get("http://vcored/peer"); err != nil {
 		fmt.Printf("over_http=get: %v\n", err)
@@ -245,27 +250,30 @@ func TestListenerPerUIDCapReal(t *testing.T) {
 	if lines["held"] != "2" {
 		t.Fatalf("helper could not hold 2 connections: %v", lines)
 	}
-	// The refusal must reach the client however its Hello and the
-	// server's answer are ordered: Hello first (the usual case) or the
-	// answer first (a client descheduled between the magic and Hello).
-	// Before, the server closed at once and a late Hello met a closed
-	// socket: "broken pipe". Now the server lingers for refuseLinger, so
-	// Hello goes through unless the client stalled longer than that (then
-	// the answer must still be readable after the failed send).
+	// The refusal must reach the client however late its Hello comes
+	// after the magic. Before, the server answered right after the magic
+	// and closed: a client descheduled between its two writes had its
+	// Hello fail with "broken pipe". Now the server answers once Hello has
+	// arrived (or refusePeek passed without it), so Hello goes through
+	// unless the client stalled longer than that (then the answer must
+	// still be readable after the failed send).
 	limitErr := func(w string) bool {
 		return strings.Contains(w, `Error {`) && strings.Contains(w, `"code":"limit"`) && strings.Contains(w, "uid 65534 already has 2 connections open")
 	}
 	if w := lines["over_wire"]; !limitErr(w) || (!strings.HasPrefix(w, "Error ") && !strings.HasPrefix(w, "send: ")) {
 		t.Errorf("framed connection over the cap got %q, want a limit Error naming the per-uid cap", w)
 	}
+	if lines["over_wire_late_answered_early"] != "false" {
+		t.Errorf("the server answered a framed connection over the cap before its Hello (a %v pause after the magic)", latePause)
+	}
 	w := lines["over_wire_late"]
 	stall, _ := time.ParseDuration(lines["over_wire_late_stall"])
 	switch {
 	case strings.HasPrefix(w, "Error ") && limitErr(w):
-	case strings.HasPrefix(w, "send: ") && limitErr(w) && stall >= refuseLinger-time.Second:
-		t.Logf("late Hello failed after a %v stall (the server lingers %v): %s", stall, refuseLinger, w)
+	case strings.HasPrefix(w, "send: ") && limitErr(w) && latePause+stall >= refusePeek:
+		t.Logf("late Hello failed after a %v pause and a %v stall (the server waits %v): %s", latePause, stall, refusePeek, w)
 	default:
-		t.Errorf("framed connection over the cap, Hello sent after the answer (%v later): got %q, want the Hello sent and a limit Error naming the per-uid cap", stall, w)
+		t.Errorf("framed connection over the cap, Hello sent %v after the magic (+%v): got %q, want the Hello sent and a limit Error naming the per-uid cap", latePause, stall, w)
 	}
 	if h := lines["over_http"]; !strings.HasPrefix(h, "503 connection limit: uid 65534 already has 2") {
 		t.Errorf("HTTP over the cap got %q, want 503 naming the per-uid cap", h)

@@ -76,15 +76,12 @@ func (lim Limits) withDefaults() Limits {
 }
 
 // maxRefusing bounds the refusals being explained at once (each waits up
-// to refusePeek for the first bytes to pick the answer's protocol, then
-// lingers up to refuseLinger, reading at most refuseDrain bytes, for the
-// client to take the answer); beyond it an over-limit connection is closed
-// without a word.
+// to refusePeek for the first bytes to pick the answer's protocol, and a
+// framed one up to refusePeek more for its Hello); beyond it an over-limit
+// connection is closed without a word.
 const (
-	maxRefusing  = 32
-	refusePeek   = 2 * time.Second
-	refuseLinger = 5 * time.Second
-	refuseDrain  = 64 << 10
+	maxRefusing = 32
+	refusePeek  = 2 * time.Second
 )
 
 // Listener is a daemon's one unix socket. It serves the framed protocol and
@@ -407,11 +404,12 @@ func (l *Listener) acquire(uid int) (release func(), why string) {
 // first bytes are awaited briefly, and only for maxRefusing connections at
 // once; the caller closes uc.
 //
-// After the answer it lingers (see linger): the client is still writing
-// (a framed client sends Hello right after the magic, without waiting), and
-// closing a unix socket at once would make that write fail with EPIPE
-// whenever the answer overtook it — the client then reports "broken pipe"
-// instead of the refusal.
+// A framed client writes the magic and its Hello separately, then reads;
+// the Error is sent only once the Hello (its first frame) has arrived, or
+// refusePeek passed without it. Answering right after the magic and
+// closing made a client descheduled between its two writes meet a closed
+// socket: its Hello failed with EPIPE ("broken pipe") instead of it
+// reading the refusal. (An HTTP client writes its request at once.)
 func (l *Listener) refuseOverLimit(uc *net.UnixConn, cred linux.Ucred, why string) {
 	if ok, n := l.refuseLog.allow(time.Second); ok {
 		l.log.Warn("refused connection: over the connection limit", "pid", cred.Pid, "uid", cred.Uid, "reason", why, "suppressed", n)
@@ -429,37 +427,21 @@ func (l *Listener) refuseOverLimit(uc *net.UnixConn, cred linux.Ucred, why strin
 	uc.SetWriteDeadline(time.Now().Add(time.Second))
 	msg := "connection limit: " + why
 	if n == len(Magic) && string(first[:]) == Magic {
-		if newConn(uc, cred).SendMsg(&Error{Code: CodeLimit, Msg: msg}) == nil {
-			linger(uc)
+		c := newConn(uc, cred)
+		var fds []int
+		if _, err := c.readFull(first[:], &fds); err == nil && len(fds) == 0 {
+			uc.SetReadDeadline(time.Now().Add(refusePeek))
+			if f, err := c.Recv(); err == nil {
+				f.CloseFDs()
+			}
 		}
+		linux.CloseFDs(fds)
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = c.SendMsg(&Error{Code: CodeLimit, Msg: msg})
 		return
 	}
 	body := msg + "\n"
-	if _, err := fmt.Fprintf(uc, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err == nil {
-		linger(uc)
-	}
-}
-
-// linger ends a connection whose answer was just written, gracefully: it
-// shuts down the write side (the client reads the answer, then EOF) and
-// discards what the client still sends until it closes, for at most
-// refuseLinger and refuseDrain bytes. Until then the client's writes land
-// in a live socket; closing at once would fail them with EPIPE. (Any
-// descriptors the client sends are dropped by the kernel: no control
-// buffer is given.)
-func linger(uc *net.UnixConn) {
-	if uc.CloseWrite() != nil {
-		return
-	}
-	uc.SetReadDeadline(time.Now().Add(refuseLinger))
-	var buf [4096]byte
-	for drained := 0; drained < refuseDrain; {
-		n, err := uc.Read(buf[:])
-		drained += n
-		if err != nil {
-			return
-		}
-	}
+	_, _ = fmt.Fprintf(uc, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 }
 
 // logEvery lets a repeated log line through at most once per interval and
