@@ -287,6 +287,11 @@ func (c *Core) takeBack(s *session) {
 			s.log.Warn("take back: dup uffd", "uffd", id, "err", err)
 			continue
 		}
+		// From here the new vcore serves it (or, central mode, core on):
+		// the worker gets ReconnectGrace to re-send what core lacks.
+		if err := c.pg.HoldUnknown(id, time.Now().Add(pager.ReconnectGrace)); err != nil {
+			s.log.Warn("take back: hold unknown faults", "uffd", id, "err", err)
+		}
 		regions := c.currentRegions(id, in.Regions)
 		// A frame holds at most wire.MaxPayload bytes: the first regions
 		// ride with the TakeBack, the rest follow as RegionAdds.
@@ -343,6 +348,13 @@ func (c *Core) endSession(s *session) {
 	for id := range ids {
 		if err := c.pg.Serve(id, true); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
 			s.log.Warn("failover: serve uffd", "uffd", id, "err", err)
+		}
+		// A fault outside every region core knows (a RegionAdd that died
+		// with the vcore) waits for the next vcore and the worker's
+		// re-sent mappings — until the orphan grace ends at the latest —
+		// instead of killing a live worker after the usual 2 s.
+		if err := c.pg.HoldUnknown(id, time.Now().Add(c.cfg.OrphanGrace)); err != nil && !errors.Is(err, pager.ErrUnknownUffd) {
+			s.log.Warn("failover: hold unknown faults", "uffd", id, "err", err)
 		}
 		c.mu.Lock()
 		if c.held[s.id] != nil {

@@ -44,13 +44,14 @@
 // an error and parked for Options.UnknownGrace: its region may be on its way
 // (a worker re-sending its regions after a reconnect, a RegionAdd still in
 // flight to core), and AddRegion wakes the threads waiting in the range it
-// adds, so they fault again and are served. A fault still outside every
-// region when the grace ends gets a definite outcome: SIGBUS to the worker,
+// adds, so they fault again and are served. A uffd taken over from a holder
+// that died waits longer (HoldUnknown, ReconnectGrace). A fault still
+// outside every region when the grace (and hold) ends gets a definite outcome: SIGBUS to the worker,
 // as the kernel does for a mapping it cannot back (UFFDIO_POISON on the page
 // where the kernel has it, 6.6+, else tgkill(2) of the faulting thread, then
 // a wake), with a warning naming pid, address and uffd. A Pager that no
-// longer serves the uffd only wakes it, so that the fault is raised again to
-// whoever serves it now. Nothing is ever zero-filled without a region saying
+// longer serves the uffd only wakes it (at once when it stops serving), so
+// that the fault is raised again to whoever serves it now. Nothing is ever zero-filled without a region saying
 // so, and no fault is left pending.
 package pager
 
@@ -291,6 +292,7 @@ type uffdEntry struct {
 	wpKnown bool        // this pager negotiated the uffd (else its WP mode is unknown)
 	written syncWritten // pages written in sync WP mode (track.go)
 	touch   touchOrder  // first touches of Track regions (touch.go)
+	hold    time.Time   // no SIGBUS for a fault outside every region before this (HoldUnknown); under Pager.unkMu
 }
 
 // region is a Region with its stats slot.
@@ -755,6 +757,7 @@ func (p *Pager) serveLocked(e *uffdEntry, on bool) error {
 		if err := p.ep.Delete(e.u.FD()); err != nil {
 			return fmt.Errorf("pager: stop serving uffd %d: %w", e.id, err)
 		}
+		p.handOverUnknown(e)
 		return nil
 	}
 	if err := p.ep.Add(e.u.FD(), linux.EPOLLIN|linux.EPOLLET, uffdToken(e.seq)); err != nil {

@@ -16,12 +16,57 @@ type unknownKey struct {
 	addr uintptr
 }
 
+// ReconnectGrace is how long faults outside every region of a uffd taken
+// over from a holder that died (a vcore's TakeBack, core's failover) wait
+// for their regions (HoldUnknown): the worker's client must notice the
+// restart, redial (its backoff reaches 2 s) and re-send its mappings, which
+// on a loaded machine takes longer than Options.UnknownGrace. Bounded, so
+// a fault never waits forever.
+const ReconnectGrace = 10 * time.Second
+
 // unknownFault is a fault outside every known region, waiting for its region
-// (Options.UnknownGrace) before the worker gets SIGBUS.
+// (Options.UnknownGrace, and the uffd's hold) before the worker gets SIGBUS.
 type unknownFault struct {
 	e     *uffdEntry
 	tids  []uint32 // faulting threads (0: unknown, no UFFD_FEATURE_THREAD_ID)
 	since time.Time
+	timer *time.Timer // fires expireUnknown at the deadline
+}
+
+// deadlineLocked is when u is settled: Options.UnknownGrace after it
+// arrived, but not before its uffd's hold ends. Called with unkMu held.
+func (p *Pager) deadlineLocked(u *unknownFault) time.Time {
+	d := u.since.Add(p.opts.UnknownGrace)
+	if u.e.hold.After(d) {
+		d = u.e.hold
+	}
+	return d
+}
+
+// HoldUnknown sets when faults outside every region of uffd id may get
+// SIGBUS at the earliest: a fault parked before until is settled then (or
+// Options.UnknownGrace after it arrived, if later), unless its region
+// arrives first. A zero until clears the hold. Parked faults are
+// rescheduled: a hold may be shortened (the worker reconnected) as well
+// as extended. The holder of a uffd taken over from a dead holder holds it
+// for ReconnectGrace, so that a live worker is not killed because its
+// regions are on their way with its reconnecting client.
+func (p *Pager) HoldUnknown(id uint64, until time.Time) error {
+	p.mu.Lock()
+	e, err := p.entryLocked(id)
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	p.unkMu.Lock()
+	defer p.unkMu.Unlock()
+	e.hold = until
+	for _, u := range p.unknown {
+		if u.e == e {
+			u.timer.Reset(time.Until(p.deadlineLocked(u)))
+		}
+	}
+	return nil
 }
 
 // parkUnknown parks a fault outside every region of e. The same page
@@ -36,28 +81,54 @@ func (p *Pager) parkUnknown(e *uffdEntry, addr uintptr, tid uint32) {
 		p.unkMu.Unlock()
 		return
 	}
-	p.unknown[k] = &unknownFault{e: e, tids: []uint32{tid}, since: time.Now()}
+	u := &unknownFault{e: e, tids: []uint32{tid}, since: time.Now()}
+	p.unknown[k] = u
+	wait := time.Until(p.deadlineLocked(u))
+	u.timer = time.AfterFunc(wait, func() { p.expireUnknown(k) })
 	p.unkMu.Unlock()
 	p.log.Debug("pager: fault outside every known region, waiting for its region", "uffd", e.id, "pid", e.pid,
-		"addr", fmt.Sprintf("%#x", addr), "tid", tid, "grace", p.opts.UnknownGrace)
-	time.AfterFunc(p.opts.UnknownGrace, func() { p.expireUnknown(k) })
+		"addr", fmt.Sprintf("%#x", addr), "tid", tid, "wait", wait)
 }
 
-// expireUnknown settles a parked fault whose grace is over: served if its
-// region arrived, re-raised if another holder serves the uffd now, else
+// handOverUnknown settles e's parked faults now: e is no longer served
+// here, so they are raised again (expireUnknown wakes them) for the holder
+// that serves it now, rather than after their grace or hold. Called with
+// p.mu held (expireUnknown runs later, on the timers).
+func (p *Pager) handOverUnknown(e *uffdEntry) {
+	p.unkMu.Lock()
+	defer p.unkMu.Unlock()
+	for _, u := range p.unknown {
+		if u.e == e {
+			u.timer.Reset(0)
+		}
+	}
+}
+
+// expireUnknown settles a parked fault whose deadline came: served if its
+// region arrived, re-raised if another holder serves the uffd now, else —
+// once the uffd's hold is over too (it may have been extended meanwhile) —
 // SIGBUS.
 func (p *Pager) expireUnknown(k unknownKey) {
 	p.unkMu.Lock()
 	u := p.unknown[k]
-	delete(p.unknown, k)
 	p.unkMu.Unlock()
 	if u == nil {
 		return
 	}
 	e := u.e
+	settled := func() bool {
+		p.unkMu.Lock()
+		defer p.unkMu.Unlock()
+		if p.unknown[k] != u {
+			return false // settled by another firing
+		}
+		delete(p.unknown, k)
+		return true
+	}
 	e.use.RLock()
 	defer e.use.RUnlock()
 	if e.closed {
+		settled()
 		return
 	}
 	p.mu.Lock()
@@ -66,12 +137,28 @@ func (p *Pager) expireUnknown(k unknownKey) {
 	if e.find(k.addr) != nil || !serving {
 		// Its region arrived (AddRegion woke it already; a second wake is
 		// harmless), or another holder serves the uffd: raise it again.
+		if !settled() {
+			return
+		}
 		if err := e.u.Wake(k.addr, p.ps); err != nil && !errors.Is(err, linux.ESRCH) {
 			p.log.Warn("pager: wake a parked fault", "uffd", e.id, "addr", fmt.Sprintf("%#x", k.addr), "err", err)
 		}
 		return
 	}
-	p.sigbus(e, k.addr, u.tids, "fault outside every known region")
+	p.unkMu.Lock()
+	if p.unknown[k] != u {
+		p.unkMu.Unlock()
+		return
+	}
+	if d := p.deadlineLocked(u); time.Now().Before(d) {
+		u.timer.Reset(time.Until(d)) // held: wait on
+		p.unkMu.Unlock()
+		return
+	}
+	delete(p.unknown, k)
+	tids := slices.Clone(u.tids)
+	p.unkMu.Unlock()
+	p.sigbus(e, k.addr, tids, "fault outside every known region")
 }
 
 // sigbus gives the threads waiting on the page at addr SIGBUS: the page is

@@ -172,3 +172,95 @@ func TestOverlapNamesExisting(t *testing.T) {
 		t.Fatalf("overlap: %v, want ErrOverlap naming the registered region \"first\"", err)
 	}
 }
+
+// TestUnknownFaultHeld: while its uffd is held (HoldUnknown: taken over
+// from a dead holder, the worker's client not reconnected yet) a fault
+// outside every region outlives Options.UnknownGrace many times over and is
+// served when its region arrives; a shortened hold (the worker reconnected)
+// settles what is still parked: SIGBUS, never a wait forever.
+func TestUnknownFaultHeld(t *testing.T) {
+	needUffd(t)
+	const grace = 100 * time.Millisecond
+	p := newPager(t, pager.Options{UnknownGrace: grace})
+	t.Setenv("GODEBUG", "asyncpreemptoff=1") // only the pager wakes the fault (see above)
+	w := startWorker(t, workerSpec{Regions: []workerRegion{{Pages: 4, Seed: 5}}})
+	if err := p.AddUffd(1, w.uffd, w.pid, true); err != nil {
+		w.uffd = nil
+		w.kill()
+		t.Fatal(err)
+	}
+	w.uffd = nil
+	if err := p.HoldUnknown(1, time.Now().Add(time.Hour)); err != nil {
+		w.kill()
+		t.Fatal(err)
+	}
+	r := w.regions("late", false)[0]
+	registerBehindPagersBack(t, p, 1, r.Start, r.Length)
+	w.start()
+	deadline := time.Now().Add(30 * time.Second)
+	for p.ParkedFaults() == 0 {
+		if time.Now().After(deadline) {
+			w.kill()
+			t.Fatal("the fault was not parked")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(10 * grace)
+	if p.ParkedFaults() == 0 || w.cmd.ProcessState != nil || !linux.ProcessLive(w.pid) {
+		w.kill()
+		t.Fatalf("held fault settled after %v (grace %v, held an hour): parked %d", 10*grace, grace, p.ParkedFaults())
+	}
+	if err := p.AddRegion(1, r); err != nil {
+		w.kill()
+		t.Fatal(err)
+	}
+	if err := w.result(workerTimeout); err != nil {
+		t.Fatalf("worker: %v", err)
+	}
+	if st := p.Stats()["late0"]; st.Pages != 4 {
+		t.Errorf("late region: %+v, want 4 pages served", st)
+	}
+}
+
+// TestUnknownFaultHoldShortened: a hold is bounded and may be cut short:
+// the parked fault gets SIGBUS once the hold is lifted (no region came).
+func TestUnknownFaultHoldShortened(t *testing.T) {
+	needUffd(t)
+	p := newPager(t, pager.Options{UnknownGrace: 100 * time.Millisecond})
+	w := startWorker(t, workerSpec{Regions: []workerRegion{{Pages: 4, Seed: 3}}})
+	if err := p.AddUffd(1, w.uffd, w.pid, true); err != nil {
+		w.uffd = nil
+		w.kill()
+		t.Fatal(err)
+	}
+	w.uffd = nil
+	if err := p.HoldUnknown(1, time.Now().Add(time.Hour)); err != nil {
+		w.kill()
+		t.Fatal(err)
+	}
+	r := w.regions("ds", false)[0]
+	registerBehindPagersBack(t, p, 1, r.Start, r.Length)
+	w.start()
+	deadline := time.Now().Add(30 * time.Second)
+	for p.ParkedFaults() == 0 {
+		if time.Now().After(deadline) {
+			w.kill()
+			t.Fatal("the fault was not parked")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := p.HoldUnknown(1, time.Now()); err != nil {
+		w.kill()
+		t.Fatal(err)
+	}
+	err := w.result(workerTimeout)
+	if err == nil {
+		t.Fatal("the worker read memory no region backs and reported ok")
+	}
+	if ws := w.cmd.ProcessState.Sys().(syscall.WaitStatus); ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+		t.Fatalf("the fault stayed parked after its hold was lifted: %v", err)
+	}
+	if p.ParkedFaults() != 0 {
+		t.Errorf("%d faults still parked", p.ParkedFaults())
+	}
+}

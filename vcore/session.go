@@ -591,11 +591,18 @@ func (v *VCore) takeBack(tb *wire.TakeBack, fd int) {
 		v.log.Error("take back uffd", "uffd", tb.UffdID, "pid", tb.WorkerPid, "err", err)
 		return
 	}
+	// Core's table may lack a region the worker uses (its RegionAdd died
+	// with the previous vcore): a fault there waits for the worker's
+	// client to reconnect and re-send its mappings (it redials with a
+	// backoff of up to 2 s), not only the usual grace — bounded.
+	if err := v.pgr.HoldUnknown(tb.UffdID, time.Now().Add(pager.ReconnectGrace)); err != nil {
+		v.log.Warn("hold the taken-back uffd's unknown faults", "uffd", tb.UffdID, "err", err)
+	}
 	v.uffds[tb.UffdID] = st
 	for _, r := range tb.Regions {
 		v.addTakenRegionLocked(st, r)
 	}
-	v.log.Info("took back a uffd from core", "uffd", tb.UffdID, "pid", tb.WorkerPid, "regions", len(tb.Regions))
+	v.log.Info("took back a uffd from core", "uffd", tb.UffdID, "pid", tb.WorkerPid, "regions", len(tb.Regions), "hold", pager.ReconnectGrace)
 }
 
 // takeBackRegion adds a region core sent after a TakeBack.

@@ -457,6 +457,12 @@ func (v *VCore) takeUffd(w *worker, fd int) error {
 			st.sub = w.sub
 		}
 		w.uffd = st.id
+		// The worker reconnected: its mappings follow right away, so a
+		// fault still outside every region gets the usual grace from now
+		// (no longer a taken-back uffd's ReconnectGrace).
+		if err := v.pgr.HoldUnknown(st.id, time.Now().Add(pager.DefaultUnknownGrace)); err != nil {
+			v.log.Warn("hold unknown faults", "uffd", st.id, "err", err)
+		}
 		v.log.Info("a worker re-sent the userfaultfd the vcore holds; serving on", "pid", w.pid, "uffd", st.id, "regions", len(st.regions))
 		return nil
 	}

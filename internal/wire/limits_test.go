@@ -111,6 +111,11 @@ func TestListenerConnCaps(t *testing.T) {
 	}
 }
 
+// latePause is how long the helper's late try waits between the magic and
+// Hello: much longer than the server takes to answer, shorter than
+// refusePeek.
+const latePause = refusePeek / 4
+
 // TestHelperHold is not a test: re-executed with helperEnv=hold, it holds
 // VCORED_WIRE_HOLD framed connections to VCORED_WIRE_SOCKET, tries one more
 // framed and one HTTP connection, prints what they got, prints "holding"
@@ -124,14 +129,37 @@ func TestHelperHold(t *testing.T) {
 	fmt.Sscan(os.Getenv("VCORED_WIRE_HOLD"), &n)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	try := func() (*Conn, string) {
+	// try dials and says Hello. late: only after a pause between the
+	// magic and Hello (as when this client is descheduled between its two
+	// writes on a loaded machine), ended early if an answer arrives; it
+	// reports whether the answer came before Hello and how long after the
+	// pause Hello was sent. When Hello cannot be sent, try still reads what
+	// the server answered, if anything.
+	var lateStall time.Duration
+	var answeredEarly bool
+	try := func(late bool) (*Conn, string) {
 		c, err := Dial(ctx, path)
 		if err != nil {
 			return nil, "dial: " + err.Error()
 		}
+		var paused time.Time
+		if late {
+			for end := time.Now().Add(latePause); time.Now().Before(end) && !answeredEarly; {
+				answeredEarly = c.Poll(10 * time.Millisecond)
+				time.Sleep(10 * time.Millisecond)
+			}
+			paused = time.Now()
+		}
 		if err := c.SendMsg(&Hello{Role: RoleWorker, Pid: os.Getpid(), Version: Version}); err != nil {
+			lateStall = time.Since(paused)
+			res := "send: " + err.Error()
+			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+			if f, rerr := c.RecvContext(rctx); rerr == nil {
+				res += "; then " + f.Type.String() + " " + string(f.Payload)
+			}
+			rcancel()
 			c.Close()
-			return nil, "send: " + err.Error()
+			return nil, res
 		}
 		f, err := c.RecvContext(ctx)
 		if err != nil {
@@ -141,7 +169,7 @@ func TestHelperHold(t *testing.T) {
 		return c, f.Type.String() + " " + string(f.Payload)
 	}
 	for i := range n {
-		c, res := try()
+		c, res := try(false)
 		if c == nil {
 			fmt.Printf("held=%d: %s\n", i, res)
 			return
@@ -149,11 +177,18 @@ func TestHelperHold(t *testing.T) {
 		defer c.Close()
 	}
 	fmt.Printf("held=%d\n", n)
-	c, res := try()
+	c, res := try(false)
 	if c != nil {
 		c.Close()
 	}
 	fmt.Printf("over_wire=%s\n", res)
+	c, res = try(true)
+	if c != nil {
+		c.Close()
+	}
+	fmt.Printf("over_wire_late=%s\n", res)
+	fmt.Printf("over_wire_late_stall=%s\n", lateStall)
+	fmt.Printf("over_wire_late_answered_early=%v\n", answeredEarly)
 	hc := unixHTTPClient(path)
 	if resp, err := hc.Get("http://vcored/peer"); err != nil {
 		fmt.Printf("over_http=get: %v\n", err)
@@ -215,8 +250,30 @@ func TestListenerPerUIDCapReal(t *testing.T) {
 	if lines["held"] != "2" {
 		t.Fatalf("helper could not hold 2 connections: %v", lines)
 	}
-	if w := lines["over_wire"]; !strings.HasPrefix(w, "Error ") || !strings.Contains(w, `"code":"limit"`) || !strings.Contains(w, "uid 65534 already has 2 connections open") {
-		t.Errorf("third framed connection got %q, want a limit Error naming the per-uid cap", w)
+	// The refusal must reach the client however late its Hello comes
+	// after the magic. Before, the server answered right after the magic
+	// and closed: a client descheduled between its two writes had its
+	// Hello fail with "broken pipe". Now the server answers once Hello has
+	// arrived (or refusePeek passed without it), so Hello goes through
+	// unless the client stalled longer than that (then the answer must
+	// still be readable after the failed send).
+	limitErr := func(w string) bool {
+		return strings.Contains(w, `Error {`) && strings.Contains(w, `"code":"limit"`) && strings.Contains(w, "uid 65534 already has 2 connections open")
+	}
+	if w := lines["over_wire"]; !limitErr(w) || (!strings.HasPrefix(w, "Error ") && !strings.HasPrefix(w, "send: ")) {
+		t.Errorf("framed connection over the cap got %q, want a limit Error naming the per-uid cap", w)
+	}
+	if lines["over_wire_late_answered_early"] != "false" {
+		t.Errorf("the server answered a framed connection over the cap before its Hello (a %v pause after the magic)", latePause)
+	}
+	w := lines["over_wire_late"]
+	stall, _ := time.ParseDuration(lines["over_wire_late_stall"])
+	switch {
+	case strings.HasPrefix(w, "Error ") && limitErr(w):
+	case strings.HasPrefix(w, "send: ") && limitErr(w) && latePause+stall >= refusePeek:
+		t.Logf("late Hello failed after a %v pause and a %v stall (the server waits %v): %s", latePause, stall, refusePeek, w)
+	default:
+		t.Errorf("framed connection over the cap, Hello sent %v after the magic (+%v): got %q, want the Hello sent and a limit Error naming the per-uid cap", latePause, stall, w)
 	}
 	if h := lines["over_http"]; !strings.HasPrefix(h, "503 connection limit: uid 65534 already has 2") {
 		t.Errorf("HTTP over the cap got %q, want 503 naming the per-uid cap", h)

@@ -76,8 +76,9 @@ func (lim Limits) withDefaults() Limits {
 }
 
 // maxRefusing bounds the refusals being explained at once (each waits up
-// to refusePeek for the first bytes to pick the answer's protocol); beyond
-// it an over-limit connection is closed without a word.
+// to refusePeek for the first bytes to pick the answer's protocol, and a
+// framed one up to refusePeek more for its Hello); beyond it an over-limit
+// connection is closed without a word.
 const (
 	maxRefusing = 32
 	refusePeek  = 2 * time.Second
@@ -402,6 +403,13 @@ func (l *Listener) acquire(uid int) (release func(), why string) {
 // a "limit" Error when it speaks the framed protocol, a 503 when HTTP. Its
 // first bytes are awaited briefly, and only for maxRefusing connections at
 // once; the caller closes uc.
+//
+// A framed client writes the magic and its Hello separately, then reads;
+// the Error is sent only once the Hello (its first frame) has arrived, or
+// refusePeek passed without it. Answering right after the magic and
+// closing made a client descheduled between its two writes meet a closed
+// socket: its Hello failed with EPIPE ("broken pipe") instead of it
+// reading the refusal. (An HTTP client writes its request at once.)
 func (l *Listener) refuseOverLimit(uc *net.UnixConn, cred linux.Ucred, why string) {
 	if ok, n := l.refuseLog.allow(time.Second); ok {
 		l.log.Warn("refused connection: over the connection limit", "pid", cred.Pid, "uid", cred.Uid, "reason", why, "suppressed", n)
@@ -419,7 +427,17 @@ func (l *Listener) refuseOverLimit(uc *net.UnixConn, cred linux.Ucred, why strin
 	uc.SetWriteDeadline(time.Now().Add(time.Second))
 	msg := "connection limit: " + why
 	if n == len(Magic) && string(first[:]) == Magic {
-		_ = newConn(uc, cred).SendMsg(&Error{Code: CodeLimit, Msg: msg})
+		c := newConn(uc, cred)
+		var fds []int
+		if _, err := c.readFull(first[:], &fds); err == nil && len(fds) == 0 {
+			uc.SetReadDeadline(time.Now().Add(refusePeek))
+			if f, err := c.Recv(); err == nil {
+				f.CloseFDs()
+			}
+		}
+		linux.CloseFDs(fds)
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = c.SendMsg(&Error{Code: CodeLimit, Msg: msg})
 		return
 	}
 	body := msg + "\n"
