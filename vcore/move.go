@@ -431,13 +431,19 @@ func (v *VCore) stopForMove(ctx context.Context, s *subsystem, res *api.MoveOut)
 		stopped <- s.sup.Stop(sctx)
 	}()
 	_ = s.group.Kill(syscall.SIGKILL)
-	if err := thaw(); err != nil {
-		v.log.Warn("thaw a killed subsystem", "subsystem", s.cfg.Name, "err", err)
-	}
+	// The thaw lets the killed processes exit; its cleanup (the v1 freezer
+	// directory) can find them still exiting, and is done again once they
+	// are gone.
+	thawErr := thaw()
 	res.FrozenAtUnixNS = frozenAt.UnixNano()
 	res.FrozenMS = float64(time.Since(frozenAt).Microseconds()) / 1000
 	if err := <-stopped; err != nil {
 		return fmt.Errorf("stop subsystem %s: %w", s.cfg.Name, err)
+	}
+	if thawErr != nil {
+		if err := thaw(); err != nil {
+			v.log.Warn("thaw a killed subsystem", "subsystem", s.cfg.Name, "err", err, "first_err", thawErr)
+		}
 	}
 	if err := s.group.Delete(); err != nil {
 		v.log.Warn("delete a moved subsystem's cgroup", "subsystem", s.cfg.Name, "err", err)
