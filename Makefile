@@ -15,7 +15,7 @@ GO             ?= go
 NODES          ?= 2,4
 CPUS_PER_NODE  ?= 2
 MEM_PER_NODE   ?= 512M
-VMTEST_TIMEOUT ?= 8m
+VMTEST_TIMEOUT ?= 12m
 VMTEST_FLAGS   ?=
 
 .PHONY: build test vmtest vmtest2 vmtest4
