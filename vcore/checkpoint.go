@@ -165,6 +165,28 @@ func persistentOf(s *subsystem, name string) *persistentDS {
 	return p
 }
 
+// trackingMode is how the attached region's writes are tracked: "async",
+// "sync", or "" (p is nil or not attached).
+func (p *persistentDS) trackingMode() string {
+	if p == nil {
+		return ""
+	}
+	p.attMu.Lock()
+	defer p.attMu.Unlock()
+	switch {
+	case p.att == nil || p.att.tr == nil:
+		return ""
+	case isPagerTracker(p.att.tr):
+		return "sync"
+	}
+	return "async"
+}
+
+func isPagerTracker(tr ckpt.Tracker) bool {
+	_, ok := tr.(*pagerTracker)
+	return ok
+}
+
 // reserve claims p for one region; a second attach is refused.
 func (p *persistentDS) reserve() error {
 	p.attMu.Lock()

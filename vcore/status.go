@@ -51,6 +51,12 @@ func (v *VCore) subsystemStatus(s *subsystem) api.Subsystem {
 	}
 	for _, d := range s.cfg.Local {
 		a.Dataspaces = append(a.Dataspaces, d.Name)
+		if mode := persistentOf(s, d.Name).trackingMode(); mode != "" {
+			if a.Tracking == nil {
+				a.Tracking = map[string]string{}
+			}
+			a.Tracking[d.Name] = mode
+		}
 	}
 	a.Dataspaces = append(a.Dataspaces, s.cfg.Dataspaces...)
 	if s.sup != nil {

@@ -117,6 +117,11 @@ type Subsystem struct {
 	MovedTo   *int   `json:"moved_to,omitempty"`
 	MovedFrom *int   `json:"moved_from,omitempty"`
 	MoveMode  string `json:"move_mode,omitempty"`
+	// Tracking says, per attached persistent dataspace, how its writes
+	// are tracked for checkpoints: "async" (UFFD_FEATURE_WP_ASYNC and
+	// PAGEMAP_SCAN, Linux 6.7+) or "sync" (write-protect faults served by
+	// the pager).
+	Tracking map[string]string `json:"tracking,omitempty"`
 }
 
 // DataspaceStats are a pager's counters for one dataspace.

@@ -235,6 +235,14 @@ persistent = true
 		t.Errorf("image at %s, want %s", d.Image, want)
 	}
 	checkTimes(t, res, "checkpoint 1")
+	// Status says which write tracking is in use.
+	wantTracking := "async"
+	if os.Getenv("VCORED_SYNC_WRITE_TRACKING") == "1" || !linux.HaveWPAsync() {
+		wantTracking = "sync"
+	}
+	if s, _ := subsystem(t, sock, "p"); s.Tracking["mem"] != wantTracking {
+		t.Errorf("status tracking %v, want mem: %s", s.Tracking, wantTracking)
+	}
 	t.Logf("checkpoint 1: frozen %s, total %s, %d pages (%d copied frozen), %d bytes",
 		time.Duration(res.FrozenNS), time.Duration(res.TotalNS), res.Pages, d.CopiedFrozen, res.Bytes)
 	// The worker touched its pages in order, one fault each.
