@@ -283,4 +283,3 @@ func BenchmarkMultiPage(b *testing.B) {
 	b.Run("fa16", func(b *testing.B) { benchMultiPage(b, 16, false, 16) })
 	b.Run("prefetch", func(b *testing.B) { benchMultiPage(b, 1, true, 64) })
 }
-
