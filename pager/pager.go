@@ -839,15 +839,14 @@ func (p *Pager) resolve(e *uffdEntry, r *region, addr uintptr, buf []byte, write
 }
 
 // resolveRange is resolve of the window [lo, hi) around addr (buf holds
-// hi-lo bytes). If ioctlNS is not nil, the time spent in the
-// UFFDIO_COPY/ZEROPAGE/WAKE ioctls is added to it.
-func (p *Pager) resolveRange(e *uffdEntry, r *region, addr, lo, hi uintptr, buf []byte, write, wrote bool, ioctlNS *int64) (int, error) {
-	if ioctlNS != nil {
-		u := timedUffd{u: e.u, ns: ioctlNS}
+// hi-lo bytes). If tu is not nil (a pager thread's own, set to e.u), the
+// time spent in the UFFDIO_COPY/ZEROPAGE/WAKE ioctls is added to tu.ns.
+func (p *Pager) resolveRange(e *uffdEntry, r *region, addr, lo, hi uintptr, buf []byte, write, wrote bool, tu *timedUffd) (int, error) {
+	if tu != nil {
 		if wrote && r.Track {
-			return resolveWritten(p, &u, e, r, addr, lo, hi, buf)
+			return resolveWritten(p, tu, e, r, addr, lo, hi, buf)
 		}
-		return resolveWith(p, &u, r, addr, lo, hi, buf, write)
+		return resolveWith(p, tu, r, addr, lo, hi, buf, write)
 	}
 	if wrote && r.Track {
 		return resolveWritten(p, e.u, e, r, addr, lo, hi, buf)
@@ -862,30 +861,32 @@ type uffdOps interface {
 	Wake(start, length uintptr) error
 }
 
-// timedUffd adds the time of each ioctl to *ns.
+// timedUffd adds the time of each ioctl to ns. Each pager thread has one,
+// reused for every fault (thread.timed): built per fault, it and the
+// counter it added to escaped to the heap, two allocations per fault.
 type timedUffd struct {
 	u  *linux.Uffd
-	ns *int64
+	ns int64
 }
 
 func (t *timedUffd) Copy(dst uintptr, src []byte, mode uint64) (int64, error) {
 	s := time.Now()
 	n, err := t.u.Copy(dst, src, mode)
-	*t.ns += int64(time.Since(s))
+	t.ns += int64(time.Since(s))
 	return n, err
 }
 
 func (t *timedUffd) ZeroPage(dst, length uintptr, mode uint64) (int64, error) {
 	s := time.Now()
 	n, err := t.u.ZeroPage(dst, length, mode)
-	*t.ns += int64(time.Since(s))
+	t.ns += int64(time.Since(s))
 	return n, err
 }
 
 func (t *timedUffd) Wake(start, length uintptr) error {
 	s := time.Now()
 	err := t.u.Wake(start, length)
-	*t.ns += int64(time.Since(s))
+	t.ns += int64(time.Since(s))
 	return err
 }
 

@@ -2,6 +2,7 @@ package pager
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -164,7 +165,7 @@ func (p *Pager) observe(r *region, addr, lo, hi uintptr) (newHi uintptr, job pre
 // and queue what to map ahead once the faulting thread is awake.
 func (t *thread) streamFault(e *uffdEntry, r *region, addr, lo, hi uintptr, write bool, start time.Time, st *dsCounters) error {
 	p := t.p
-	var ioctl int64
+	tu := t.timing(e)
 	whi, job, ok := p.observe(r, addr, lo, hi)
 	if ok && job.stride != 0 {
 		// A strided stream: the next steps first (no wake-up), so that
@@ -181,13 +182,13 @@ func (t *thread) streamFault(e *uffdEntry, r *region, addr, lo, hi uintptr, writ
 		// (A tracked region's write fault goes through resolveRange:
 		// its page is recorded as written and mapped unprotected.)
 		var ahead int
-		pages, ahead, err = p.copyWithAhead(e, r, addr, lo, hi, whi, t.pbuf, write, &ioctl)
+		pages, ahead, err = p.copyWithAhead(e, r, addr, lo, hi, whi, t.pbuf, write, tu)
 		st.prefetched += uint64(ahead)
 	} else {
-		pages, err = p.resolveRange(e, r, addr, lo, hi, t.pbuf, write, write, &ioctl)
+		pages, err = p.resolveRange(e, r, addr, lo, hi, t.pbuf, write, write, tu)
 	}
 	st.pages += uint64(pages)
-	t.breakdown(st, start, ioctl, err)
+	t.breakdown(st, start, tu.ns, err)
 	if err == nil && ok {
 		job.e = e
 		t.queuePrefetch(job)
@@ -204,7 +205,7 @@ func (t *thread) streamFault(e *uffdEntry, r *region, addr, lo, hi uintptr, writ
 // the faulting page was copied, the window alone is resolved as any fault
 // (resolveRange). It returns the pages mapped and how many of them lie
 // after the window.
-func (p *Pager) copyWithAhead(e *uffdEntry, r *region, addr, lo, hi, whi uintptr, buf []byte, write bool, ioctlNS *int64) (pages, ahead int, err error) {
+func (p *Pager) copyWithAhead(e *uffdEntry, r *region, addr, lo, hi, whi uintptr, buf []byte, write bool, tu *timedUffd) (pages, ahead int, err error) {
 	src, err := p.source(r, lo, whi, buf)
 	if err != nil {
 		return 0, 0, err
@@ -213,8 +214,7 @@ func (p *Pager) copyWithAhead(e *uffdEntry, r *region, addr, lo, hi, whi uintptr
 	if r.Track {
 		cmode = linux.UFFDIO_COPY_MODE_WP
 	}
-	u := timedUffd{u: e.u, ns: ioctlNS}
-	n, err := u.Copy(lo, src, cmode)
+	n, err := tu.Copy(lo, src, cmode)
 	if lo+uintptr(n) > addr {
 		// The faulting page is mapped and woken; a copy cut short (a page
 		// present further on: EAGAIN with a count) mapped the rest of
@@ -225,7 +225,7 @@ func (p *Pager) copyWithAhead(e *uffdEntry, r *region, addr, lo, hi, whi uintptr
 	if err != nil && !errors.Is(err, linux.EEXIST) && !errors.Is(err, linux.EAGAIN) {
 		return int(uintptr(n) / p.ps), 0, err
 	}
-	m, err := p.resolveRange(e, r, addr, lo, hi, buf, write, write, ioctlNS)
+	m, err := p.resolveRange(e, r, addr, lo, hi, buf, write, write, tu)
 	return int(uintptr(n)/p.ps) + m, 0, err
 }
 
@@ -255,7 +255,7 @@ func (t *thread) queuePrefetch(job prefetchJob) {
 		}
 	}
 	if len(t.jobs) >= 8 {
-		t.jobs = t.jobs[1:] // the oldest stream waits longest: drop it
+		t.jobs = slices.Delete(t.jobs, 0, 1) // the oldest stream waits longest: drop it
 	}
 	t.jobs = append(t.jobs, job)
 }
@@ -280,8 +280,9 @@ func (t *thread) prefetchStep() {
 		t.stats.mu.Unlock()
 	}
 	if done {
-		t.jobs[0] = prefetchJob{}
-		t.jobs = t.jobs[1:]
+		// In place: reslicing from the front would shrink the capacity
+		// and make a later append allocate.
+		t.jobs = slices.Delete(t.jobs, 0, 1)
 	}
 }
 

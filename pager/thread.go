@@ -27,6 +27,8 @@ type thread struct {
 	readShare int64
 	jobs      []prefetchJob // pending prefetch, served when no event is
 	pbuf      []byte        // prefetchBufPages + FaultAround pages, mmap'd, for prefetch copies
+	// timed times the ioctls of the fault being handled (see timing).
+	timed timedUffd
 
 	stats threadStats
 }
@@ -181,12 +183,12 @@ func (t *thread) fault(e *uffdEntry, m *linux.UffdMsg, start time.Time) error {
 		e.touch.record(addr)
 	}
 	write := m.PagefaultFlags()&linux.UFFD_PAGEFAULT_FLAG_WRITE != 0
-	var ioctl int64
 	lo, hi := p.window(r, addr)
 	if r.stream == nil {
-		pages, err := p.resolveRange(e, r, addr, lo, hi, t.buf, write, write, &ioctl)
+		tu := t.timing(e)
+		pages, err := p.resolveRange(e, r, addr, lo, hi, t.buf, write, write, tu)
 		st.pages += uint64(pages)
-		t.breakdown(st, start, ioctl, err)
+		t.breakdown(st, start, tu.ns, err)
 		return t.settle(e, r, addr, write, start, err, st)
 	}
 	return t.streamFault(e, r, addr, lo, hi, write, start, st)
@@ -259,6 +261,12 @@ func (t *thread) fromReplica(e *uffdEntry, r *region, addr uintptr, start time.T
 	}
 	st.lat.record(time.Since(start).Nanoseconds())
 	return true, nil
+}
+
+// timing returns the thread's ioctl timer, reset for a fault of e.
+func (t *thread) timing(e *uffdEntry) *timedUffd {
+	t.timed = timedUffd{u: e.u}
+	return &t.timed
 }
 
 // breakdown records where a resolved fault's time went: the read that
