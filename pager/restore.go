@@ -137,11 +137,13 @@ type orderRun struct {
 	err error
 }
 
-// runOrder is the prefetch's goroutine: it maps the runs that its reading
-// thread (readOrder) read and checked, so that reading run k+1 (pread,
-// checksums) overlaps mapping run k (UFFDIO_COPY) when the pager has more
-// than one CPU. Both OS threads are pinned to the pager's CPUs and
-// SCHED_IDLE; they are never unlocked, so each ends with its goroutine.
+// runOrder is the prefetch's goroutine: it maps the runs of the order
+// that readOrder read and checked. Where the pager has more than one CPU,
+// readOrder runs on a thread of its own, so that reading run k+1 (pread,
+// checksums) overlaps mapping run k (UFFDIO_COPY); on one CPU the two
+// would only take turns, so one thread reads and maps each run in turn
+// (no hand-off). Each OS thread is pinned to the pager's CPUs and
+// SCHED_IDLE; it is never unlocked, so it ends with its goroutine.
 func (p *Pager) runOrder(o *OrderPrefetch, e *uffdEntry, r0 *region, order []uint64) {
 	defer close(o.done)
 	p.idleThread()
@@ -155,12 +157,46 @@ func (p *Pager) runOrder(o *OrderPrefetch, e *uffdEntry, r0 *region, order []uin
 	for k := range restoreBufs {
 		free <- mem[k*restoreChunk*ps : (k+1)*restoreChunk*ps]
 	}
+	// mapRun maps one run; false: the prefetch is over (o says why).
+	mapRun := func(run orderRun) bool {
+		if o.stop.Load() {
+			o.ended = true
+			return false
+		}
+		gone, err := p.orderChunk(o, e, r0, run)
+		if err != nil {
+			o.err = err
+			return false
+		}
+		if gone {
+			o.ended = true
+			return false
+		}
+		if run.buf != nil {
+			free <- run.buf
+		}
+		return true
+	}
+	if p.restoreCPUs() < 2 {
+		p.readOrder(o, r0, order, free, nil, mapRun)
+		linux.Munmap(mem)
+		return
+	}
 	runs := make(chan orderRun, restoreBufs)
 	quit := make(chan struct{})
 	reader := make(chan struct{})
 	go func() {
 		defer close(reader)
-		p.readOrder(o, r0, order, free, runs, quit)
+		defer close(runs)
+		p.idleThread()
+		p.readOrder(o, r0, order, free, quit, func(run orderRun) bool {
+			select {
+			case runs <- run:
+				return true
+			case <-quit:
+				return false
+			}
+		})
 	}()
 	defer func() {
 		close(quit)
@@ -168,23 +204,22 @@ func (p *Pager) runOrder(o *OrderPrefetch, e *uffdEntry, r0 *region, order []uin
 		linux.Munmap(mem)
 	}()
 	for run := range runs {
-		if o.stop.Load() {
-			o.ended = true
+		if !mapRun(run) {
 			return
-		}
-		gone, err := p.orderChunk(o, e, r0, run)
-		if err != nil {
-			o.err = err
-			return
-		}
-		if gone {
-			o.ended = true
-			return
-		}
-		if run.buf != nil {
-			free <- run.buf
 		}
 	}
+}
+
+// restoreCPUs is how many CPUs the restore prefetch's threads may run on.
+func (p *Pager) restoreCPUs() int {
+	if !p.opts.CPUs.IsEmpty() {
+		return p.opts.CPUs.Len()
+	}
+	cpus, err := linux.ThreadAffinity()
+	if err != nil {
+		return 1
+	}
+	return cpus.Len()
 }
 
 // idleThread locks the calling goroutine to its OS thread, pins it to the
@@ -200,14 +235,13 @@ func (p *Pager) idleThread() {
 	}
 }
 
-// readOrder is the prefetch's reading thread: it cuts the order into runs
-// of consecutive pages (at most restoreChunk), reads each into a free
-// buffer through the region's content source (which checks every page's
-// checksum) and hands it to runOrder, until the order ends, a read fails
-// (handed over as the run's error: nothing after it is read), or quit.
-func (p *Pager) readOrder(o *OrderPrefetch, r0 *region, order []uint64, free chan []byte, runs chan<- orderRun, quit <-chan struct{}) {
-	defer close(runs)
-	p.idleThread()
+// readOrder cuts the order into runs of consecutive pages (at most
+// restoreChunk), reads each into a free buffer through the region's
+// content source (which checks every page's checksum) and hands it to
+// emit, until the order ends, a read fails (handed over as the run's
+// error: nothing after it is read), emit returns false, or quit is
+// closed.
+func (p *Pager) readOrder(o *OrderPrefetch, r0 *region, order []uint64, free chan []byte, quit <-chan struct{}, emit func(orderRun) bool) {
 	zero := r0.Content.IsZero()
 	for i := 0; i < len(order); {
 		n := 1
@@ -218,7 +252,7 @@ func (p *Pager) readOrder(o *OrderPrefetch, r0 *region, order []uint64, free cha
 		if !zero {
 			select {
 			case run.buf = <-free:
-			case <-quit:
+			case <-quit: // runOrder is over (nil: readOrder runs in its thread)
 				return
 			}
 			if o.stop.Load() {
@@ -232,12 +266,7 @@ func (p *Pager) readOrder(o *OrderPrefetch, r0 *region, order []uint64, free cha
 			}
 			run.err = r0.Content.Fill(run.buf, r0.Offset+uint64(run.lo-r0.Start))
 		}
-		select {
-		case runs <- run:
-		case <-quit:
-			return
-		}
-		if run.err != nil {
+		if !emit(run) || run.err != nil {
 			return
 		}
 		i += n

@@ -8,18 +8,29 @@ import (
 
 	"github.com/vcored/vcored/internal/ckpt"
 	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
 	"github.com/vcored/vcored/pager"
 )
 
 // BenchmarkPrefetchOrder: the restore prefetch of a 64 MiB region whose
 // content is a one-layer checkpoint image (page cache warm), every page in
-// order, next to a sequential read of the layer file in 1 MiB reads (the
+// order, the pager on every CPU or on one, next to a sequential read of the layer file in 1 MiB reads (the
 // bench's floor) and to the same prefetch from a zero source (no read, no
 // checksum: the UFFDIO_COPY part). Reported: MB/s of each, and the
 // prefetch ÷ read throughput ratio.
 func BenchmarkPrefetchOrder(b *testing.B) {
 	needUffd(b)
+	cpus, err := linux.ThreadAffinity()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("cpus=all", func(b *testing.B) { benchPrefetchOrder(b, hw.CPUSet{}) })
+	b.Run("cpus=1", func(b *testing.B) { benchPrefetchOrder(b, hw.NewSet(cpus.Slice()[len(cpus.Slice())-1])) })
+}
+
+// benchPrefetchOrder is BenchmarkPrefetchOrder with the pager on cpus.
+func benchPrefetchOrder(b *testing.B, cpus hw.CPUSet) {
 	const size = 64 << 20
 	ps := linux.PageSize()
 	npages := size / ps
@@ -52,7 +63,7 @@ func BenchmarkPrefetchOrder(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer rd.Close()
-	p, err := pager.New(pager.Options{})
+	p, err := pager.New(pager.Options{CPUs: cpus})
 	if err != nil {
 		b.Fatal(err)
 	}
