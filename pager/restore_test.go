@@ -1,6 +1,7 @@
 package pager_test
 
 import (
+	"cmp"
 	"errors"
 	"github.com/vcored/vcored/internal/ckpt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
 	"github.com/vcored/vcored/pager"
 )
@@ -299,6 +301,12 @@ func TestPrefetchOrderRegionRemoved(t *testing.T) {
 // neither the bad page nor anything after it is mapped.
 func TestPrefetchOrderCorruptInRun(t *testing.T) {
 	needUffd(t)
+	for _, cpus := range cpuChoices(t) {
+		t.Run("cpus="+cmp.Or(cpus.String(), "all"), func(t *testing.T) { testPrefetchOrderCorruptInRun(t, cpus) })
+	}
+}
+
+func testPrefetchOrderCorruptInRun(t *testing.T, cpus hw.CPUSet) {
 	leakCheck(t)
 	ps := linux.PageSize()
 	const pages, bad = 1024, 700
@@ -341,7 +349,7 @@ func TestPrefetchOrderCorruptInRun(t *testing.T) {
 	}
 	defer rd.Close()
 
-	p := newPager(t, pager.Options{})
+	p := newPager(t, pager.Options{CPUs: cpus})
 	u, err := linux.OpenUffd()
 	if err != nil {
 		t.Fatal(err)
@@ -405,8 +413,14 @@ func (s gateSource) Fill(dst []byte, off uint64) error {
 // was removed meanwhile ends the prefetch without error, mapping nothing.
 func TestPrefetchOrderGoneWhileReading(t *testing.T) {
 	needUffd(t)
+	for _, cpus := range cpuChoices(t) {
+		t.Run("cpus="+cmp.Or(cpus.String(), "all"), func(t *testing.T) { testPrefetchOrderGoneWhileReading(t, cpus) })
+	}
+}
+
+func testPrefetchOrderGoneWhileReading(t *testing.T, cpus hw.CPUSet) {
 	leakCheck(t)
-	p := newPager(t, pager.Options{})
+	p := newPager(t, pager.Options{CPUs: cpus})
 	u, err := linux.OpenUffd()
 	if err != nil {
 		t.Fatal(err)
@@ -439,4 +453,14 @@ func TestPrefetchOrderGoneWhileReading(t *testing.T) {
 	if !res.Ended || res.Err != nil || res.Mapped != 0 {
 		t.Fatalf("result %+v: want ended, no error, nothing mapped", res)
 	}
+}
+
+// cpuChoices: a pager on every CPU (unpinned: the restore prefetch reads
+// and maps on two threads) and on one (one thread).
+func cpuChoices(t *testing.T) []hw.CPUSet {
+	cpus, err := linux.ThreadAffinity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []hw.CPUSet{{}, hw.NewSet(cpus.Slice()[0])}
 }
