@@ -98,15 +98,50 @@ type LayerWriter struct {
 	dataPages uint64
 	done      bool
 	// written is the data bytes written so far, kicked how many of them
-	// have been handed to writeback (StartWriteback).
+	// have been handed to the writeback goroutine (wb, started by the
+	// first; wbDone is closed when it has ended).
 	written, kicked int64
+	wb              chan [2]int64
+	wbDone          chan struct{}
 }
 
 // writebackChunk: every this many data bytes written, the layer writer
-// starts their writeback (linux.StartWriteback), so that the disk writes
-// the layer while the rest is copied and written, and the commit's fsync
-// waits only for the tail. A variable for tests and benchmarks (0: off).
+// has their writeback started (linux.StartWriteback), so that the disk
+// writes the layer while the rest is copied and written, and the commit's
+// fsync waits only for the tail. A goroutine of the writer's makes the
+// calls: one blocks while the disk's queue is full, and the writer (which
+// may be writing while a subsystem is frozen) must not wait for the disk
+// before the commit. A variable for tests and benchmarks (0: off).
 var writebackChunk int64 = 4 << 20
+
+// startWriteback hands the data written since the last call to the
+// writeback goroutine; if it is busy, the range waits for the next call.
+func (w *LayerWriter) startWriteback() {
+	if w.wb == nil {
+		w.wb, w.wbDone = make(chan [2]int64, 4), make(chan struct{})
+		go func(f *os.File, off int64) {
+			defer close(w.wbDone)
+			for r := range w.wb {
+				// Best effort: a failure shows again in the commit's fsync.
+				_ = linux.StartWriteback(f, off+r[0], r[1])
+			}
+		}(w.f, int64(dataOffset(uint64(len(w.pages)), w.im.m.PageSize)))
+	}
+	select {
+	case w.wb <- [2]int64{w.kicked, w.written - w.kicked}:
+		w.kicked = w.written
+	default:
+	}
+}
+
+// stopWriteback ends the writeback goroutine (before the file is closed).
+func (w *LayerWriter) stopWriteback() {
+	if w.wb != nil {
+		close(w.wb)
+		<-w.wbDone
+		w.wb = nil
+	}
+}
 
 // NewLayer starts a layer holding pages (page indexes, strictly ascending,
 // each below Size/PageSize). An incremental layer (full false) holds the
@@ -214,10 +249,7 @@ func (w *LayerWriter) Write(data []byte) error {
 	}
 	w.next += n
 	if writebackChunk > 0 && w.written-w.kicked >= writebackChunk {
-		// Best effort: a failure here shows again in the commit's fsync.
-		off := int64(dataOffset(uint64(len(w.pages)), w.im.m.PageSize))
-		_ = linux.StartWriteback(w.f, off+w.kicked, w.written-w.kicked)
-		w.kicked = w.written
+		w.startWriteback()
 	}
 	return nil
 }
@@ -233,6 +265,7 @@ func (w *LayerWriter) Abort() {
 		return
 	}
 	w.done = true
+	w.stopWriteback()
 	w.f.Close()
 	os.Remove(w.path)
 	w.im.mu.Lock()
@@ -275,6 +308,7 @@ func (w *LayerWriter) Commit() (LayerInfo, error) {
 	if _, err := w.f.WriteAt(hdr, 0); err != nil {
 		return LayerInfo{}, w.fail(err)
 	}
+	w.stopWriteback()
 	if err := w.f.Sync(); err != nil {
 		return LayerInfo{}, w.fail(err)
 	}

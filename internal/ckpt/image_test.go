@@ -516,8 +516,9 @@ func TestReaderOver(t *testing.T) {
 }
 
 // TestLayerWriteback: a layer writer hands what it wrote to writeback as
-// it goes (every writebackChunk bytes of data, zero pages taking none),
-// and the layer it commits reads back whole.
+// it goes (every writebackChunk bytes of data, zero pages taking none; on
+// a goroutine of its own, which Commit ends), and the layer it commits
+// reads back whole; an aborted one ends its goroutine too.
 func TestLayerWriteback(t *testing.T) {
 	old := writebackChunk
 	writebackChunk = 3 * testPS
@@ -549,7 +550,7 @@ func TestLayerWriteback(t *testing.T) {
 		if err := w.Write(buf); err != nil {
 			t.Fatal(err)
 		}
-		if w.written != int64(w.dataPages)*testPS || w.kicked > w.written || w.written-w.kicked >= writebackChunk {
+		if w.written != int64(w.dataPages)*testPS || w.kicked > w.written {
 			t.Fatalf("after %d pages: %d bytes written (%d data pages), %d handed to writeback", i+4, w.written, w.dataPages, w.kicked)
 		}
 	}
@@ -559,5 +560,26 @@ func TestLayerWriteback(t *testing.T) {
 	if _, err := w.Commit(); err != nil {
 		t.Fatal(err)
 	}
+	if w.wb != nil {
+		t.Fatal("the writeback goroutine outlived the commit")
+	}
 	checkReader(t, im.Dir(), npages, m)
+	w, err = im.NewLayer(pages[:8], false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf []byte
+	for _, p := range pages[:8] {
+		buf = append(buf, m[p]...)
+	}
+	if err := w.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	if w.wb == nil {
+		t.Fatal("no writeback started")
+	}
+	w.Abort()
+	if w.wb != nil {
+		t.Fatal("the writeback goroutine outlived the abort")
+	}
 }
