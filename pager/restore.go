@@ -155,7 +155,7 @@ func (p *Pager) runOrder(o *OrderPrefetch, e *uffdEntry, r0 *region, order []uin
 	}
 	free := make(chan []byte, restoreBufs)
 	for k := range restoreBufs {
-		free <- mem[k*restoreChunk*ps : (k+1)*restoreChunk*ps]
+		free <- mem[k*restoreChunk*ps : (k+1)*restoreChunk*ps : (k+1)*restoreChunk*ps]
 	}
 	// mapRun maps one run; false: the prefetch is over (o says why).
 	mapRun := func(run orderRun) bool {
@@ -239,23 +239,19 @@ func (p *Pager) idleThread() {
 // restoreChunk), reads each into a free buffer through the region's
 // content source (which checks every page's checksum) and hands it to
 // emit, until the order ends, a read fails (handed over as the run's
-// error: nothing after it is read), emit returns false, or quit is
-// closed.
+// error: nothing after it is read), emit returns false (Stop is seen
+// there, so that it is reported), or quit is closed.
 func (p *Pager) readOrder(o *OrderPrefetch, r0 *region, order []uint64, free chan []byte, quit <-chan struct{}, emit func(orderRun) bool) {
-	zero := r0.Content.IsZero()
 	for i := 0; i < len(order); {
 		n := 1
 		for n < restoreChunk && i+n < len(order) && order[i+n] == order[i]+uint64(n) {
 			n++
 		}
 		run := orderRun{lo: r0.Start + uintptr(order[i])*p.ps, n: n}
-		if !zero {
+		if !r0.Content.IsZero() {
 			select {
 			case run.buf = <-free:
 			case <-quit: // runOrder is over (nil: readOrder runs in its thread)
-				return
-			}
-			if o.stop.Load() {
 				return
 			}
 			run.buf = run.buf[:n*int(p.ps)]

@@ -464,3 +464,68 @@ func cpuChoices(t *testing.T) []hw.CPUSet {
 	}
 	return []hw.CPUSet{{}, hw.NewSet(cpus.Slice()[0])}
 }
+
+// TestPrefetchOrderStop: Stop ends a running prefetch early, reported as
+// Ended, without an error and before it mapped every page.
+func TestPrefetchOrderStop(t *testing.T) {
+	needUffd(t)
+	for _, cpus := range cpuChoices(t) {
+		t.Run("cpus="+cmp.Or(cpus.String(), "all"), func(t *testing.T) { testPrefetchOrderStop(t, cpus) })
+	}
+}
+
+func testPrefetchOrderStop(t *testing.T, cpus hw.CPUSet) {
+	leakCheck(t)
+	p := newPager(t, pager.Options{CPUs: cpus})
+	u, err := linux.OpenUffd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	ps := linux.PageSize()
+	const pages = 256
+	mem, err := linux.Mmap(pages*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(mem)
+	base := addrOf(mem)
+	src := gateSource{Source: content.Pattern(3), entered: make(chan struct{}, 1), release: make(chan struct{})}
+	if err := p.AddRegion(1, pager.Region{Start: base, Length: uintptr(len(mem)), Dataspace: "s", Content: passSource{src}}); err != nil {
+		t.Fatal(err)
+	}
+	defer p.RemoveRegion(1, base)
+	var order []uint64
+	for pg := uint64(0); pg < pages; pg += 2 { // one page per run
+		order = append(order, pg)
+	}
+	o, err := p.PrefetchOrder(1, base, order)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-src.entered // reading the first run
+	o.Stop()
+	close(src.release)
+	res := waitOrder(t, o)
+	if !res.Ended || res.Err != nil || res.Mapped >= len(order) {
+		t.Fatalf("result %+v: want ended early by Stop, no error", res)
+	}
+}
+
+// passSource is a gateSource whose Fill succeeds once released.
+type passSource struct{ g gateSource }
+
+func (s passSource) Fill(dst []byte, off uint64) error {
+	select {
+	case s.g.entered <- struct{}{}:
+	default:
+	}
+	<-s.g.release
+	return s.g.Source.Fill(dst, off)
+}
+
+func (s passSource) IsZero() bool   { return false }
+func (s passSource) Size() uint64   { return s.g.Source.Size() }
+func (s passSource) String() string { return "pass" }
