@@ -113,10 +113,119 @@ func (p *Pager) PrefetchOrder(id uint64, start uintptr, pages []uint64) (*OrderP
 	return o, nil
 }
 
-// runOrder is the prefetch's goroutine. Its OS thread is pinned and
-// SCHED_IDLE: it is never unlocked, so it ends with the goroutine.
+// restoreChunk is the most pages the restore prefetch reads (one pread
+// through the image reader, each page checksummed) and maps (one
+// UFFDIO_COPY) at a time: 512 KiB of 4 KiB pages. Bigger runs cut the
+// per-run costs (syscalls, the region lookup, the hand-off between the
+// threads); a real fault never waits for one (it is served by a pager
+// thread, which preempts the idle-priority prefetch; at worst its page is
+// being copied and is there when the copy ends, ~0.1 ms).
+const restoreChunk = 128
+
+// restoreBufs is how many chunk buffers circulate between the reading
+// thread and the mapping thread: one being filled, one being mapped, one
+// ready.
+const restoreBufs = 3
+
+// orderRun is one run of the order read by the prefetch's reading thread:
+// n pages from lo (an address in the region), their content in buf (nil
+// for zero content), or the error reading them.
+type orderRun struct {
+	lo  uintptr
+	n   int
+	buf []byte
+	err error
+}
+
+// runOrder is the prefetch's goroutine: it maps the runs of the order
+// that readOrder read and checked. Where the pager has more than one CPU,
+// readOrder runs on a thread of its own, so that reading run k+1 (pread,
+// checksums) overlaps mapping run k (UFFDIO_COPY); on one CPU the two
+// would only take turns, so one thread reads and maps each run in turn
+// (no hand-off). Each OS thread is pinned to the pager's CPUs and
+// SCHED_IDLE; it is never unlocked, so it ends with its goroutine.
 func (p *Pager) runOrder(o *OrderPrefetch, e *uffdEntry, r0 *region, order []uint64) {
 	defer close(o.done)
+	p.idleThread()
+	ps := int(p.ps)
+	mem, err := linux.Mmap(restoreBufs*restoreChunk*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		o.err = fmt.Errorf("pager: restore prefetch buffer: %w", err)
+		return
+	}
+	free := make(chan []byte, restoreBufs)
+	for k := range restoreBufs {
+		free <- mem[k*restoreChunk*ps : (k+1)*restoreChunk*ps : (k+1)*restoreChunk*ps]
+	}
+	// mapRun maps one run; false: the prefetch is over (o says why).
+	mapRun := func(run orderRun) bool {
+		if o.stop.Load() {
+			o.ended = true
+			return false
+		}
+		gone, err := p.orderChunk(o, e, r0, run)
+		if err != nil {
+			o.err = err
+			return false
+		}
+		if gone {
+			o.ended = true
+			return false
+		}
+		if run.buf != nil {
+			free <- run.buf
+		}
+		return true
+	}
+	if p.restoreCPUs() < 2 {
+		p.readOrder(o, r0, order, free, nil, mapRun)
+		linux.Munmap(mem)
+		return
+	}
+	runs := make(chan orderRun, restoreBufs)
+	quit := make(chan struct{})
+	reader := make(chan struct{})
+	go func() {
+		defer close(reader)
+		defer close(runs)
+		p.idleThread()
+		p.readOrder(o, r0, order, free, quit, func(run orderRun) bool {
+			select {
+			case runs <- run:
+				return true
+			case <-quit:
+				return false
+			}
+		})
+	}()
+	defer func() {
+		close(quit)
+		<-reader // the reader no longer touches mem
+		linux.Munmap(mem)
+	}()
+	for run := range runs {
+		if !mapRun(run) {
+			return
+		}
+	}
+}
+
+// restoreCPUs is how many CPUs the restore prefetch's threads may run on.
+func (p *Pager) restoreCPUs() int {
+	if !p.opts.CPUs.IsEmpty() {
+		return p.opts.CPUs.Len()
+	}
+	cpus, err := linux.ThreadAffinity()
+	if err != nil {
+		return 1
+	}
+	return cpus.Len()
+}
+
+// idleThread locks the calling goroutine to its OS thread, pins it to the
+// pager's CPUs and makes it SCHED_IDLE (for good: the thread ends with
+// the goroutine).
+func (p *Pager) idleThread() {
 	runtime.LockOSThread()
 	if err := lockThread(p.opts.CPUs); err != nil {
 		p.log.Debug("pager: restore prefetch: pin", "err", err)
@@ -124,47 +233,60 @@ func (p *Pager) runOrder(o *OrderPrefetch, e *uffdEntry, r0 *region, order []uin
 	if err := linux.SetThreadIdle(); err != nil {
 		p.log.Debug("pager: restore prefetch: SCHED_IDLE", "err", err)
 	}
-	buf, err := linux.Mmap(prefetchChunk*int(p.ps), linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
-	if err != nil {
-		o.err = fmt.Errorf("pager: restore prefetch buffer: %w", err)
-		return
-	}
-	defer linux.Munmap(buf)
+}
+
+// readOrder cuts the order into runs of consecutive pages (at most
+// restoreChunk), reads each into a free buffer through the region's
+// content source (which checks every page's checksum) and hands it to
+// emit, until the order ends, a read fails (handed over as the run's
+// error: nothing after it is read), emit returns false (Stop is seen
+// there, so that it is reported), or quit is closed.
+func (p *Pager) readOrder(o *OrderPrefetch, r0 *region, order []uint64, free chan []byte, quit <-chan struct{}, emit func(orderRun) bool) {
 	for i := 0; i < len(order); {
-		if o.stop.Load() {
-			o.ended = true
-			return
-		}
 		n := 1
-		for n < prefetchChunk && i+n < len(order) && order[i+n] == order[i]+uint64(n) {
+		for n < restoreChunk && i+n < len(order) && order[i+n] == order[i]+uint64(n) {
 			n++
 		}
-		gone, err := p.orderChunk(o, e, r0, r0.Start+uintptr(order[i])*p.ps, n, buf)
-		if err != nil {
-			o.err = err
-			return
+		run := orderRun{lo: r0.Start + uintptr(order[i])*p.ps, n: n}
+		if !r0.Content.IsZero() {
+			select {
+			case run.buf = <-free:
+			case <-quit: // runOrder is over (nil: readOrder runs in its thread)
+				return
+			}
+			run.buf = run.buf[:n*int(p.ps)]
+			// r0's region is immutable; the bytes past its end are
+			// never mapped (orderChunk), so reading them is harmless.
+			if hi := r0.Start + r0.Length; run.lo+uintptr(len(run.buf)) > hi {
+				run.buf = run.buf[:hi-run.lo]
+			}
+			run.err = r0.Content.Fill(run.buf, r0.Offset+uint64(run.lo-r0.Start))
 		}
-		if gone {
-			o.ended = true
+		if !emit(run) || run.err != nil {
 			return
 		}
 		i += n
 	}
 }
 
-// orderChunk maps the n pages from lo, unless the region changed (gone).
-func (p *Pager) orderChunk(o *OrderPrefetch, e *uffdEntry, r0 *region, lo uintptr, n int, buf []byte) (gone bool, err error) {
+// orderChunk maps the run's pages, unless the region changed (gone) or
+// their read failed (the error; none of them is mapped).
+func (p *Pager) orderChunk(o *OrderPrefetch, e *uffdEntry, r0 *region, run orderRun) (gone bool, err error) {
 	e.use.RLock()
 	defer e.use.RUnlock()
 	if e.closed {
 		return true, nil
 	}
+	lo := run.lo
 	r := e.find(lo)
 	if r != r0 { // removed, moved or cut: the region's table entry is new
 		return true, nil
 	}
+	if run.err != nil {
+		return false, fmt.Errorf("pager: restore prefetch of %q at %#x: %w", r.Dataspace, lo, run.err)
+	}
 	ps := p.ps
-	hi := min(lo+uintptr(n)*ps, r.end)
+	hi := min(lo+uintptr(run.n)*ps, r.end)
 	if lo >= hi {
 		return true, nil
 	}
@@ -172,21 +294,19 @@ func (p *Pager) orderChunk(o *OrderPrefetch, e *uffdEntry, r0 *region, lo uintpt
 	if r.Track {
 		cmode |= linux.UFFDIO_COPY_MODE_WP
 	}
-	var src []byte
-	if r.Content.IsZero() {
-		src = p.zero[:hi-lo]
-	} else {
-		src = buf[:hi-lo]
-		if err := r.Content.Fill(src, r.Offset+uint64(lo-r.Start)); err != nil {
-			return false, fmt.Errorf("pager: restore prefetch of %q at %#x: %w", r.Dataspace, lo, err)
-		}
-	}
 	mapped := 0
 	for at := lo; at < hi; {
-		m, err := e.u.Copy(at, src[at-lo:], cmode)
+		var src []byte
+		if run.buf == nil {
+			src = p.zero[:min(hi-at, uintptr(len(p.zero))/ps*ps)]
+		} else {
+			src = run.buf[at-lo : hi-lo]
+		}
+		m, err := e.u.Copy(at, src, cmode)
 		mapped += int(uintptr(m) / ps)
 		if err == nil {
-			break
+			at += uintptr(len(src))
+			continue
 		}
 		if !errors.Is(err, linux.EEXIST) {
 			p.countOrder(o, r, mapped)

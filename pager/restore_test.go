@@ -1,12 +1,17 @@
 package pager_test
 
 import (
+	"cmp"
 	"errors"
+	"github.com/vcored/vcored/internal/ckpt"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/vcored/vcored/internal/content"
+	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/linux"
 	"github.com/vcored/vcored/pager"
 )
@@ -288,3 +293,239 @@ func TestPrefetchOrderRegionRemoved(t *testing.T) {
 		t.Fatalf("prefetch of a removed region: %v", err)
 	}
 }
+
+// TestPrefetchOrderCorruptInRun: a restore of a real checkpoint image
+// whose page in the middle of a long run of the order fails its checksum:
+// the prefetch stops with ckpt.ErrCorrupt, the pages mapped are a prefix
+// of the order before the bad page's run (every run before it, whole), and
+// neither the bad page nor anything after it is mapped.
+func TestPrefetchOrderCorruptInRun(t *testing.T) {
+	needUffd(t)
+	for _, cpus := range cpuChoices(t) {
+		t.Run("cpus="+cmp.Or(cpus.String(), "all"), func(t *testing.T) { testPrefetchOrderCorruptInRun(t, cpus) })
+	}
+}
+
+func testPrefetchOrderCorruptInRun(t *testing.T, cpus hw.CPUSet) {
+	leakCheck(t)
+	ps := linux.PageSize()
+	const pages, bad = 1024, 700
+	dir := filepath.Join(t.TempDir(), "img")
+	im, err := ckpt.Create(dir, pages*uint64(ps), ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := make([]uint64, pages)
+	for i := range all {
+		all[i] = uint64(i)
+	}
+	w, err := im.NewLayer(all, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, pages*ps)
+	if err := content.Pattern(4).Fill(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	info, err := w.Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every page has data: the data section is the file's last pages.
+	f, err := os.OpenFile(info.File, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0x5A}, info.Bytes-int64((pages-bad)*ps)+123); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	rd, err := ckpt.OpenReader(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+
+	p := newPager(t, pager.Options{CPUs: cpus})
+	u, err := linux.OpenUffd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	mem, err := linux.Mmap(pages*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(mem)
+	base := addrOf(mem)
+	if err := p.AddRegion(1, pager.Region{Start: base, Length: uintptr(len(mem)), Dataspace: "c", Content: rd}); err != nil {
+		t.Fatal(err)
+	}
+	defer p.RemoveRegion(1, base)
+	o, err := p.PrefetchOrder(1, base, all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := waitOrder(t, o)
+	if !errors.Is(res.Err, ckpt.ErrCorrupt) || res.Ended {
+		t.Fatalf("result %+v: want the corrupt page's error", res)
+	}
+	got := presentPages(t, mem)
+	if len(got) != res.Mapped || res.Mapped == 0 || res.Mapped > bad {
+		t.Fatalf("present %d pages (%d mapped): want the runs before page %d", len(got), res.Mapped, bad)
+	}
+	for i, pg := range got {
+		if pg != uint64(i) {
+			t.Fatalf("present pages %v...: not a prefix of the order", got[:i+1])
+		}
+	}
+	for _, pg := range got {
+		if err := content.VerifyPattern(mem[pg*uint64(ps):(pg+1)*uint64(ps)], 4, pg*uint64(ps)); err != nil {
+			t.Fatalf("page %d: %v", pg, err)
+		}
+	}
+}
+
+// gateSource is a content source whose Fill waits for release (closed),
+// then fails: the source of a region that goes away while the prefetch
+// reads it (its image closed).
+type gateSource struct {
+	content.Source
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s gateSource) Fill(dst []byte, off uint64) error {
+	select {
+	case s.entered <- struct{}{}:
+	default:
+	}
+	<-s.release
+	return errors.New("image closed")
+}
+
+// TestPrefetchOrderGoneWhileReading: a read that fails because the region
+// was removed meanwhile ends the prefetch without error, mapping nothing.
+func TestPrefetchOrderGoneWhileReading(t *testing.T) {
+	needUffd(t)
+	for _, cpus := range cpuChoices(t) {
+		t.Run("cpus="+cmp.Or(cpus.String(), "all"), func(t *testing.T) { testPrefetchOrderGoneWhileReading(t, cpus) })
+	}
+}
+
+func testPrefetchOrderGoneWhileReading(t *testing.T, cpus hw.CPUSet) {
+	leakCheck(t)
+	p := newPager(t, pager.Options{CPUs: cpus})
+	u, err := linux.OpenUffd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	ps := linux.PageSize()
+	const pages = 64
+	mem, err := linux.Mmap(pages*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(mem)
+	base := addrOf(mem)
+	src := gateSource{Source: content.Pattern(3), entered: make(chan struct{}, 1), release: make(chan struct{})}
+	if err := p.AddRegion(1, pager.Region{Start: base, Length: uintptr(len(mem)), Dataspace: "g", Content: src}); err != nil {
+		t.Fatal(err)
+	}
+	o, err := p.PrefetchOrder(1, base, []uint64{0, 1, 2, 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-src.entered
+	if err := p.RemoveRegion(1, base); err != nil {
+		t.Fatal(err)
+	}
+	close(src.release)
+	res := waitOrder(t, o)
+	if !res.Ended || res.Err != nil || res.Mapped != 0 {
+		t.Fatalf("result %+v: want ended, no error, nothing mapped", res)
+	}
+}
+
+// cpuChoices: a pager on every CPU (unpinned: the restore prefetch reads
+// and maps on two threads) and on one (one thread).
+func cpuChoices(t *testing.T) []hw.CPUSet {
+	cpus, err := linux.ThreadAffinity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []hw.CPUSet{{}, hw.NewSet(cpus.Slice()[0])}
+}
+
+// TestPrefetchOrderStop: Stop ends a running prefetch early, reported as
+// Ended, without an error and before it mapped every page.
+func TestPrefetchOrderStop(t *testing.T) {
+	needUffd(t)
+	for _, cpus := range cpuChoices(t) {
+		t.Run("cpus="+cmp.Or(cpus.String(), "all"), func(t *testing.T) { testPrefetchOrderStop(t, cpus) })
+	}
+}
+
+func testPrefetchOrderStop(t *testing.T, cpus hw.CPUSet) {
+	leakCheck(t)
+	p := newPager(t, pager.Options{CPUs: cpus})
+	u, err := linux.OpenUffd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	ps := linux.PageSize()
+	const pages = 256
+	mem, err := linux.Mmap(pages*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(mem)
+	base := addrOf(mem)
+	src := gateSource{Source: content.Pattern(3), entered: make(chan struct{}, 1), release: make(chan struct{})}
+	if err := p.AddRegion(1, pager.Region{Start: base, Length: uintptr(len(mem)), Dataspace: "s", Content: passSource{src}}); err != nil {
+		t.Fatal(err)
+	}
+	defer p.RemoveRegion(1, base)
+	var order []uint64
+	for pg := uint64(0); pg < pages; pg += 2 { // one page per run
+		order = append(order, pg)
+	}
+	o, err := p.PrefetchOrder(1, base, order)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-src.entered // reading the first run
+	o.Stop()
+	close(src.release)
+	res := waitOrder(t, o)
+	if !res.Ended || res.Err != nil || res.Mapped >= len(order) {
+		t.Fatalf("result %+v: want ended early by Stop, no error", res)
+	}
+}
+
+// passSource is a gateSource whose Fill succeeds once released.
+type passSource struct{ g gateSource }
+
+func (s passSource) Fill(dst []byte, off uint64) error {
+	select {
+	case s.g.entered <- struct{}{}:
+	default:
+	}
+	<-s.g.release
+	return s.g.Source.Fill(dst, off)
+}
+
+func (s passSource) IsZero() bool   { return false }
+func (s passSource) Size() uint64   { return s.g.Source.Size() }
+func (s passSource) String() string { return "pass" }

@@ -600,3 +600,48 @@ func TestUnion(t *testing.T) {
 		}
 	}
 }
+
+// TestStageLayerFailsLate: a page that cannot be read several batches
+// into a big layer (its memory inaccessible) fails the staging with the read's
+// error, after earlier batches were written: the layer is dropped (no
+// file left) and the image is unchanged; the next layer can be written.
+func TestStageLayerFailsLate(t *testing.T) {
+	ps := linux.PageSize()
+	pages := 3*dumpBatch + 10
+	mem, err := linux.Mmap(pages*ps, linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer linux.Munmap(mem)
+	content.Pattern(5).Fill(mem, 0)
+	r := Region{Pid: os.Getpid(), Addr: uintptr(unsafe.Pointer(&mem[0])), Size: uint64(len(mem))}
+	dir := t.TempDir()
+	im, err := Create(dir, r.Size, ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hole := 2*dumpBatch + 3
+	if err := linux.Mprotect(mem[hole*ps:(hole+1)*ps], linux.PROT_NONE); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := StageLayer(im, r, allPages(pages), true); !errors.Is(err, linux.EFAULT) {
+		t.Fatalf("staging over an unmapped page: %v, want EFAULT", err)
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "layer-*")); len(files) != 0 || im.Layers() != 0 {
+		t.Fatalf("after a failed staging: layer files %v, %d layers", files, im.Layers())
+	}
+	some := []uint64{0, uint64(pages - 1)}
+	w, err := StageLayer(im, r, some, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	got := imageBytes(t, dir)
+	for _, p := range some {
+		if !bytes.Equal(got[int(p)*ps:(int(p)+1)*ps], mem[int(p)*ps:(int(p)+1)*ps]) {
+			t.Fatalf("page %d differs", p)
+		}
+	}
+}

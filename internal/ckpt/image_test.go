@@ -514,3 +514,72 @@ func TestReaderOver(t *testing.T) {
 		}
 	}
 }
+
+// TestLayerWriteback: a layer writer hands what it wrote to writeback as
+// it goes (every writebackChunk bytes of data, zero pages taking none; on
+// a goroutine of its own, which Commit ends), and the layer it commits
+// reads back whole; an aborted one ends its goroutine too.
+func TestLayerWriteback(t *testing.T) {
+	old := writebackChunk
+	writebackChunk = 3 * testPS
+	defer func() { writebackChunk = old }()
+	const npages = 64
+	im, err := Create(filepath.Join(t.TempDir(), "img"), npages*testPS, testPS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := model{}
+	var pages []uint64
+	for p := uint64(0); p < npages; p++ {
+		if p%5 != 4 {
+			m[p] = pageOf(7, p)
+		} else {
+			m[p] = pageOf(0, p) // all zero: no data
+		}
+		pages = append(pages, p)
+	}
+	w, err := im.NewLayer(pages, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < npages; i += 4 {
+		var buf []byte
+		for _, p := range pages[i : i+4] {
+			buf = append(buf, m[p]...)
+		}
+		if err := w.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if w.written != int64(w.dataPages)*testPS || w.kicked > w.written {
+			t.Fatalf("after %d pages: %d bytes written (%d data pages), %d handed to writeback", i+4, w.written, w.dataPages, w.kicked)
+		}
+	}
+	if w.kicked == 0 {
+		t.Fatal("nothing handed to writeback")
+	}
+	if _, err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if w.wb != nil {
+		t.Fatal("the writeback goroutine outlived the commit")
+	}
+	checkReader(t, im.Dir(), npages, m)
+	w, err = im.NewLayer(pages[:8], false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf []byte
+	for _, p := range pages[:8] {
+		buf = append(buf, m[p]...)
+	}
+	if err := w.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	if w.wb == nil {
+		t.Fatal("no writeback started")
+	}
+	w.Abort()
+	if w.wb != nil {
+		t.Fatal("the writeback goroutine outlived the abort")
+	}
+}
