@@ -1,6 +1,7 @@
 package vcore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -157,6 +158,51 @@ func (p *persistentDS) Close() error {
 }
 
 // persistentOf returns the persistent dataspace name of s, or nil.
+// persistentsOf are s's persistent dataspaces, sorted by name (the order
+// their locks are taken in).
+func persistentsOf(s *subsystem) []*persistentDS {
+	var out []*persistentDS
+	for _, d := range s.cfg.Local {
+		if p := persistentOf(s, d.Name); p != nil {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b *persistentDS) int { return cmp.Compare(a.name, b.name) })
+	return out
+}
+
+// hold takes pds' checkpoint locks (in order) and holds each attached,
+// tracked region (atts[i], nil where there is none) for one checkpoint;
+// release lets them all go.
+func hold(pds []*persistentDS) (atts []*attachment, release func()) {
+	var unlock []func()
+	for _, p := range pds {
+		p.ckptMu.Lock()
+		unlock = append(unlock, p.ckptMu.Unlock)
+	}
+	atts = make([]*attachment, len(pds))
+	for i, p := range pds {
+		p.attMu.Lock()
+		a := p.att
+		p.attMu.Unlock()
+		if a == nil || a.tr == nil {
+			continue
+		}
+		a.mu.Lock()
+		if a.detached {
+			a.mu.Unlock()
+			continue
+		}
+		unlock = append(unlock, a.mu.Unlock)
+		atts[i] = a
+	}
+	return atts, func() {
+		for i := len(unlock) - 1; i >= 0; i-- {
+			unlock[i]()
+		}
+	}
+}
+
 func persistentOf(s *subsystem, name string) *persistentDS {
 	if s == nil {
 		return nil
@@ -356,39 +402,15 @@ func (v *VCore) Checkpoint(ctx context.Context, name string) (api.CheckpointResu
 	if s == nil {
 		return res, fmt.Errorf("%w: no subsystem %q", errNotFound, name)
 	}
-	var pds []*persistentDS
-	for _, d := range s.cfg.Local {
-		if p := persistentOf(s, d.Name); p != nil {
-			pds = append(pds, p)
-		}
-	}
+	pds := persistentsOf(s)
 	if len(pds) == 0 {
 		return res, fmt.Errorf("%w: subsystem %s has no persistent dataspace", errBadRequest, name)
 	}
 	if s.group == nil {
 		return res, fmt.Errorf("%w: subsystem %s is not running", errConflict, name)
 	}
-	slices.SortFunc(pds, func(a, b *persistentDS) int { return cmpString(a.name, b.name) })
-	for _, p := range pds {
-		p.ckptMu.Lock()
-		defer p.ckptMu.Unlock()
-	}
-	// The attachments to write, each held for the checkpoint.
-	atts := make([]*attachment, len(pds))
-	for i, p := range pds {
-		p.attMu.Lock()
-		a := p.att
-		p.attMu.Unlock()
-		if a != nil && a.tr != nil {
-			a.mu.Lock()
-			if a.detached {
-				a.mu.Unlock()
-				continue
-			}
-			defer a.mu.Unlock()
-			atts[i] = a
-		}
-	}
+	atts, release := hold(pds)
+	defer release()
 
 	start := time.Now()
 	// Pre-copy, while the worker runs: collect the pages written so far
@@ -704,16 +726,6 @@ func writeAttachment(p *persistentDS, a *attachment) (ckpt.LayerInfo, bool, erro
 	}
 	a.rescan = false
 	return info, rescan, nil
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // HTTP errors of the checkpoint handler.

@@ -286,18 +286,6 @@ func (v *VCore) subForMove(name string) (*subsystem, bool, error) {
 	return nil, false, fmt.Errorf("%w: no subsystem %q on node %d", errNotFound, name, v.cfg.Node)
 }
 
-// persistentsOf lists s's persistent dataspaces by name.
-func persistentsOf(s *subsystem) []*persistentDS {
-	var out []*persistentDS
-	for _, d := range s.cfg.Local {
-		if p := persistentOf(s, d.Name); p != nil {
-			out = append(out, p)
-		}
-	}
-	slices.SortFunc(out, func(a, b *persistentDS) int { return cmp.Compare(a.name, b.name) })
-	return out
-}
-
 // moveOut is the source's part: "query" describes the subsystem and
 // changes nothing; "restart" checkpoints it while frozen and stops it;
 // "live" lets go of it after its processes went to the destination.
@@ -379,25 +367,8 @@ func (v *VCore) stopForMove(ctx context.Context, s *subsystem, res *api.MoveOut)
 		return fmt.Errorf("%w: subsystem %s is not running", errConflict, s.cfg.Name)
 	}
 	pds := persistentsOf(s)
-	for _, p := range pds {
-		p.ckptMu.Lock()
-		defer p.ckptMu.Unlock()
-	}
-	atts := make([]*attachment, len(pds))
-	for i, p := range pds {
-		p.attMu.Lock()
-		a := p.att
-		p.attMu.Unlock()
-		if a != nil && a.tr != nil {
-			a.mu.Lock()
-			if a.detached {
-				a.mu.Unlock()
-				continue
-			}
-			defer a.mu.Unlock()
-			atts[i] = a
-		}
-	}
+	atts, release := hold(pds)
+	defer release()
 	fctx, cancel := context.WithTimeout(ctx, freezeTimeout)
 	defer cancel()
 	frozenAt := time.Now()
