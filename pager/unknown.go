@@ -181,6 +181,15 @@ func (p *Pager) sigbus(e *uffdEntry, addr uintptr, tids []uint32, why string) {
 		return
 	case errors.Is(err, linux.ESRCH):
 		return // the worker is gone
+	case errors.Is(err, linux.ENOENT):
+		// The range is no longer a registered mapping (the worker
+		// unmapped or unregistered it): no fault of it can be pending,
+		// and a signal would hit a thread that is elsewhere by now. A
+		// thread still parked there is woken and faults anew.
+		_ = e.u.Wake(addr, p.ps)
+		p.log.Info("pager: "+why+", but the range is unmapped now: nothing to fail", "pid", e.pid,
+			"addr", fmt.Sprintf("%#x", addr), "uffd", e.id)
+		return
 	default:
 		method = "tgkill"
 		var errs []error

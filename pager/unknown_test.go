@@ -264,3 +264,40 @@ func TestUnknownFaultHoldShortened(t *testing.T) {
 		t.Errorf("%d faults still parked", p.ParkedFaults())
 	}
 }
+
+// TestFailUnmappedRangeSignalsNobody: failing an address whose mapping is
+// gone (a late refusal from core for a region the worker unmapped since)
+// signals no thread. UFFDIO_POISON answers ENOENT there; the pager used to
+// fall back to tgkill, which sent SIGBUS to a thread that was elsewhere —
+// here the test binary itself, which it killed.
+func TestFailUnmappedRangeSignalsNobody(t *testing.T) {
+	needUffd(t)
+	p := newPager(t, pager.Options{})
+	mem, err := linux.Mmap(4*linux.PageSize(), linux.PROT_READ|linux.PROT_WRITE, linux.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := linux.OpenUffd()
+	if err != nil {
+		linux.Munmap(mem)
+		t.Fatal(err)
+	}
+	if err := p.AddUffd(1, u, syscall.Getpid(), true); err != nil {
+		linux.Munmap(mem)
+		t.Fatal(err)
+	}
+	if err := p.AddRegion(1, pager.Region{Start: addrOf(mem), Length: uintptr(len(mem)), Dataspace: "gone", Content: content.Zero()}); err != nil {
+		linux.Munmap(mem)
+		t.Fatal(err)
+	}
+	addr := addrOf(mem) + uintptr(linux.PageSize())
+	if err := linux.Munmap(mem); err != nil {
+		t.Fatal(err)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := p.Fail(1, addr, uint32(syscall.Gettid()), "test: a late refusal"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // a signal sent would have killed the binary by now
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,6 +47,16 @@ type fakeCore struct {
 	removes    []uint64
 	forwards   int
 	releases   int
+
+	// staleAnswer, when set, has the first Forward resolved but answered
+	// only after its region was removed and another attached over it,
+	// with EIO: core's answer to a Forward that reaches it after the
+	// RegionRemove of its range (a fault raised twice, read late).
+	staleAnswer bool
+	held        *wire.ForwardDone
+	heldAddr    uint64
+	heldRemoved bool
+	staleSent   uint64 // the seqno of the stale answer, once sent
 }
 
 func newFakeCore(t *testing.T, grant wire.ClaimOK) *fakeCore {
@@ -155,6 +166,9 @@ func (fc *fakeCore) handle(ctx context.Context, c *wire.Conn) {
 		case *wire.RegionRemove:
 			fc.mu.Lock()
 			fc.regionRems = append(fc.regionRems, *x)
+			if fc.held != nil && fc.heldAddr >= x.Start && fc.heldAddr-x.Start < x.Length {
+				fc.heldRemoved = true
+			}
 			fc.mu.Unlock()
 			fc.pgr.ForgetRange(x.UffdID, uintptr(x.Start), uintptr(x.Length))
 		case *wire.RegionAdd:
@@ -162,6 +176,20 @@ func (fc *fakeCore) handle(ctx context.Context, c *wire.Conn) {
 			fc.regionAdds = append(fc.regionAdds, *x)
 			fc.mu.Unlock()
 			fc.addRegion(x.UffdID, x.Region)
+			fc.mu.Lock()
+			var stale *wire.ForwardDone
+			if fc.held != nil && fc.heldRemoved && fc.heldAddr >= x.Region.Start && fc.heldAddr-x.Region.Start < x.Region.Length {
+				stale, fc.held = fc.held, nil
+			}
+			fc.mu.Unlock()
+			if stale != nil {
+				if err := c.SendMsg(stale); err != nil {
+					fc.t.Errorf("fake core: stale ForwardDone: %v", err)
+				}
+				fc.mu.Lock()
+				fc.staleSent = stale.SeqNo
+				fc.mu.Unlock()
+			}
 		case *wire.UffdRemove:
 			fc.mu.Lock()
 			fc.removes = append(fc.removes, x.UffdID)
@@ -176,6 +204,15 @@ func (fc *fakeCore) handle(ctx context.Context, c *wire.Conn) {
 			if err := fc.pgr.Resolve(x.UffdID, uintptr(x.Addr)); err != nil && !errors.Is(err, linux.EEXIST) {
 				fc.t.Logf("fake core: resolve %#x: %v", x.Addr, err)
 				errno = 1
+			}
+			fc.mu.Lock()
+			hold := fc.staleAnswer && fc.held == nil && fc.staleSent == 0 && errno == 0
+			if hold {
+				fc.held, fc.heldAddr = &wire.ForwardDone{SeqNo: x.SeqNo, Errno: int32(syscall.EIO)}, x.Addr
+			}
+			fc.mu.Unlock()
+			if hold {
+				continue
 			}
 			c.SendMsg(&wire.ForwardDone{SeqNo: x.SeqNo, Errno: errno, ServeNanos: int64(time.Since(start))})
 		case *wire.Release:

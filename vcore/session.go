@@ -28,6 +28,9 @@ type fwdKey struct{ uffd, addr uint64 }
 type pendingForward struct {
 	msg  wire.Forward
 	sent time.Time
+	// gen is VCore.regionGen when the fault was forwarded: a region with
+	// a higher gen was attached after it (see staleForward).
+	gen uint64
 }
 
 // connect dials core, retrying until Options.DialTimeout, and claims the
@@ -478,7 +481,7 @@ func (v *VCore) recordForward(f pager.Fault) *wire.Forward {
 	if start.IsZero() {
 		start = time.Now()
 	}
-	v.pending[msg.SeqNo] = pendingForward{msg: *msg, sent: start}
+	v.pending[msg.SeqNo] = pendingForward{msg: *msg, sent: start, gen: v.regionGen.Load()}
 	return msg
 }
 
@@ -508,6 +511,20 @@ func (v *VCore) forwardDone(d wire.ForwardDone) {
 // fwdMu holding the uffd's lock, which Fail takes too.
 func (v *VCore) forwardAnswered(d wire.ForwardDone) (wire.Forward, bool) {
 	p, ok := v.answered(d)
+	if ok && d.Errno != 0 && v.staleForward(p) {
+		// The worker detached the region since (and may have mapped new
+		// memory there): core, told first, no longer serves it. Failing
+		// the address now would signal a thread that is elsewhere or
+		// poison a page of the new mapping. A thread still waiting there
+		// is woken: it faults again and the new fault is served, or
+		// failed, on its own terms.
+		v.log.Info("core refused a forward for a region detached since; not failing the address", "uffd", p.msg.UffdID,
+			"dataspace", p.msg.Dataspace, "addr", fmt.Sprintf("%#x", p.msg.Addr), "errno", d.Errno)
+		if u, err := v.pgr.Uffd(p.msg.UffdID); err == nil {
+			_ = u.Wake(uintptr(p.msg.Addr)&^uintptr(linux.PageSize()-1), uintptr(linux.PageSize()))
+		}
+		return p.msg, ok
+	}
 	if ok && d.Errno != 0 {
 		// Core cannot back the page: the faulting thread gets SIGBUS
 		// rather than waiting forever.
@@ -518,6 +535,28 @@ func (v *VCore) forwardAnswered(d wire.ForwardDone) (wire.Forward, bool) {
 		}
 	}
 	return p.msg, ok
+}
+
+// staleForward reports whether the region p's fault was forwarded in is
+// gone: no region of its uffd holds the address any more, or the one that
+// does names another dataspace or was attached after the forward (a
+// region the worker detached and attached anew). Core answers such a
+// forward with an error (it drops a region on RegionRemove, which reaches
+// it before a late Forward: a fault raised twice, the second read after
+// the first was served and the worker moved on).
+func (v *VCore) staleForward(p pendingForward) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	st := v.uffds[p.msg.UffdID]
+	if st == nil {
+		return true
+	}
+	for _, rs := range st.regions {
+		if p.msg.Addr >= rs.wire.Start && p.msg.Addr-rs.wire.Start < rs.wire.Length {
+			return rs.wire.Dataspace != p.msg.Dataspace || rs.gen > p.gen
+		}
+	}
+	return true
 }
 
 // answered removes the pending forward d answers and records its round trip.
@@ -643,7 +682,7 @@ func (v *VCore) addTakenRegionLocked(st *uffdState, r wire.Region) {
 		v.log.Error("take back region", "uffd", st.id, "dataspace", r.Dataspace, "err", err)
 		return
 	}
-	rs := &regionState{wire: r, local: local}
+	rs := &regionState{wire: r, local: local, gen: v.regionGen.Add(1)}
 	if local && st.sub != nil {
 		st.sub.quota.Force(int64(r.Length))
 		rs.charged = r.Length
@@ -734,7 +773,7 @@ func (v *VCore) regionsChanged(id uint64) {
 		}
 		w := parent.wire
 		w.Start, w.Length, w.Offset = uint64(pr.Start), uint64(pr.Length), pr.Offset
-		rs := &regionState{wire: w, local: parent.local}
+		rs := &regionState{wire: w, local: parent.local, gen: parent.gen} // a piece of the same mapping
 		if parent.charged > 0 && st.sub != nil {
 			st.sub.quota.Force(int64(w.Length))
 			rs.charged = w.Length

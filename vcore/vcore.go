@@ -40,6 +40,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vcored/vcored/internal/api"
@@ -153,6 +154,9 @@ type VCore struct {
 	// Forward: a page is forwarded once until core answers.
 	fwdInflight map[fwdKey]uint64
 	fwdLat      map[string]*hist.Histogram
+	// regionGen numbers the regions attached (regionState.gen); a
+	// pending forward records it (pendingForward.gen).
+	regionGen atomic.Uint64
 
 	ext externals // containers placed by the NRI plugin (external.go)
 	mv  moves     // subsystems moved away or moved in (move.go)

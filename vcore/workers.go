@@ -31,6 +31,7 @@ type regionState struct {
 	wire    wire.Region // as told to core
 	local   bool        // a local dataspace (served here), else core-owned (forwarded)
 	charged uint64      // bytes reserved in the subsystem's quota
+	gen     uint64      // VCore.regionGen when attached: orders it against forwards
 }
 
 // wireRegions lists the regions by start address.
@@ -370,7 +371,7 @@ func (v *VCore) attach(w *worker, a *wire.Attach, fds []int) {
 		// A region the worker unmapped without Detach, mapped anew.
 		st.sub.quota.Release(int64(old.charged))
 	}
-	st.regions[uintptr(a.Addr)] = &regionState{wire: region, local: local, charged: charged}
+	st.regions[uintptr(a.Addr)] = &regionState{wire: region, local: local, charged: charged, gen: v.regionGen.Add(1)}
 	if local && v.conn != nil {
 		if err := v.declareLocked(v.conn, w.sub, a.Name); err != nil {
 			v.log.Warn("declare a dataspace to core", "dataspace", a.Name, "err", err)

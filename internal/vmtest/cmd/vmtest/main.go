@@ -42,6 +42,7 @@ type options struct {
 	timeout     time.Duration
 	keep        bool
 	runRE       string
+	count       int
 	pkgs        string
 	kernel      string
 	qemu        string
@@ -73,6 +74,7 @@ func run() int {
 	flag.DurationVar(&o.timeout, "timeout", 8*time.Minute, "limit for each guest, boot to power-off")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (binaries, initramfs) and print its path")
 	flag.StringVar(&o.runRE, "run", "", "pass -test.run=REGEX to every test binary")
+	flag.IntVar(&o.count, "count", 0, "pass -test.count=N to every test binary (repeat to find a rare failure)")
 	flag.StringVar(&o.pkgs, "pkgs", "", "comma list of packages to test in the guest (default: every package with *_numa_test.go plus vmtest.CorePackages)")
 	flag.StringVar(&o.kernel, "kernel", "", "guest kernel bzImage (default: newest "+vmtest.KernelGlob+")")
 	flag.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "qemu binary")
@@ -215,6 +217,9 @@ func runAll(ctx context.Context, o options) (int, error) {
 	img.TestArgs = []string{"-test.timeout=" + perBinary.String()}
 	if o.verbose {
 		img.TestArgs = append(img.TestArgs, "-test.v")
+	}
+	if o.count > 0 {
+		img.TestArgs = append(img.TestArgs, fmt.Sprintf("-test.count=%d", o.count))
 	}
 	if o.runRE != "" {
 		img.TestArgs = append(img.TestArgs, "-test.run="+o.runRE)
