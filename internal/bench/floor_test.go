@@ -9,7 +9,7 @@ import (
 // goals: forwarded (fw µs) over local (5 µs), with the bare cross-CPU
 // round trip raw_cross (cross µs) over raw_xproc (5 µs); local_prefetch
 // (pf ns per page) over the kernel's first touch (1000 ns) and
-// prefetch_floor (floor ns per page).
+// prefetch_floor_xproc (floor ns per page).
 func floorSamples(nreps int, fw, cross int64, pf, floor int64) []RunSample {
 	var s []RunSample
 	for rep := 1; rep <= nreps; rep++ {
@@ -20,7 +20,7 @@ func floorSamples(nreps int, fw, cross int64, pf, floor int64) []RunSample {
 			RunSample{Mode: ModeForwarded, Rep: rep, Results: []*WorkerResult{result(CoreDataspace, 1000, fw*1000, 0, nil, 0, 0)}},
 			RunSample{Mode: ModeKernel, Rep: rep, Results: []*WorkerResult{result("anon", 1000, 1000, 0, nil, 0, 0)}},
 			RunSample{Mode: ModeLocalPrefetch, Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, pf, 0, nil, 0, 0)}},
-			RunSample{Mode: ModePrefetchFloor, Rep: rep, Results: []*WorkerResult{result("anon", 1000, floor, 0, nil, 0, 0)}},
+			RunSample{Mode: ModePrefetchFloorXproc, Rep: rep, Results: []*WorkerResult{result("anon", 1000, floor, 0, nil, 0, 0)}},
 		)
 	}
 	return s
@@ -56,9 +56,9 @@ func TestFloorJudgedGoals(t *testing.T) {
 			name: "floors miss the goals", fw: 44, cross: 55, pf: 1100, floor: 550,
 			want: map[string]string{
 				"forwarded_over_local_median": StatusUnattainable, "forwarded_over_raw_cross_median": StatusPass,
-				"prefetch_per_page_over_kernel": StatusUnattainable, "prefetch_per_page_over_floor": StatusMiss,
+				"prefetch_per_page_over_kernel": StatusUnattainable, "prefetch_per_page_over_xproc_floor": StatusMiss,
 			},
-			missed: "prefetch_per_page_over_floor", floorFw: 11, floorPf: 0.55,
+			missed: "prefetch_per_page_over_xproc_floor", floorFw: 11, floorPf: 0.55,
 		},
 		{
 			// A machine whose cross-CPU round trip is 2× its local floor
@@ -68,7 +68,7 @@ func TestFloorJudgedGoals(t *testing.T) {
 			name: "floors meet the goals", fw: 20, cross: 10, pf: 450, floor: 300,
 			want: map[string]string{
 				"forwarded_over_local_median": StatusMiss, "forwarded_over_raw_cross_median": StatusInfo,
-				"prefetch_per_page_over_kernel": StatusPass, "prefetch_per_page_over_floor": StatusInfo,
+				"prefetch_per_page_over_kernel": StatusPass, "prefetch_per_page_over_xproc_floor": StatusInfo,
 			},
 			missed: "forwarded_over_local_median", floorFw: 2, floorPf: 0.3,
 		},
@@ -77,7 +77,7 @@ func TestFloorJudgedGoals(t *testing.T) {
 			name: "floors meet the goals, goals met", fw: 14, cross: 10, pf: 400, floor: 300,
 			want: map[string]string{
 				"forwarded_over_local_median": StatusPass, "forwarded_over_raw_cross_median": StatusInfo,
-				"prefetch_per_page_over_kernel": StatusPass, "prefetch_per_page_over_floor": StatusInfo,
+				"prefetch_per_page_over_kernel": StatusPass, "prefetch_per_page_over_xproc_floor": StatusInfo,
 			},
 			floorFw: 2, floorPf: 0.3,
 		},
@@ -87,7 +87,7 @@ func TestFloorJudgedGoals(t *testing.T) {
 			name: "floors miss, forward path too slow", fw: 70, cross: 55, pf: 600, floor: 550,
 			want: map[string]string{
 				"forwarded_over_local_median": StatusUnattainable, "forwarded_over_raw_cross_median": StatusMiss,
-				"prefetch_per_page_over_kernel": StatusUnattainable, "prefetch_per_page_over_floor": StatusPass,
+				"prefetch_per_page_over_kernel": StatusUnattainable, "prefetch_per_page_over_xproc_floor": StatusPass,
 			},
 			missed: "forwarded_over_raw_cross_median", floorFw: 11, floorPf: 0.55,
 		},
@@ -104,10 +104,10 @@ func TestFloorJudgedGoals(t *testing.T) {
 				f.Instead != "forwarded_over_raw_cross_median" {
 				t.Errorf("forwarded target %+v, want floor %v", f, tc.floorFw)
 			}
-			if f := ts["prefetch_per_page_over_kernel"]; !approx(f.Floor, tc.floorPf) || f.FloorKey != "prefetch_floor_per_page_over_kernel" {
+			if f := ts["prefetch_per_page_over_kernel"]; !approx(f.Floor, tc.floorPf) || f.FloorKey != "prefetch_xproc_floor_per_page_over_kernel" {
 				t.Errorf("prefetch target %+v, want floor %v", f, tc.floorPf)
 			}
-			if !approx(r.Ratios.RawCrossOverRawXprocMedian, tc.floorFw) || !approx(r.Ratios.PrefetchFloorPerPageOverKernel, tc.floorPf) {
+			if !approx(r.Ratios.RawCrossOverRawXprocMedian, tc.floorFw) || !approx(r.Ratios.PrefetchXprocFloorPerPageOverKernel, tc.floorPf) {
 				t.Errorf("ratios %+v", r.Ratios)
 			}
 			var missed []string
@@ -142,13 +142,13 @@ func TestFloorJudgedGoals(t *testing.T) {
 func TestFloorNotMeasured(t *testing.T) {
 	var s []RunSample
 	for _, x := range floorSamples(3, 44, 55, 1100, 550) {
-		if x.Mode != ModeRawCross && x.Mode != ModePrefetchFloor {
+		if x.Mode != ModeRawCross && x.Mode != ModePrefetchFloorXproc {
 			s = append(s, x)
 		}
 	}
 	ts := targetsByKey(Build(Machine{}, Params{Pages: 1000, Pattern: "seq", FaultAround: 1, Reps: 3}, s))
 	if ts["forwarded_over_local_median"].Status != StatusMiss || ts["forwarded_over_raw_cross_median"].Status != StatusNotMeasured ||
-		ts["prefetch_per_page_over_kernel"].Status != StatusMiss || ts["prefetch_per_page_over_floor"].Status != StatusNotMeasured {
+		ts["prefetch_per_page_over_kernel"].Status != StatusMiss || ts["prefetch_per_page_over_xproc_floor"].Status != StatusNotMeasured {
 		t.Errorf("without floors: %+v", ts)
 	}
 	if !strings.Contains(ts["forwarded_over_local_median"].Text(), "not measured: judged as written") {
@@ -191,5 +191,59 @@ func TestRepOrder(t *testing.T) {
 	}
 	if strings.Join(got, "") != "abccbaabc" || plan[0].mode != "a" {
 		t.Errorf("order %v (plan %v)", got, plan)
+	}
+}
+
+// TestFaultAroundFloor: fault-around's goal (≤ 1.0× the kernel's first
+// touch per page) has the floor of a pager outside the worker, the minimal
+// handler in a process of its own copying as many pages per fault
+// (raw_xproc_fa16). When that floor misses 1.0 the goal is UNATTAINABLE
+// and local_fa16 ÷ raw_xproc_fa16 (≤ 1.2, rep by rep) is judged instead;
+// when it meets 1.0 the goal is judged as written.
+func TestFaultAroundFloor(t *testing.T) {
+	params := Params{Pages: 1000, Pattern: "seq", FaultAround: 16, Reps: 3}
+	for _, tc := range []struct {
+		name         string
+		local, xproc int64 // ns per page; the kernel's is 1000
+		goal, judged string
+		missed       string
+	}{
+		{name: "floor misses, local near it", local: 1300, xproc: 1200, goal: StatusUnattainable, judged: StatusPass},
+		{name: "floor misses, local far above it", local: 1600, xproc: 1200, goal: StatusUnattainable, judged: StatusMiss,
+			missed: "fault_around_per_page_over_raw_xproc"},
+		{name: "floor meets, local too", local: 950, xproc: 800, goal: StatusPass, judged: StatusInfo},
+		{name: "floor meets, local does not", local: 1100, xproc: 800, goal: StatusMiss, judged: StatusInfo,
+			missed: "fault_around_per_page_over_kernel"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var s []RunSample
+			for rep := 1; rep <= 3; rep++ {
+				s = append(s,
+					RunSample{Mode: ModeKernel, Rep: rep, Results: []*WorkerResult{result("anon", 1000, 1000, 0, nil, 0, 0)}},
+					RunSample{Mode: FaultAroundMode(ModeLocal, 16), Rep: rep, Results: []*WorkerResult{result(LocalDataspace, 1000, tc.local, 0, nil, 0, 0)}},
+					RunSample{Mode: FaultAroundMode(ModeRawXproc, 16), Rep: rep, Results: []*WorkerResult{result("anon", 1000, tc.xproc, 0, nil, 0, 0)}},
+				)
+			}
+			r := Build(Machine{}, params, s)
+			ts := targetsByKey(r)
+			goal, judged := ts["fault_around_per_page_over_kernel"], ts["fault_around_per_page_over_raw_xproc"]
+			if goal.Status != tc.goal || judged.Status != tc.judged {
+				t.Errorf("goal %s (%.3g, floor %.3g), judged %s (%.3g); want %s, %s", goal.Status, goal.Value, goal.Floor,
+					judged.Status, judged.Value, tc.goal, tc.judged)
+			}
+			if !approx(goal.Floor, float64(tc.xproc)/1000) || goal.FloorKey != "raw_xproc_fault_around_per_page_over_kernel" {
+				t.Errorf("goal %+v, want floor %v", goal, float64(tc.xproc)/1000)
+			}
+			if !approx(judged.Value, float64(tc.local)/float64(tc.xproc)) {
+				t.Errorf("local ÷ raw_xproc %v, want %v", judged.Value, float64(tc.local)/float64(tc.xproc))
+			}
+			var missed []string
+			for _, m := range r.Missed() {
+				missed = append(missed, m.Key)
+			}
+			if strings.Join(missed, ",") != tc.missed {
+				t.Errorf("missed %v, want %q", missed, tc.missed)
+			}
+		})
 	}
 }

@@ -142,8 +142,8 @@ func (r *Report) writeFaults(w io.Writer) error {
 	}
 
 	if fa := r.FaultAround; fa != nil {
-		fmt.Fprintf(w, "\nsequential access, per-page cost (µs): kernel first touch %s; raw floor fault-around 1 %s, %d %s; local fault-around 1 %s, %d %s\n",
-			us(fa.KernelPerPageNS), us(fa.RawFA1PerPageNS), fa.Pages, us(fa.RawPerPageNS), us(fa.LocalFA1PerPageNS), fa.Pages, us(fa.LocalPerPageNS))
+		fmt.Fprintf(w, "\nsequential access, per-page cost (µs): kernel first touch %s; raw floor fault-around 1 %s, %d %s; raw_xproc fault-around %d %s; local fault-around 1 %s, %d %s\n",
+			us(fa.KernelPerPageNS), us(fa.RawFA1PerPageNS), fa.Pages, us(fa.RawPerPageNS), fa.Pages, us(fa.RawXprocPerPageNS), us(fa.LocalFA1PerPageNS), fa.Pages, us(fa.LocalPerPageNS))
 	}
 	if f := r.Forwarded; f != nil {
 		fmt.Fprintf(w, "forwarded faults (core-owned dataspace, local runs): %d, median %s µs, p99 %s µs", f.Faults, us(float64(f.MedianNS)), us(float64(f.P99NS)))
@@ -171,8 +171,9 @@ func (r *Report) writeFaults(w io.Writer) error {
 	fmt.Fprintf(w, "        framework over its floor (local ÷ raw_xproc): median %s, p99 %s (rep by rep %s)\n",
 		ratioText(rt.LocalOverRawXprocMedian), ratioText(rt.LocalOverRawXprocP99), ratioText(rt.LocalOverRawXprocP99PerRep))
 	if r.FaultAround != nil {
-		fmt.Fprintf(w, "        fault-around %d per page ÷ kernel first touch: local %s, raw floor %s\n",
-			r.FaultAround.Pages, ratioText(rt.FaultAroundPerPageOverKernel), ratioText(rt.RawFaultAroundOverKernel))
+		fmt.Fprintf(w, "        fault-around %d per page ÷ kernel first touch: local %s, raw floor %s, raw_xproc %s (rep by rep); local ÷ raw_xproc %s (rep by rep)\n",
+			r.FaultAround.Pages, ratioText(rt.FaultAroundPerPageOverKernel), ratioText(rt.RawFaultAroundOverKernel),
+			ratioText(rt.RawXprocFaultAroundOverKernel), ratioText(rt.FaultAroundPerPageOverRawXproc))
 	}
 	if rt.PrefetchPerPageOverKernel > 0 || rt.PrefetchOnOverOff > 0 {
 		fmt.Fprintf(w, "        prefetch: local_prefetch per page ÷ kernel first touch (seq) %s; prefetch on ÷ off per page (--pattern %s) %s\n",
@@ -182,6 +183,10 @@ func (r *Report) writeFaults(w io.Writer) error {
 		fmt.Fprintf(w, "        prefetch floor (%s: %d pages per copy, in-process) per page ÷ kernel %s; local_prefetch ÷ that floor %s, ÷ kernel %s (rep by rep)\n",
 			ModePrefetchFloor, PrefetchFloorPages, ratioText(rt.PrefetchFloorPerPageOverKernel), ratioText(rt.PrefetchPerPageOverFloor),
 			ratioText(rt.PrefetchPerPageOverKernelPerRep))
+	}
+	if rt.PrefetchXprocFloorPerPageOverKernel > 0 || rt.PrefetchPerPageOverXprocFloor > 0 {
+		fmt.Fprintf(w, "        prefetch floor outside the worker (%s: %d pages per copy, own process) per page ÷ kernel %s; local_prefetch ÷ that floor %s (rep by rep)\n",
+			ModePrefetchFloorXproc, PrefetchFloorPages, ratioText(rt.PrefetchXprocFloorPerPageOverKernel), ratioText(rt.PrefetchPerPageOverXprocFloor))
 	}
 	if rt.ReplicatedOverLocalMedian > 0 || rt.ForwardedOverLocalMedian > 0 {
 		fmt.Fprintf(w, "        core-owned read-only dataspace ÷ local, medians: replicated %s, forwarded (first fault) %s\n",

@@ -30,6 +30,10 @@ const (
 	// in-process minimal handler (raw_floor) copying PrefetchFloorPages
 	// pages per fault on the faulting CPU, sequential, zero content.
 	ModePrefetchFloor = "prefetch_floor"
+	// ModePrefetchFloorXproc is the same handler in a process of its own
+	// (as raw_xproc): the floor of a prefetching pager outside the worker,
+	// which the prefetch goal is judged against when it misses 0.5.
+	ModePrefetchFloorXproc = "prefetch_floor_xproc"
 	// ModeForwarded: first touches of a core-owned read-only dataspace,
 	// forwarded to core; ModeReplicated: the same pages touched again by
 	// another worker of the vcore, served from its replica.
@@ -231,6 +235,10 @@ type FaultAroundReport struct {
 	LocalPerPageNS    float64 `json:"local_per_page_ns"`
 	RawFA1PerPageNS   float64 `json:"raw_fa1_per_page_ns"`
 	RawPerPageNS      float64 `json:"raw_per_page_ns"`
+	// RawXprocPerPageNS is raw_xproc_faN: the minimal handler in a
+	// process of its own copying Pages pages per fault, the floor of a
+	// pager outside the worker.
+	RawXprocPerPageNS float64 `json:"raw_xproc_per_page_ns,omitempty"`
 }
 
 // ForwardedReport is the latency of faults forwarded to core.
@@ -321,6 +329,20 @@ type Ratios struct {
 	// (median of the reps' ratios): the floor-relative target when the
 	// floor misses the 0.5 goal.
 	PrefetchPerPageOverFloor float64 `json:"prefetch_per_page_over_floor,omitempty"`
+	// PrefetchXprocFloorPerPageOverKernel is the floor of
+	// prefetch_per_page_over_kernel for a pager outside the worker:
+	// prefetch_floor_xproc ÷ the kernel's sequential first touch, per
+	// page, rep by rep. PrefetchPerPageOverXprocFloor is local_prefetch ÷
+	// prefetch_floor_xproc (rep by rep): judged when that floor misses 0.5.
+	PrefetchXprocFloorPerPageOverKernel float64 `json:"prefetch_xproc_floor_per_page_over_kernel,omitempty"`
+	PrefetchPerPageOverXprocFloor       float64 `json:"prefetch_per_page_over_xproc_floor,omitempty"`
+	// RawXprocFaultAroundOverKernel is the floor of
+	// fault_around_per_page_over_kernel for a pager outside the worker:
+	// raw_xproc_faN ÷ the kernel's sequential first touch, per page, rep
+	// by rep. FaultAroundPerPageOverRawXproc is local_faN ÷ raw_xproc_faN
+	// (rep by rep): judged when that floor misses 1.0.
+	RawXprocFaultAroundOverKernel  float64 `json:"raw_xproc_fault_around_per_page_over_kernel,omitempty"`
+	FaultAroundPerPageOverRawXproc float64 `json:"fault_around_per_page_over_raw_xproc,omitempty"`
 	// PrefetchPerPageOverKernelPerRep is prefetch_per_page_over_kernel
 	// taken rep by rep (median of the reps' ratios), as the floor is.
 	PrefetchPerPageOverKernelPerRep float64 `json:"prefetch_per_page_over_kernel_per_rep,omitempty"`
@@ -649,6 +671,15 @@ func Build(machine Machine, params Params, samples []RunSample) *Report {
 		if m, ok := r.measured(FaultAroundMode(ModeRaw, fa)); ok {
 			far.RawPerPageNS = m.PerPageNS
 		}
+		if x, ok := r.measured(FaultAroundMode(ModeRawXproc, fa)); ok {
+			far.RawXprocPerPageNS = x.PerPageNS
+			if k := seq(ModeKernel); k != nil {
+				r.Ratios.RawXprocFaultAroundOverKernel = pairedRatio(x, k, perPage)
+			}
+			if l, ok := r.measured(FaultAroundMode(ModeLocal, fa)); ok {
+				r.Ratios.FaultAroundPerPageOverRawXproc = pairedRatio(l, x, perPage)
+			}
+		}
 		r.FaultAround = far
 		r.Ratios.FaultAroundPerPageOverKernel = ratio(far.LocalPerPageNS, far.KernelPerPageNS)
 		r.Ratios.RawFaultAroundOverKernel = ratio(far.RawPerPageNS, far.KernelPerPageNS)
@@ -707,6 +738,18 @@ func Build(machine Machine, params Params, samples []RunSample) *Report {
 		if fl, ok := r.measured(ModePrefetchFloor); ok {
 			r.Ratios.PrefetchPerPageOverFloor = pairedRatio(pf, fl, perPage)
 		}
+		if fl, ok := r.measured(ModePrefetchFloorXproc); ok {
+			r.Ratios.PrefetchPerPageOverXprocFloor = pairedRatio(pf, fl, perPage)
+		}
+	}
+	if fl, ok := r.measured(ModePrefetchFloorXproc); ok {
+		kname := ModeKernel
+		if params.Pattern != string(PatternSeq) {
+			kname = SeqMode(ModeKernel)
+		}
+		if k, ok := r.measured(kname); ok {
+			r.Ratios.PrefetchXprocFloorPerPageOverKernel = pairedRatio(fl, k, perPage)
+		}
 	}
 	if fl, ok := r.measured(ModePrefetchFloor); ok {
 		kname := ModeKernel
@@ -763,7 +806,15 @@ const (
 	TargetCentralOverLocalVsFloors = 0.8
 	TargetLocalIPIsPerFault        = 0.05
 	TargetFAOverKernel             = 1.0
-	TargetDaemonHWM                = 40 * hw.MiB
+	// TargetFAOverXprocFloor is judged in place of TargetFAOverKernel
+	// when the floor of a pager outside the worker — the minimal handler
+	// in a process of its own copying as many pages per fault
+	// (raw_xproc_faN) — misses 1.0: the framework may add 20 % per page.
+	// (Issue D's 1.0 was reached by an in-process C handler; issue H
+	// showed that an in-process handler hides the hand-off into another
+	// address space, which every pager in a daemon pays.)
+	TargetFAOverXprocFloor = 1.2
+	TargetDaemonHWM        = 40 * hw.MiB
 	// TargetPrefetchOverKernel and TargetPrefetchOnOverOff are issue
 	// H.3's: a prefetched sequential scan costs at most half the kernel's
 	// own first touch per page; random access pays at most 5 % for a
@@ -785,10 +836,13 @@ const (
 	TargetForwardedOverRawCross = 1.2
 	// TargetPrefetchOverFloor is judged in place of
 	// TargetPrefetchOverKernel when the machine's own floor of a
-	// prefetched sequential scan — an in-process minimal handler copying
-	// PrefetchFloorPages pages per fault on the faulting CPU — misses 0.5
-	// (here 0.53–0.59 in C, docs/prefetch-floor.c): local_prefetch may
-	// cost at most 1.2× that floor per page (docs/BENCHMARKS.md).
+	// prefetched sequential scan by a pager outside the worker — the
+	// minimal handler in a process of its own copying PrefetchFloorPages
+	// pages per fault on the faulting CPU (prefetch_floor_xproc) — misses
+	// 0.5 (even in-process it does: 0.53–0.59 in C, docs/prefetch-floor.c):
+	// local_prefetch may cost at most 1.2× that floor per page
+	// (docs/BENCHMARKS.md). The in-process floor (prefetch_floor) is
+	// reported beside it.
 	TargetPrefetchOverFloor = 1.2
 )
 
@@ -861,17 +915,25 @@ var targetSpecs = append([]targetSpec{
 		value: func(r *Report) (float64, bool) {
 			v := r.Ratios.FaultAroundPerPageOverKernel
 			return v, r.FaultAround != nil && v > 0
-		}, pass: atMost(TargetFAOverKernel)},
+		}, pass: atMost(TargetFAOverKernel),
+		floor: &floorRule{key: "raw_xproc_fault_around_per_page_over_kernel",
+			name:    "the minimal handler in a process of its own (raw_xproc) copying as many pages per fault, per page ÷ kernel",
+			value:   positive(func(r *Report) float64 { return r.Ratios.RawXprocFaultAroundOverKernel }),
+			instead: "fault_around_per_page_over_raw_xproc"}},
+	{key: "fault_around_per_page_over_raw_xproc", name: "local fault-around per page ÷ raw_xproc fault-around per page (rep by rep)",
+		goal:  fmt.Sprintf("≤ %.2f", TargetFAOverXprocFloor),
+		value: positive(func(r *Report) float64 { return r.Ratios.FaultAroundPerPageOverRawXproc }), pass: atMost(TargetFAOverXprocFloor),
+		forGoal: "fault_around_per_page_over_kernel"},
 	{key: "prefetch_per_page_over_kernel", name: "local_prefetch per page ÷ kernel first touch (seq)",
 		goal:  fmt.Sprintf("≤ %.1f", TargetPrefetchOverKernel),
 		value: positive(func(r *Report) float64 { return r.Ratios.PrefetchPerPageOverKernel }), pass: atMost(TargetPrefetchOverKernel),
-		floor: &floorRule{key: "prefetch_floor_per_page_over_kernel",
-			name:    fmt.Sprintf("an in-process minimal handler copying %d pages per fault, per page ÷ kernel", PrefetchFloorPages),
-			value:   positive(func(r *Report) float64 { return r.Ratios.PrefetchFloorPerPageOverKernel }),
-			instead: "prefetch_per_page_over_floor"}},
-	{key: "prefetch_per_page_over_floor", name: "local_prefetch per page ÷ prefetch_floor per page (rep by rep)",
+		floor: &floorRule{key: "prefetch_xproc_floor_per_page_over_kernel",
+			name:    fmt.Sprintf("the minimal handler in a process of its own copying %d pages per fault, per page ÷ kernel", PrefetchFloorPages),
+			value:   positive(func(r *Report) float64 { return r.Ratios.PrefetchXprocFloorPerPageOverKernel }),
+			instead: "prefetch_per_page_over_xproc_floor"}},
+	{key: "prefetch_per_page_over_xproc_floor", name: "local_prefetch per page ÷ prefetch_floor_xproc per page (rep by rep)",
 		goal:  fmt.Sprintf("≤ %.2f", TargetPrefetchOverFloor),
-		value: positive(func(r *Report) float64 { return r.Ratios.PrefetchPerPageOverFloor }), pass: atMost(TargetPrefetchOverFloor),
+		value: positive(func(r *Report) float64 { return r.Ratios.PrefetchPerPageOverXprocFloor }), pass: atMost(TargetPrefetchOverFloor),
 		forGoal: "prefetch_per_page_over_kernel"},
 	{key: "prefetch_on_over_off_per_page", name: "prefetch on ÷ off per page (non-sequential --pattern; rep by rep, adjacent runs)",
 		goal:  fmt.Sprintf("≤ %.2f", TargetPrefetchOnOverOff),

@@ -345,7 +345,7 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		return out
 	}
 	got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 16}))
-	want := []string{"raw_xproc", "local", "central", "raw_floor", "raw_cross", "kernel", "local_prefetch", "prefetch_floor", "forwarded", "replicated", "local_fa16", "raw_floor_fa16"}
+	want := []string{"raw_xproc", "local", "central", "raw_floor", "raw_cross", "kernel", "local_prefetch", "prefetch_floor", "prefetch_floor_xproc", "forwarded", "replicated", "local_fa16", "raw_xproc_fa16", "raw_floor_fa16"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
@@ -356,7 +356,7 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 	}
 	// A mode may be named on its own, not only by its family.
 	got = names(Plan(Config{Pattern: PatternSeq, FaultAround: 16, Modes: []string{ModeLocal, ModeRawXproc}}))
-	want = []string{"raw_xproc", "local", "local_fa16"}
+	want = []string{"raw_xproc", "local", "local_fa16", "raw_xproc_fa16"} // local_fa16's floor comes with it
 	if !slices.Equal(got, want) {
 		t.Errorf("plan of local,raw_xproc %v, want %v", got, want)
 	}
@@ -369,13 +369,16 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		t.Errorf("plan of forwarded %v, want %v", got, want)
 	}
 	got = names(Plan(Config{Pattern: PatternSeq, FaultAround: 1, Modes: []string{ModeLocalPrefetch}}))
-	want = []string{"kernel", "local_prefetch", "prefetch_floor"}
+	want = []string{"kernel", "local_prefetch", "prefetch_floor", "prefetch_floor_xproc"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan of local_prefetch %v, want %v", got, want)
 	}
 	for _, r := range Plan(Config{Pattern: PatternSeq, FaultAround: 1, Modes: []string{ModeLocalPrefetch}}) {
 		if r.mode == ModePrefetchFloor && (r.worker != WorkerRaw || r.faultAround != PrefetchFloorPages || !r.zero || r.pattern != PatternSeq || r.crossCPU) {
 			t.Errorf("prefetch_floor run %+v", r)
+		}
+		if r.mode == ModePrefetchFloorXproc && (r.worker != WorkerXproc || r.faultAround != PrefetchFloorPages || !r.zero || r.pattern != PatternSeq || r.crossCPU) {
+			t.Errorf("prefetch_floor_xproc run %+v", r)
 		}
 	}
 	// The checkpoint modes are opt-in: the default plan is the fault modes.
@@ -416,7 +419,7 @@ func TestPrefetchRandomPlanAndRatio(t *testing.T) {
 	for _, r := range Plan(Config{Pattern: PatternRandom, FaultAround: 16, Modes: []string{ModeLocalPrefetch}}) {
 		fa = append(fa, r.mode)
 	}
-	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(fa, want) {
+	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloor, ModePrefetchFloorXproc, "kernel_seq"}; !slices.Equal(fa, want) {
 		t.Errorf("plan with fault-around %v, want %v", fa, want)
 	}
 	var got []string
@@ -432,14 +435,14 @@ func TestPrefetchRandomPlanAndRatio(t *testing.T) {
 	// local_prefetch_random right after local (its off run), then a
 	// second pair in the other order (slot 1), kernel_seq (not the random
 	// kernel) as local_prefetch's reference.
-	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(got, want) {
+	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloor, ModePrefetchFloorXproc, "kernel_seq"}; !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
 	var slots []int
 	for _, r := range Plan(Config{Pattern: PatternRandom, FaultAround: 1, Modes: []string{ModeLocalPrefetch}}) {
 		slots = append(slots, r.slot)
 	}
-	if !slices.Equal(slots, []int{0, 0, 1, 1, 0, 0, 0}) {
+	if !slices.Equal(slots, []int{0, 0, 1, 1, 0, 0, 0, 0}) {
 		t.Errorf("slots %v", slots)
 	}
 	var s []RunSample

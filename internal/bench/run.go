@@ -17,7 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vcored/vcored/internal/cgroups"
 	"github.com/vcored/vcored/internal/config"
+	"github.com/vcored/vcored/internal/hw"
 	"github.com/vcored/vcored/internal/progress"
 	"github.com/vcored/vcored/topology"
 )
@@ -160,6 +162,9 @@ func Plan(c Config) []run {
 	if c.FaultAround > 1 {
 		all = append(all,
 			run{mode: FaultAroundMode(ModeLocal, c.FaultAround), base: ModeLocal, daemon: config.PagerLocal, worker: WorkerUffd, pattern: PatternSeq, faultAround: c.FaultAround, zero: true},
+			// local_faN's floor (a pager outside the worker), next to it.
+			run{mode: FaultAroundMode(ModeRawXproc, c.FaultAround), base: ModeRawXproc, worker: WorkerXproc, pattern: PatternSeq, faultAround: c.FaultAround, zero: true,
+				floorOf: []string{ModeLocal}},
 			run{mode: FaultAroundMode(ModeRaw, c.FaultAround), base: ModeRaw, worker: WorkerRaw, pattern: PatternSeq, faultAround: c.FaultAround, zero: true},
 		)
 		if c.Pattern != PatternSeq {
@@ -319,7 +324,7 @@ loop:
 					CoreOnly: r.coreOnly, Warm: r.warm}
 				s = runDaemons(ctx, dr, c.Log)
 			default:
-				s = runDirect(ctx, c, layout, r, dir)
+				s = runDirect(ctx, c, layout, r, dir, fmt.Sprintf("%s/r%d", cgParent, k))
 			}
 			s.Mode, s.Rep, s.Slot = r.mode, rep, r.slot
 			if s.Err != nil {
@@ -364,11 +369,22 @@ func progressWriter(w io.Writer) io.Writer {
 }
 
 // runDirect runs the raw or kernel workers as children of the bench: Workers
-// per partition at once, each pinned like a vcore's worker would be.
-func runDirect(ctx context.Context, c Config, layout Layout, r run, dir string) RunSample {
+// per partition at once, each pinned like a vcore's worker would be and in
+// cgroups like a vcore's worker's (directCgroups), under cgParent.
+func runDirect(ctx context.Context, c Config, layout Layout, r run, dir, cgParent string) RunSample {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return RunSample{Err: err}
 	}
+	var extra hw.CPUSet
+	if r.crossCPU {
+		// raw_cross's handler runs on core's CPU, as the central pager.
+		extra = hw.NewSet(layout.CoreCPU)
+	}
+	procs, cleanup, err := directCgroups(cgParent, layout, c.Workers, c.Pages, extra)
+	if err != nil {
+		return RunSample{Err: err}
+	}
+	defer cleanup()
 	verify := Verify{Kind: "pattern", Seed: c.Seed}
 	if r.worker == WorkerKernel || r.zero {
 		verify = Verify{Kind: "zero"}
@@ -391,6 +407,13 @@ func runDirect(ctx context.Context, c Config, layout Layout, r run, dir string) 
 			if r.crossCPU {
 				args = append(args, "--handler-cpu", strconv.Itoa(int(layout.CoreCPU)))
 			}
+			// Through the same shim a vcore starts its subsystems with:
+			// the worker is in its cgroups before its first instruction.
+			shim := []string{"exec-in-cgroup"}
+			for _, f := range procs[p.Node][w] {
+				shim = append(shim, "--procs", f)
+			}
+			args = append(append(shim, "--", c.Exe), args...)
 			jobs = append(jobs, job{path: path, args: args})
 		}
 	}
@@ -421,6 +444,53 @@ func runDirect(ctx context.Context, c Config, layout Layout, r run, dir string) 
 	return s
 }
 
+// directCgroups makes, for the directly run workers of one run, the
+// cgroups a vcore gives its workers: per partition a group with its CPUs,
+// its node's memory and the memory a vcore would lease (cpuset, memory,
+// pids), and in it one group per worker with a subsystem's memory limit.
+// A page the floors' and the kernel's workers fault in is then charged
+// through as many memory-cgroup levels as a local worker's (on this VM,
+// v1 memcg, ~0.2–0.3 µs a page): the comparison is of pagers, not of
+// cgroup accounting. It returns the cgroup.procs files per node and
+// worker, and a func that removes the groups.
+func directCgroups(cgParent string, layout Layout, workers, pages int, extraCPUs hw.CPUSet) (map[hw.Node][][]string, func(), error) {
+	m, err := cgroups.New(cgroups.Options{})
+	if err != nil {
+		return nil, func() {}, fmt.Errorf("bench: cgroups for the direct workers: %w", err)
+	}
+	dr := DaemonRun{Pages: pages}
+	sub := dr.workerMemory()
+	procs := map[hw.Node][][]string{}
+	var groups []*cgroups.Group
+	cleanup := func() {
+		for i := len(groups) - 1; i >= 0; i-- {
+			_ = groups[i].Delete()
+		}
+		_ = removeCgroupTrees(cgParent)
+	}
+	for _, p := range layout.Partitions {
+		res := cgroups.Resources{CPUs: p.CPUs.Union(extraCPUs), Mems: hw.NewSet(p.Node), MemoryLimit: hw.Bytes(workers)*sub + 64*hw.MiB}
+		part := fmt.Sprintf("%s/node%d", cgParent, p.Node)
+		g, err := m.Create(part, res)
+		if err != nil {
+			cleanup()
+			return nil, func() {}, fmt.Errorf("bench: cgroup for the direct workers: %w", err)
+		}
+		groups = append(groups, g)
+		for w := range workers {
+			res.MemoryLimit = sub
+			wg, err := m.Create(fmt.Sprintf("%s/w%d", part, w), res)
+			if err != nil {
+				cleanup()
+				return nil, func() {}, fmt.Errorf("bench: cgroup for a direct worker: %w", err)
+			}
+			groups = append(groups, wg)
+			procs[p.Node] = append(procs[p.Node], wg.ProcsFiles())
+		}
+	}
+	return procs, cleanup, nil
+}
+
 // runChild runs exe args to completion; SIGTERM on cancellation.
 func runChild(ctx context.Context, exe string, args []string) error {
 	cmd := exec.CommandContext(ctx, exe, args...)
@@ -430,7 +500,13 @@ func runChild(ctx context.Context, exe string, args []string) error {
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", filepath.Base(exe), strings.Join(args[:3], " "), err, tail(stderr.String(), 400))
+		what := args
+		if i := slices.Index(args, "--"); i >= 0 && len(args) > i+4 {
+			what = args[i+2 : i+5] // the command the exec-in-cgroup shim runs
+		} else if len(args) > 3 {
+			what = args[:3]
+		}
+		return fmt.Errorf("%s %s: %w: %s", filepath.Base(exe), strings.Join(what, " "), err, tail(stderr.String(), 400))
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vcored/vcored/internal/bench"
 	"github.com/vcored/vcored/internal/bench/worker"
+	"github.com/vcored/vcored/internal/cgroups"
 	"github.com/vcored/vcored/internal/progress"
 	"github.com/vcored/vcored/topology"
 )
@@ -21,6 +22,26 @@ import (
 const workerEnv = "VCORED_BENCH_TEST_WORKER"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(workerEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "exec-in-cgroup" {
+		// The shim the bench starts its direct workers through (vcored
+		// exec-in-cgroup): join the groups, exec this binary's worker.
+		var procs []string
+		args := os.Args[2:]
+		for len(args) >= 2 && args[0] == "--procs" {
+			procs, args = append(procs, args[1]), args[2:]
+		}
+		if len(args) == 0 || args[0] != "--" {
+			fmt.Fprintln(os.Stderr, "exec-in-cgroup: want --procs FILE... -- command")
+			os.Exit(127)
+		}
+		fmt.Fprintln(os.Stderr, "exec-in-cgroup:", cgroups.JoinAndExec(procs, args[1:]))
+		os.Exit(127)
+	}
+	if os.Getenv(workerEnv) == "1" && (len(os.Args) < 2 || os.Args[1] != "worker") {
+		// A child that is not a worker must never run the tests again.
+		fmt.Fprintln(os.Stderr, "bench test helper: unknown role", os.Args[1:])
+		os.Exit(2)
+	}
 	if os.Getenv(workerEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "worker" {
 		fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 		f := worker.BindFlags(fs)

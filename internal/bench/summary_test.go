@@ -82,7 +82,7 @@ func TestTargetsAndMissed(t *testing.T) {
 		"daemon_peak_rss_mib": StatusNotMeasured, "prefetch_per_page_over_kernel": StatusNotMeasured,
 		"prefetch_on_over_off_per_page": StatusNotMeasured, "replicated_over_local_median": StatusNotMeasured,
 		"forwarded_over_local_median": StatusNotMeasured, "forwarded_over_raw_cross_median": StatusNotMeasured,
-		"prefetch_per_page_over_floor": StatusNotMeasured,
+		"prefetch_per_page_over_xproc_floor": StatusNotMeasured, "fault_around_per_page_over_raw_xproc": StatusNotMeasured,
 		// The checkpoint scenario's, without a Checkpoint report.
 		"tracking_overhead": StatusNotMeasured, "incremental_frozen_ms": StatusNotMeasured,
 		"incremental_over_full": StatusNotMeasured, "full_write_over_dd": StatusNotMeasured,
