@@ -234,7 +234,10 @@ type Pager struct {
 	log    *slog.Logger
 	ps     uintptr // page size
 	around int     // pages per fault
-	zero   []byte  // around + prefetchBufPages pages of zeros, never written: the source for zero-content copies
+	// reserved is how many threads New counted in pagerThreads (Close
+	// gives them back).
+	reserved int
+	zero     []byte // around + prefetchBufPages pages of zeros, never written: the source for zero-content copies
 	// zeroMapped: zero is an mmap'd read-only mapping, unmapped by Close.
 	zeroMapped bool
 
@@ -330,6 +333,20 @@ func (e *uffdEntry) find(addr uintptr) *region {
 	return nil
 }
 
+// pagerThreads counts the pager threads of the process's live Pagers.
+var pagerThreads atomic.Int64
+
+// reserveThreads accounts for n more pager threads and raises GOMAXPROCS
+// above their number: a pager thread keeps its P while it waits for faults
+// (linux.Epoll.WaitLocked), so the process's other goroutines need one
+// more. GOMAXPROCS is never lowered.
+func reserveThreads(n int) {
+	want := int(pagerThreads.Add(int64(n))) + 1
+	if runtime.GOMAXPROCS(0) < want {
+		runtime.GOMAXPROCS(want)
+	}
+}
+
 // New starts a Pager and its threads. It fails if a thread cannot be pinned.
 func New(opts Options) (*Pager, error) {
 	if opts.FaultAround <= 0 {
@@ -393,6 +410,8 @@ func New(opts Options) (*Pager, error) {
 		return nil, fmt.Errorf("pager: %w", err)
 	}
 
+	reserveThreads(n) // released by Close, which every path from here on ends in on error
+	p.reserved = n
 	started := make(chan error, n)
 	for i := range n {
 		var pin hw.CPUSet
@@ -445,6 +464,7 @@ func (p *Pager) Close() error {
 			errs = append(errs, err)
 		}
 		p.wg.Wait()
+		pagerThreads.Add(-int64(p.reserved))
 		close(p.fwd)
 		p.fwdWG.Wait()
 		p.mu.Lock()

@@ -72,7 +72,7 @@ func (t *thread) run(started chan<- error) {
 		if len(t.jobs) > 0 {
 			timeout = 0
 		}
-		n, err := t.p.ep.Wait(t.evs[:], timeout)
+		n, err := t.p.ep.WaitLocked(t.evs[:], timeout)
 		if err != nil {
 			t.p.log.Error("pager thread stops: epoll_wait failed", "thread", t.idx, "err", err)
 			return

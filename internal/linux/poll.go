@@ -112,6 +112,33 @@ func (e *Epoll) Wait(evs []EpollEvent, msec int) (int, error) {
 	return n, nil
 }
 
+// WaitLocked is Wait for a goroutine locked to its OS thread that does
+// nothing but wait and serve (a pager thread). It enters epoll_wait
+// without telling the Go scheduler (a raw system call): the goroutine keeps
+// its P while it blocks. Through the scheduler (Wait), a thread that blocks
+// between every two faults lets every P go idle, the runtime's sysmon then
+// sleeps until a goroutine next enters a system call, and the pager's next
+// read wakes it: a wake-up of another thread on the faulting CPU per fault
+// burst, at 20 µs intervals. The caller's process must have a P for its
+// other goroutines (GOMAXPROCS above the number of such threads). A
+// preemption request (garbage collection, a goroutine that ran 10 ms)
+// interrupts the wait with a signal: it returns 0 events, and the caller's
+// next call yields.
+func (e *Epoll) WaitLocked(evs []EpollEvent, msec int) (int, error) {
+	if len(evs) == 0 {
+		return 0, fmt.Errorf("epoll_wait: %w (no room for events)", unix.EINVAL)
+	}
+	n, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(e.c.get()), uintptr(unsafe.Pointer(&evs[0].raw)),
+		uintptr(len(evs)), uintptr(msec), 0, 0)
+	switch errno {
+	case 0:
+		return int(n), nil
+	case unix.EINTR:
+		return 0, nil
+	}
+	return 0, fmt.Errorf("epoll_wait: %w", errno)
+}
+
 // EventFD is an owned eventfd (EFD_CLOEXEC|EFD_NONBLOCK), used to wake and
 // stop poll loops: Signal makes it readable until Drain.
 type EventFD struct{ c closedFD }

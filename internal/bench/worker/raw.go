@@ -77,9 +77,11 @@ func serveRawHandler(u *linux.Uffd, start uintptr, length int, v bench.Verify, f
 	// A thread blocked in a userfaultfd page fault keeps its P: with
 	// GOMAXPROCS=1 (a worker started with a one-CPU affinity) the handler
 	// could only run when the runtime preempts the blocked toucher, ~10 ms
-	// later. The handler needs a P of its own.
-	if runtime.GOMAXPROCS(0) < 2 {
-		runtime.GOMAXPROCS(2)
+	// later. The handler needs a P of its own, and keeps it while it waits
+	// (linux.Epoll.WaitLocked, as the pager's threads do): one more is left
+	// for the process's other goroutines.
+	if runtime.GOMAXPROCS(0) < 3 {
+		runtime.GOMAXPROCS(3)
 	}
 	stop, err := linux.NewEventFD()
 	if err != nil {
@@ -164,7 +166,7 @@ func (r *rawHandler) loop(ep *linux.Epoll, start uintptr, length int, v bench.Ve
 	evs := make([]linux.EpollEvent, 2)
 	msgs := make([]linux.UffdMsg, 16)
 	for {
-		n, err := ep.Wait(evs, -1)
+		n, err := ep.WaitLocked(evs, -1)
 		if err != nil {
 			return err
 		}
