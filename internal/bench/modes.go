@@ -75,13 +75,13 @@ var Registry = []ModeSpec{
 		Pattern: PatternSeq, Zero: true,
 		Doc: "local with prefetch on, sequential toucher, zero content: per-page cost against the kernel's first touch" +
 			" (with a non-sequential --pattern, local_prefetch_<pattern> runs that pattern with prefetch on, against local)"},
+	{Name: ModePrefetchFloorXproc, Family: ModeLocalPrefetch, Worker: WorkerXproc, Pattern: PatternSeq, Zero: true,
+		FaultAround: PrefetchFloorPages,
+		Doc:         "floor of local_prefetch for a pager outside the worker: the same handler in a process of its own (as raw_xproc)"},
 	{Name: ModePrefetchFloor, Family: ModeLocalPrefetch, Worker: WorkerRaw, Pattern: PatternSeq, Zero: true,
 		FaultAround: PrefetchFloorPages,
 		Doc: fmt.Sprintf("floor of local_prefetch: the in-process minimal handler copying %d pages per fault (the prefetch's copy size),"+
 			" sequential, zero content, on the faulting CPU", PrefetchFloorPages)},
-	{Name: ModePrefetchFloorXproc, Family: ModeLocalPrefetch, Worker: WorkerXproc, Pattern: PatternSeq, Zero: true,
-		FaultAround: PrefetchFloorPages,
-		Doc:         "floor of local_prefetch for a pager outside the worker: the same handler in a process of its own (as raw_xproc)"},
 	{Name: ModeForwarded, Family: ModeForwarded, Daemon: config.PagerLocal, Worker: WorkerUffd, CoreOnly: true,
 		Doc: "first touches of a core-owned read-only dataspace: each fault forwarded by the vcore to core"},
 	{Name: ModeReplicated, Family: ModeForwarded, Daemon: config.PagerLocal, Worker: WorkerUffd, CoreOnly: true, Warm: true,

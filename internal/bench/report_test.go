@@ -345,7 +345,7 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		return out
 	}
 	got := names(Plan(Config{Pattern: PatternSeq, FaultAround: 16}))
-	want := []string{"raw_xproc", "local", "central", "raw_floor", "raw_cross", "kernel", "local_prefetch", "prefetch_floor", "prefetch_floor_xproc", "forwarded", "replicated", "local_fa16", "raw_xproc_fa16", "raw_floor_fa16"}
+	want := []string{"raw_xproc", "local", "central", "raw_floor", "raw_cross", "kernel", "local_prefetch", "prefetch_floor_xproc", "prefetch_floor", "forwarded", "replicated", "local_fa16", "raw_xproc_fa16", "raw_floor_fa16"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
@@ -369,7 +369,7 @@ func TestPlanInterleavesAndFilters(t *testing.T) {
 		t.Errorf("plan of forwarded %v, want %v", got, want)
 	}
 	got = names(Plan(Config{Pattern: PatternSeq, FaultAround: 1, Modes: []string{ModeLocalPrefetch}}))
-	want = []string{"kernel", "local_prefetch", "prefetch_floor", "prefetch_floor_xproc"}
+	want = []string{"kernel", "local_prefetch", "prefetch_floor_xproc", "prefetch_floor"}
 	if !slices.Equal(got, want) {
 		t.Errorf("plan of local_prefetch %v, want %v", got, want)
 	}
@@ -419,7 +419,7 @@ func TestPrefetchRandomPlanAndRatio(t *testing.T) {
 	for _, r := range Plan(Config{Pattern: PatternRandom, FaultAround: 16, Modes: []string{ModeLocalPrefetch}}) {
 		fa = append(fa, r.mode)
 	}
-	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloor, ModePrefetchFloorXproc, "kernel_seq"}; !slices.Equal(fa, want) {
+	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloorXproc, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(fa, want) {
 		t.Errorf("plan with fault-around %v, want %v", fa, want)
 	}
 	var got []string
@@ -435,7 +435,7 @@ func TestPrefetchRandomPlanAndRatio(t *testing.T) {
 	// local_prefetch_random right after local (its off run), then a
 	// second pair in the other order (slot 1), kernel_seq (not the random
 	// kernel) as local_prefetch's reference.
-	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloor, ModePrefetchFloorXproc, "kernel_seq"}; !slices.Equal(got, want) {
+	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloorXproc, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
 	var slots []int
