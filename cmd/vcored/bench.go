@@ -124,20 +124,29 @@ const benchSynopsis = "[--quick] [--check] [--modes MODE,…] [--workers N] [--p
 
 // writeBenchHelp lists the modes and the targets after the flags.
 func writeBenchHelp(w io.Writer) {
+	modeW := len(bench.ModeMove)
+	for _, m := range bench.Registry {
+		modeW = max(modeW, len(m.Name))
+	}
 	fmt.Fprintf(w, "\nmodes (all fault modes run, interleaved, unless --modes names some; the checkpoint modes only when named):\n")
 	for _, m := range bench.Registry {
-		fmt.Fprintf(w, "  %-15s %s\n", m.Name, m.Doc)
+		fmt.Fprintf(w, "  %-*s %s\n", modeW, m.Name, m.Doc)
 	}
-	fmt.Fprintf(w, "  %-15s %s\n", bench.ModeMove, bench.MoveDoc)
-	fmt.Fprintf(w, "  with --fault-around N > 1 also local_faN and raw_floor_faN (sequential, N pages per fault), and with a\n"+
+	fmt.Fprintf(w, "  %-*s %s\n", modeW, bench.ModeMove, bench.MoveDoc)
+	fmt.Fprintf(w, "  with --fault-around N > 1 also local_faN, raw_xproc_faN and raw_floor_faN (sequential, N pages per fault), and with a\n"+
 		"  non-sequential --pattern the sequential baselines local_seq, raw_floor_seq and kernel_seq.\n")
 	fmt.Fprintf(w, "\ntargets (ratios measured within the run; --check exits 1 when a measured one is missed,\n"+
 		"one whose modes did not run is \"not measured\" and not checked; a goal whose floor, measured in the\n"+
 		"same run, misses it is UNATTAINABLE on this machine and its floor-relative target is judged instead):\n")
-	for _, t := range bench.TargetList() {
-		fmt.Fprintf(w, "  %-34s %s %s\n", t.Key, t.Name, t.Goal)
+	targets := bench.TargetList()
+	keyW := 0
+	for _, t := range targets {
+		keyW = max(keyW, len(t.Key))
+	}
+	for _, t := range targets {
+		fmt.Fprintf(w, "  %-*s %s %s\n", keyW, t.Key, t.Name, t.Goal)
 		if t.FloorKey != "" {
-			fmt.Fprintf(w, "  %-34s   floor: %s; judged instead when the floor misses the goal: %s\n", "", t.FloorKey, t.Instead)
+			fmt.Fprintf(w, "  %-*s   floor: %s; judged instead when the floor misses the goal: %s\n", keyW, "", t.FloorKey, t.Instead)
 		}
 	}
 }
