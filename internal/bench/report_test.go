@@ -419,7 +419,7 @@ func TestPrefetchRandomPlanAndRatio(t *testing.T) {
 	for _, r := range Plan(Config{Pattern: PatternRandom, FaultAround: 16, Modes: []string{ModeLocalPrefetch}}) {
 		fa = append(fa, r.mode)
 	}
-	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloorXproc, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(fa, want) {
+	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloorXproc, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(fa, want) {
 		t.Errorf("plan with fault-around %v, want %v", fa, want)
 	}
 	var got []string
@@ -432,17 +432,17 @@ func TestPrefetchRandomPlanAndRatio(t *testing.T) {
 			t.Errorf("local_prefetch_random run %+v", r)
 		}
 	}
-	// local_prefetch_random right after local (its off run), then a
-	// second pair in the other order (slot 1), kernel_seq (not the random
+	// local_prefetch_random right after local (its off run), then three
+	// more pairs, alternating the order (slots 1-3), kernel_seq (not the random
 	// kernel) as local_prefetch's reference.
-	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloorXproc, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(got, want) {
+	if want := []string{ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocal, "local_prefetch_random", "local_prefetch_random", ModeLocal, ModeLocalPrefetch, ModePrefetchFloorXproc, ModePrefetchFloor, "kernel_seq"}; !slices.Equal(got, want) {
 		t.Errorf("plan %v, want %v", got, want)
 	}
 	var slots []int
 	for _, r := range Plan(Config{Pattern: PatternRandom, FaultAround: 1, Modes: []string{ModeLocalPrefetch}}) {
 		slots = append(slots, r.slot)
 	}
-	if !slices.Equal(slots, []int{0, 0, 1, 1, 0, 0, 0, 0}) {
+	if !slices.Equal(slots, []int{0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 0, 0}) { // randomPairs pairs, alternating order
 		t.Errorf("slots %v", slots)
 	}
 	var s []RunSample
