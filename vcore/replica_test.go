@@ -27,14 +27,8 @@ func TestHelperReplicaWorker(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if w := os.Getenv("VCORED_TEST_WAIT"); w != "" {
-			for {
-				if _, err := os.Stat(w); err == nil {
-					break
-				}
-				if ctx.Err() != nil {
-					return fmt.Errorf("waiting for %s: %w", w, ctx.Err())
-				}
-				time.Sleep(10 * time.Millisecond)
+			if err := awaitFile(ctx, w); err != nil {
+				return err
 			}
 		}
 		for _, name := range []string{"shared", "rw"} {
@@ -54,12 +48,41 @@ func TestHelperReplicaWorker(t *testing.T) {
 		}
 		return nil
 	}()
+	writeHelperResult(t, err)
+}
+
+// awaitFile polls until path exists or ctx ends (a helper worker's gate).
+func awaitFile(ctx context.Context, path string) error {
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("waiting for %s: %w", path, ctx.Err())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// writeHelperResult writes "ok" or err to $VCORED_TEST_RESULT (a helper
+// worker's answer to its test).
+func writeHelperResult(t *testing.T, err error) {
 	msg := "ok"
 	if err != nil {
 		msg = err.Error()
 	}
 	if werr := os.WriteFile(os.Getenv("VCORED_TEST_RESULT"), []byte(msg), 0o644); werr != nil {
 		t.Fatal(werr)
+	}
+}
+
+// checkHelperResult waits for a helper worker's result file and fails the
+// test unless it says "ok".
+func checkHelperResult(t *testing.T, path string) {
+	t.Helper()
+	waitFor(t, "the worker's result "+filepath.Base(path), func() bool { _, err := os.Stat(path); return err == nil })
+	if b, err := os.ReadFile(path); err != nil || string(b) != "ok" {
+		t.Fatalf("%s: %q %v", filepath.Base(path), b, err)
 	}
 }
 
@@ -92,10 +115,7 @@ env = { %s = "replica-worker", VCORED_TEST_RESULT = %q, VCORED_TEST_WAIT = %q }
 	cfg := e.config(t, "replica_budget = \"4MiB\"\n"+sub("first", first, "")+sub("second", second, first))
 	e.startVCore(t, cfg)
 	for _, r := range []string{first, second} {
-		waitFor(t, "the worker's result "+filepath.Base(r), func() bool { _, err := os.Stat(r); return err == nil })
-		if b, err := os.ReadFile(r); err != nil || string(b) != "ok" {
-			t.Fatalf("%s: %s %v", filepath.Base(r), b, err)
-		}
+		checkHelperResult(t, r)
 	}
 	var p api.Pager
 	if err := api.NewClient(cfg.Socket).Get(context.Background(), "/v1/pager", &p); err != nil {

@@ -40,26 +40,15 @@ func TestHelperStaleWorker(t *testing.T) {
 			return err
 		}
 		defer m2.Close()
-		for w := os.Getenv("VCORED_TEST_WAIT"); ; time.Sleep(10 * time.Millisecond) {
-			if _, err := os.Stat(w); err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return fmt.Errorf("waiting for %s: %w", w, ctx.Err())
-			}
+		if err := awaitFile(ctx, os.Getenv("VCORED_TEST_WAIT")); err != nil {
+			return err
 		}
 		if err := content.VerifyPattern(m2.Bytes(), sharedSeed, 0); err != nil {
 			return fmt.Errorf("second mapping: %w", err)
 		}
 		return nil
 	}()
-	msg := "ok"
-	if err != nil {
-		msg = err.Error()
-	}
-	if werr := os.WriteFile(os.Getenv("VCORED_TEST_RESULT"), []byte(msg), 0o644); werr != nil {
-		t.Fatal(werr)
-	}
+	writeHelperResult(t, err)
 }
 
 // TestStaleForwardFailureSparesNewMapping is the regression test of a
@@ -108,8 +97,5 @@ env = { %s = "stale-worker", VCORED_TEST_RESULT = %q, VCORED_TEST_WAIT = %q }
 	if err := os.WriteFile(goFile, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the worker's result", func() bool { _, err := os.Stat(result); return err == nil })
-	if b, err := os.ReadFile(result); err != nil || string(b) != "ok" {
-		t.Fatalf("worker: %q %v", b, err)
-	}
+	checkHelperResult(t, result)
 }

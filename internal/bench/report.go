@@ -643,18 +643,20 @@ func Build(machine Machine, params Params, samples []RunSample) *Report {
 		r.Memory = mem
 	}
 
+	// seq is the sequential-access run of mode: mode itself, or its
+	// _seq variant when the main pattern is not sequential.
+	seq := func(mode string) *ModeReport {
+		name := mode
+		if params.Pattern != string(PatternSeq) {
+			name = SeqMode(mode)
+		}
+		if m, ok := r.measured(name); ok {
+			return m
+		}
+		return nil
+	}
 	fa := params.FaultAround
 	if fa > 1 {
-		seq := func(mode string) *ModeReport {
-			name := mode
-			if params.Pattern != string(PatternSeq) {
-				name = SeqMode(mode)
-			}
-			if m, ok := r.measured(name); ok {
-				return m
-			}
-			return nil
-		}
 		far := &FaultAroundReport{Pages: fa}
 		if m := seq(ModeKernel); m != nil {
 			far.KernelPerPageNS = m.PerPageNS
@@ -726,14 +728,11 @@ func Build(machine Machine, params Params, samples []RunSample) *Report {
 			r.Ratios.CentralOverRawCrossMedian = ratio(float64(central.MedianNS), float64(cross.MedianNS))
 		}
 	}
+	kseq := seq(ModeKernel) // local_prefetch and its floors run sequentially
 	if pf, ok := r.measured(ModeLocalPrefetch); ok {
-		kname := ModeKernel
-		if params.Pattern != string(PatternSeq) {
-			kname = SeqMode(ModeKernel)
-		}
-		if k, ok := r.measured(kname); ok {
-			r.Ratios.PrefetchPerPageOverKernel = ratio(pf.PerPageNS, k.PerPageNS)
-			r.Ratios.PrefetchPerPageOverKernelPerRep = pairedRatio(pf, k, perPage)
+		if kseq != nil {
+			r.Ratios.PrefetchPerPageOverKernel = ratio(pf.PerPageNS, kseq.PerPageNS)
+			r.Ratios.PrefetchPerPageOverKernelPerRep = pairedRatio(pf, kseq, perPage)
 		}
 		if fl, ok := r.measured(ModePrefetchFloor); ok {
 			r.Ratios.PrefetchPerPageOverFloor = pairedRatio(pf, fl, perPage)
@@ -742,22 +741,12 @@ func Build(machine Machine, params Params, samples []RunSample) *Report {
 			r.Ratios.PrefetchPerPageOverXprocFloor = pairedRatio(pf, fl, perPage)
 		}
 	}
-	if fl, ok := r.measured(ModePrefetchFloorXproc); ok {
-		kname := ModeKernel
-		if params.Pattern != string(PatternSeq) {
-			kname = SeqMode(ModeKernel)
+	if kseq != nil {
+		if fl, ok := r.measured(ModePrefetchFloorXproc); ok {
+			r.Ratios.PrefetchXprocFloorPerPageOverKernel = pairedRatio(fl, kseq, perPage)
 		}
-		if k, ok := r.measured(kname); ok {
-			r.Ratios.PrefetchXprocFloorPerPageOverKernel = pairedRatio(fl, k, perPage)
-		}
-	}
-	if fl, ok := r.measured(ModePrefetchFloor); ok {
-		kname := ModeKernel
-		if params.Pattern != string(PatternSeq) {
-			kname = SeqMode(ModeKernel)
-		}
-		if k, ok := r.measured(kname); ok {
-			r.Ratios.PrefetchFloorPerPageOverKernel = pairedRatio(fl, k, perPage)
+		if fl, ok := r.measured(ModePrefetchFloor); ok {
+			r.Ratios.PrefetchFloorPerPageOverKernel = pairedRatio(fl, kseq, perPage)
 		}
 	}
 	if params.Pattern != string(PatternSeq) && params.Pattern != "" {

@@ -475,22 +475,14 @@ func directCgroups(cgParent string, layout Layout, workers, pages int, extraCPUs
 	dr := DaemonRun{Pages: pages}
 	sub := dr.workerMemory()
 	procs := map[hw.Node][][]string{}
-	var groups []*cgroups.Group
-	cleanup := func() {
-		for i := len(groups) - 1; i >= 0; i-- {
-			_ = groups[i].Delete()
-		}
-		_ = removeCgroupTrees(cgParent)
-	}
+	cleanup := func() { _ = removeCgroupTrees(cgParent) } // the run's whole tree, parents Create made included
 	for _, p := range layout.Partitions {
 		res := cgroups.Resources{CPUs: p.CPUs.Union(extraCPUs), Mems: hw.NewSet(p.Node), MemoryLimit: hw.Bytes(workers)*sub + 64*hw.MiB}
 		part := fmt.Sprintf("%s/node%d", cgParent, p.Node)
-		g, err := m.Create(part, res)
-		if err != nil {
+		if _, err := m.Create(part, res); err != nil {
 			cleanup()
 			return nil, func() {}, fmt.Errorf("bench: cgroup for the direct workers: %w", err)
 		}
-		groups = append(groups, g)
 		for w := range workers {
 			res.MemoryLimit = sub
 			wg, err := m.Create(fmt.Sprintf("%s/w%d", part, w), res)
@@ -498,7 +490,6 @@ func directCgroups(cgParent string, layout Layout, workers, pages int, extraCPUs
 				cleanup()
 				return nil, func() {}, fmt.Errorf("bench: cgroup for a direct worker: %w", err)
 			}
-			groups = append(groups, wg)
 			procs[p.Node] = append(procs[p.Node], wg.ProcsFiles())
 		}
 	}
